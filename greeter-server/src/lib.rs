@@ -1,0 +1,399 @@
+//! The article's greeter: `MyService.SayHello` answers `Hello, {name}!`.
+//!
+//! One process can serve on many ports; each port is an independent *instance* with
+//! its own address, health status and demo knobs, exactly as if it were a separate
+//! server. Every instance:
+//!
+//! - answers `SayHello` with `Hello, {name}!`, and stamps the response metadata
+//!   `x-served-by: host:port`, so a client can see which server answered without any
+//!   change to the proto;
+//! - serves `grpc.health.v1.Health` (SERVING for `""` and `example.MyService`) and
+//!   server reflection, so `grpcurl` can list and call it;
+//! - can add latency to every call and fail a seeded fraction of calls with
+//!   `UNAVAILABLE`, to make the policies' differences visible;
+//! - shuts down gracefully: stops accepting, lets calls in flight finish, then returns.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Two instances on ports the OS chooses, on 127.0.0.1.
+//! let servers = greeter_server::spawn(greeter_server::Config::on_ports(&[0, 0])).await?;
+//! assert_eq!(servers.addrs().len(), 2);
+//! servers.shutdown().await?;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use greeter_proto::{HelloRequest, HelloResponse, MyService, MyServiceServer};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tonic::{
+    Request, Response, Status,
+    metadata::{AsciiMetadataValue, MetadataValue},
+    transport::{Server, server::TcpIncoming},
+};
+use tonic_health::server::HealthReporter;
+use tracing::info;
+
+/// The response metadata key that names the instance that answered.
+pub const SERVED_BY: &str = "x-served-by";
+
+/// The largest request or response message accepted (gRPC's usual default, set
+/// explicitly so that it is visible and cannot change under us).
+pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+
+/// Calls served at once on one connection; more wait. Stops one client from taking
+/// every worker.
+pub const MAX_CONCURRENT_CALLS_PER_CONNECTION: usize = 256;
+
+/// HTTP/2 streams a client may open at once on one connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// What to serve, and how.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The address to bind (default 127.0.0.1: reachable from this machine only).
+    pub host: IpAddr,
+    /// One instance per port. Port 0 asks the OS for a free port.
+    pub ports: Vec<u16>,
+    /// Added to every call before it is answered.
+    pub latency: Duration,
+    /// The fraction of calls, from 0 to 1, answered with `UNAVAILABLE`.
+    pub error_rate: f64,
+    /// Seeds the choice of which calls fail (each instance adds its index).
+    pub seed: u64,
+}
+
+impl Config {
+    /// Instances on 127.0.0.1 at `ports`, with no added latency and no errors.
+    pub fn on_ports(ports: &[u16]) -> Self {
+        Self {
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ports: ports.to_vec(),
+            latency: Duration::ZERO,
+            error_rate: 0.0,
+            seed: 0,
+        }
+    }
+
+    /// The same, with `latency` added to every call.
+    pub fn with_latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+
+    /// The same, failing `rate` of the calls.
+    pub fn with_error_rate(mut self, rate: f64) -> Self {
+        self.error_rate = rate;
+        self
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Another process already listens on the port.
+    #[error(
+        "port {port} on {host} is already in use (is another server running? choose another --port)"
+    )]
+    PortInUse {
+        /// The host that was asked for.
+        host: IpAddr,
+        /// The busy port.
+        port: u16,
+    },
+    /// Any other failure to listen.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address that was asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The server on `addr` failed while serving.
+    #[error("server on {addr} failed: {source}")]
+    Serve {
+        /// The instance's address.
+        addr: SocketAddr,
+        /// What tonic said.
+        source: tonic::transport::Error,
+    },
+    /// Reflection could not be set up from the embedded descriptors.
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// `--error-rate` outside 0..=1.
+    #[error("error rate {0} is outside 0..=1")]
+    ErrorRate(f64),
+    /// A server task panicked (a bug).
+    #[error("server task on {addr} panicked")]
+    Panicked {
+        /// The instance's address.
+        addr: SocketAddr,
+    },
+}
+
+/// The `MyService` implementation of one instance.
+#[derive(Debug)]
+pub struct Greeter {
+    served_by: AsciiMetadataValue,
+    latency: Duration,
+    error_rate: f64,
+    rng: Mutex<StdRng>,
+    calls: watch::Sender<u64>,
+}
+
+impl Greeter {
+    /// Should this call fail? Decided by the seeded RNG, so a seeded run repeats.
+    fn inject_failure(&self) -> bool {
+        if self.error_rate <= 0.0 {
+            return false;
+        }
+        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+        rng.random_bool(self.error_rate.min(1.0))
+    }
+}
+
+#[tonic::async_trait]
+impl MyService for Greeter {
+    async fn say_hello(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloResponse>, Status> {
+        self.calls.send_modify(|n| *n += 1);
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        if self.inject_failure() {
+            let mut status = Status::unavailable(format!(
+                "injected failure (--error-rate {})",
+                self.error_rate
+            ));
+            status
+                .metadata_mut()
+                .insert(SERVED_BY, self.served_by.clone());
+            return Err(status);
+        }
+        let name = request.into_inner().name;
+        let mut response = Response::new(HelloResponse {
+            message: format!("Hello, {name}!"),
+        });
+        response
+            .metadata_mut()
+            .insert(SERVED_BY, self.served_by.clone());
+        Ok(response)
+    }
+}
+
+/// Running instances. Dropping this without [`shutdown`](Self::shutdown) leaves them
+/// running until the runtime ends.
+#[derive(Debug)]
+pub struct Servers {
+    instances: Vec<Instance>,
+    stop: watch::Sender<bool>,
+    calls: watch::Receiver<u64>,
+}
+
+#[derive(Debug)]
+struct Instance {
+    addr: SocketAddr,
+    health: HealthReporter,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Servers {
+    /// The bound addresses, one per instance, in the order the ports were given.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.instances.iter().map(|i| i.addr).collect()
+    }
+
+    /// The addresses as a `--servers` list: `127.0.0.1:50051,127.0.0.1:50052`.
+    pub fn endpoints_list(&self) -> String {
+        let addrs: Vec<String> = self.addrs().iter().map(ToString::to_string).collect();
+        addrs.join(",")
+    }
+
+    /// The health reporter of instance `index`, to flip its health.
+    pub fn health(&self, index: usize) -> Option<&HealthReporter> {
+        self.instances.get(index).map(|i| &i.health)
+    }
+
+    /// Watches the number of `SayHello` calls received by all instances.
+    pub fn calls(&self) -> watch::Receiver<u64> {
+        self.calls.clone()
+    }
+
+    /// Stops accepting connections, lets calls in flight finish, and returns when every
+    /// instance has stopped.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        // `send_replace` stores the value even if no instance is listening any more.
+        self.stop.send_replace(true);
+        self.wait().await
+    }
+
+    /// Waits until every instance has stopped (after a shutdown, or an error).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        let mut first_error = None;
+        for instance in self.instances {
+            let result = match instance.task.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(source)) => Err(ServerError::Serve {
+                    addr: instance.addr,
+                    source,
+                }),
+                Err(_) => Err(ServerError::Panicked {
+                    addr: instance.addr,
+                }),
+            };
+            if let Err(err) = result {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Binds every port of `config` and starts serving on each.
+///
+/// All ports are bound before any instance starts, so a busy port fails the whole
+/// start with an error naming it, and nothing is left half-running.
+pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
+    if !(0.0..=1.0).contains(&config.error_rate) {
+        return Err(ServerError::ErrorRate(config.error_rate));
+    }
+    let mut listeners = Vec::with_capacity(config.ports.len());
+    for &port in &config.ports {
+        let addr = SocketAddr::new(config.host, port);
+        let listener = TcpListener::bind(addr).await.map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                ServerError::PortInUse {
+                    host: config.host,
+                    port,
+                }
+            } else {
+                ServerError::Bind { addr, source }
+            }
+        })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        listeners.push((local, listener));
+    }
+
+    let (stop, _) = watch::channel(false);
+    let (calls_tx, calls) = watch::channel(0);
+    let mut instances = Vec::with_capacity(listeners.len());
+    for (index, (addr, listener)) in listeners.into_iter().enumerate() {
+        let greeter = Greeter {
+            served_by: MetadataValue::try_from(addr.to_string())
+                .unwrap_or_else(|_| MetadataValue::from_static("unknown")),
+            latency: config.latency,
+            error_rate: config.error_rate,
+            rng: Mutex::new(StdRng::seed_from_u64(
+                config.seed.wrapping_add(index as u64),
+            )),
+            calls: calls_tx.clone(),
+        };
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<MyServiceServer<Arc<Greeter>>>()
+            .await;
+        let reflection_v1 = reflection()?.build_v1()?;
+        let reflection_v1alpha = reflection()?.build_v1alpha()?;
+
+        let greeter = MyServiceServer::from_arc(Arc::new(greeter))
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let router = Server::builder()
+            .concurrency_limit_per_connection(MAX_CONCURRENT_CALLS_PER_CONNECTION)
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .add_service(greeter)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let mut stopped = stop.subscribe();
+        let shutdown = async move {
+            // An error means the `Servers` handle is gone: stop too.
+            let _ = stopped.wait_for(|&stop| stop).await;
+            info!(%addr, "shutting down: no new connections, finishing calls in flight");
+        };
+        info!(
+            %addr,
+            latency = ?config.latency,
+            error_rate = config.error_rate,
+            "serving example.MyService, grpc.health.v1.Health and reflection"
+        );
+        let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
+        instances.push(Instance { addr, health, task });
+    }
+    Ok(Servers {
+        instances,
+        stop,
+        calls,
+    })
+}
+
+fn reflection() -> Result<tonic_reflection::server::Builder<'static>, ServerError> {
+    Ok(tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(greeter_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET))
+}
+
+/// Parses `--port` values: `50051`, or an inclusive range `50051-50053`.
+pub fn parse_ports(text: &str) -> Result<Vec<u16>, String> {
+    let port = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("`{s}` is not a port number (0-65535)"))
+    };
+    match text.split_once('-') {
+        None => Ok(vec![port(text)?]),
+        Some((first, last)) => {
+            let (first, last) = (port(first)?, port(last)?);
+            if first == 0 || first > last {
+                return Err(format!(
+                    "`{text}` is not a range of ports (expected e.g. 50051-50053)"
+                ));
+            }
+            Ok((first..=last).collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_and_ranges() {
+        assert_eq!(parse_ports("50051"), Ok(vec![50051]));
+        assert_eq!(parse_ports("50051-50053"), Ok(vec![50051, 50052, 50053]));
+        assert!(parse_ports("5005x").unwrap_err().contains("`5005x`"));
+        assert!(parse_ports("70000").is_err());
+        assert!(parse_ports("50053-50051").unwrap_err().contains("range"));
+    }
+
+    #[tokio::test]
+    async fn a_busy_port_is_named() {
+        let first = spawn(Config::on_ports(&[0])).await.unwrap();
+        let port = first.addrs()[0].port();
+        let err = spawn(Config::on_ports(&[0, port])).await.unwrap_err();
+        assert!(matches!(err, ServerError::PortInUse { port: p, .. } if p == port));
+        assert!(err.to_string().contains(&format!("port {port} ")), "{err}");
+        first.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn error_rate_is_checked() {
+        let err = spawn(Config::on_ports(&[0]).with_error_rate(1.5))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("1.5"));
+    }
+}

@@ -1,0 +1,105 @@
+//! `greeter-server`: the article's `python server.py`, in Rust, on one or many ports.
+//!
+//! ```text
+//! greeter-server                          # one instance on 127.0.0.1:50051
+//! greeter-server --port 50051-50053       # three instances in one process
+//! greeter-server --port 50053 --latency 20ms --error-rate 0.1
+//! ```
+
+use std::{net::IpAddr, process::ExitCode, time::Duration};
+
+use clap::Parser;
+use greeter_server::{Config, parse_ports};
+use tracing::{error, info};
+
+/// Serves example.MyService (SayHello -> "Hello, {name}!") with health checks and
+/// reflection, on one or many ports.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address to listen on. The default is reachable from this machine only; use
+    /// 0.0.0.0 to accept connections from other hosts.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+
+    /// Port to serve on; repeat it, or give a range like 50051-50053, for one instance
+    /// per port. 0 lets the OS choose (the log says which).
+    #[arg(long = "port", value_name = "PORT|FIRST-LAST", default_value = "50051", value_parser = parse_ports)]
+    ports: Vec<Vec<u16>>,
+
+    /// Delay added to every call, e.g. 20ms or 1s: makes this instance "slow".
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    latency: Duration,
+
+    /// Fraction of calls (0 to 1) answered with UNAVAILABLE, chosen by a seeded RNG.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    error_rate: f64,
+
+    /// Seed for the --error-rate choices (each instance adds its index).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("`{text}` is not a number from 0 to 1")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing();
+    let config = Config {
+        host: args.host,
+        ports: args.ports.into_iter().flatten().collect(),
+        latency: args.latency,
+        error_rate: args.error_rate,
+        seed: args.seed,
+    };
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!("{err:#}");
+            eprintln!("greeter-server: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let servers = greeter_server::spawn(config).await?;
+    let signal = shutdown_signal().await?;
+    info!("{signal}: shutting down gracefully");
+    servers.shutdown().await?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Resolves when Ctrl-C (SIGINT) or SIGTERM arrives, with the signal's name.
+async fn shutdown_signal() -> std::io::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.map(|()| "SIGINT"),
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.map(|()| "Ctrl-C")
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

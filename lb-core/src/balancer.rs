@@ -1,0 +1,739 @@
+//! The balancer: a `tower::Service` that sends each gRPC call to the endpoint a
+//! [`Picker`] chooses.
+//!
+//! # How a call flows
+//! 1. A tonic client (`MyServiceClient<Balancer>`) hands the balancer an
+//!    `http::Request`.
+//! 2. The balancer loads the current [`Snapshot`] (the READY endpoints and their
+//!    channels; an `Arc` swapped whenever connectivity changes, so reading it takes no
+//!    lock) and asks the picker for an index.
+//! 3. It counts the call as in flight on that endpoint, sends it on the endpoint's own
+//!    tonic `Channel`, and wraps the response body so the count drops when the body ends.
+//! 4. If the endpoint's connection fails, the error names the endpoint, and the endpoint
+//!    leaves the snapshot until its connection task has reconnected it.
+//!
+//! # Connections
+//! Each endpoint has a background task that connects it, marks it READY, and when a
+//! call reports the connection broken, reconnects it with gRPC's connection
+//! [`Backoff`]. The tasks end when the last clone of the balancer is dropped.
+//!
+//! When no endpoint is READY, a call waits while some endpoint is still CONNECTING (up
+//! to [`BalancerBuilder::queue_timeout`]), as gRPC does, and fails at once with
+//! `UNAVAILABLE` when all of them have failed; the message lists every endpoint with its
+//! state and last error.
+
+use std::{
+    error::Error as StdError,
+    fmt,
+    pin::Pin,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, poll_fn};
+use rand::{RngCore, SeedableRng, rngs::SmallRng};
+use tokio::{
+    sync::{Notify, watch},
+    time::Instant,
+};
+use tonic::{Status, body::Body, transport::Channel};
+use tower::Service;
+use tracing::{info, warn};
+
+use crate::{
+    Backoff, Connectivity, Endpoint, EndpointState, Error, InFlightGuard,
+    policy::{PickContext, PickError, Picker, Policy},
+};
+
+/// Added to every response's extensions: the endpoint the balancer sent the call to.
+///
+/// Read it from a tonic response with `response.extensions().get::<PickedEndpoint>()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PickedEndpoint(pub Endpoint);
+
+/// One endpoint's state as [`Balancer::endpoints`] reports it.
+#[derive(Clone, Debug)]
+pub struct EndpointStatus {
+    /// The address.
+    pub endpoint: Endpoint,
+    /// Its connectivity state.
+    pub connectivity: Connectivity,
+    /// Calls in flight to it now.
+    pub in_flight: usize,
+    /// Why the last connection attempt or call failed, if it did.
+    pub last_error: Option<String>,
+}
+
+/// Configures and builds a [`Balancer`]. Start with [`Balancer::builder`].
+pub struct BalancerBuilder {
+    endpoints: Vec<Endpoint>,
+    picker: Option<Box<dyn Picker>>,
+    policy: Policy,
+    seed: Option<u64>,
+    connect_timeout: Duration,
+    queue_timeout: Duration,
+    backoff: Backoff,
+}
+
+impl BalancerBuilder {
+    /// Uses one of the built-in policies (default `round_robin`).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self.picker = None;
+        self
+    }
+
+    /// Uses your own picker, for a policy this crate does not ship.
+    pub fn picker(mut self, picker: Box<dyn Picker>) -> Self {
+        self.picker = Some(picker);
+        self
+    }
+
+    /// Seeds every random choice (picks, round robin's start, backoff jitter), so a run
+    /// can be repeated. Without a seed, one is drawn from the operating system.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// How long one connection attempt may take (default 20 s, gRPC's minimum).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a call waits for an endpoint to become READY while some endpoint is
+    /// still connecting (default 10 s).
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.queue_timeout = timeout;
+        self
+    }
+
+    /// The reconnect backoff (default: gRPC's 1 s, ×1.6, ±20 %, at most 120 s).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Builds the balancer and starts connecting to every endpoint.
+    ///
+    /// Must be called inside a Tokio runtime: each endpoint's connection task is spawned
+    /// on it.
+    pub fn build(self) -> Result<Balancer, Error> {
+        if self.endpoints.is_empty() {
+            return Err(Error::NoEndpoints);
+        }
+        let seed = self
+            .seed
+            .unwrap_or_else(|| SmallRng::from_os_rng().next_u64());
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let picker = match self.picker {
+            Some(picker) => picker,
+            None => self.policy.build(&mut rng),
+        };
+
+        let mut targets = Vec::with_capacity(self.endpoints.len());
+        for endpoint in &self.endpoints {
+            let target = tonic::transport::Endpoint::from_shared(endpoint.uri())
+                .map_err(|source| Error::Transport {
+                    endpoint: endpoint.to_string(),
+                    source,
+                })?
+                .connect_timeout(self.connect_timeout)
+                .tcp_nodelay(true);
+            targets.push(target);
+        }
+
+        let core = Arc::new(Core {
+            subchannels: self
+                .endpoints
+                .into_iter()
+                .map(|endpoint| Subchannel {
+                    state: EndpointState::new(endpoint),
+                    channel: Mutex::new(None),
+                    generation: AtomicU64::new(0),
+                    last_error: Mutex::new(None),
+                    broken: Notify::new(),
+                })
+                .collect(),
+            snapshot: arc_swap::ArcSwap::from_pointee(Snapshot::default()),
+            changes: watch::Sender::new(0),
+        });
+
+        let (stop, stopped) = watch::channel(());
+        for (index, target) in targets.into_iter().enumerate() {
+            let task = ConnectionTask {
+                core: core.clone(),
+                index,
+                target,
+                backoff: self.backoff,
+                rng: SmallRng::seed_from_u64(seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9)),
+                stopped: stopped.clone(),
+            };
+            tokio::spawn(task.run());
+        }
+
+        let shared = Arc::new(Shared {
+            core,
+            picker,
+            queue_timeout: self.queue_timeout,
+            seed,
+            clones: AtomicU64::new(0),
+            _stop: stop,
+        });
+        Ok(Balancer {
+            rng: shared.next_rng(),
+            shared,
+        })
+    }
+}
+
+/// A client-side load balancer for gRPC, usable under any tonic-generated client.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use lb_core::{Balancer, Policy, parse_endpoint_list};
+///
+/// let endpoints = parse_endpoint_list("127.0.0.1:50051,127.0.0.1:50052")?;
+/// let balancer = Balancer::builder(endpoints).policy(Policy::RoundRobin).build()?;
+/// // let mut client = MyServiceClient::new(balancer);
+/// # Ok(()) }
+/// ```
+///
+/// Cloning is cheap and every clone shares endpoints, connections and counters; each
+/// clone draws its random numbers from its own generator, seeded from the builder's
+/// seed, so no lock is shared between clones on the call path.
+pub struct Balancer {
+    shared: Arc<Shared>,
+    rng: SmallRng,
+}
+
+impl Balancer {
+    /// Starts configuring a balancer over `endpoints`.
+    pub fn builder(endpoints: impl IntoIterator<Item = Endpoint>) -> BalancerBuilder {
+        BalancerBuilder {
+            endpoints: endpoints.into_iter().collect(),
+            picker: None,
+            policy: Policy::RoundRobin,
+            seed: None,
+            connect_timeout: Duration::from_secs(20),
+            queue_timeout: Duration::from_secs(10),
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// The name of the policy in use.
+    pub fn policy_name(&self) -> &'static str {
+        self.shared.picker.name()
+    }
+
+    /// The state of every endpoint, in the order they were given.
+    pub fn endpoints(&self) -> Vec<EndpointStatus> {
+        self.shared.core.statuses()
+    }
+
+    /// Waits until every endpoint has finished its first connection attempt (READY or
+    /// TRANSIENT_FAILURE), or `timeout` passes, and returns their states.
+    ///
+    /// Useful before measuring: calls sent while some endpoints are still connecting
+    /// go to the ones already READY, which skews the first shares.
+    pub async fn wait_settled(&self, timeout: Duration) -> Vec<EndpointStatus> {
+        let deadline = Instant::now() + timeout;
+        let mut changes = self.shared.core.changes.subscribe();
+        loop {
+            let settled = self.shared.core.subchannels.iter().all(|s| {
+                matches!(
+                    s.state.connectivity(),
+                    Connectivity::Ready | Connectivity::TransientFailure
+                )
+            });
+            if settled
+                || tokio::time::timeout_at(deadline, changes.changed())
+                    .await
+                    .is_err()
+            {
+                return self.endpoints();
+            }
+        }
+    }
+}
+
+impl Clone for Balancer {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            rng: self.shared.next_rng(),
+        }
+    }
+}
+
+impl fmt::Debug for Balancer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Balancer")
+            .field("policy", &self.policy_name())
+            .field("endpoints", &self.endpoints())
+            .finish()
+    }
+}
+
+impl Service<http::Request<Body>> for Balancer {
+    type Response = http::Response<ResponseBody>;
+    // Calls fail with a gRPC status, not an opaque error: tonic hands a `Status` found
+    // in the error to the caller as it is, so the caller sees UNAVAILABLE and a message
+    // naming the endpoint instead of UNKNOWN.
+    type Error = Status;
+    type Future = BoxFuture<'static, Result<Self::Response, Status>>;
+
+    /// Always ready: readiness belongs to the endpoint picked for each call, which is
+    /// not known until the call arrives.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // The common case picks right here, synchronously, with this clone's RNG.
+        match self.shared.try_pick(&mut self.rng) {
+            Ok(route) => Box::pin(route.send(request)),
+            Err(_) => {
+                let shared = self.shared.clone();
+                let rng = SmallRng::from_rng(&mut self.rng);
+                Box::pin(async move { shared.pick_when_ready(rng).await?.send(request).await })
+            }
+        }
+    }
+}
+
+/// What every clone of a balancer shares.
+struct Shared {
+    core: Arc<Core>,
+    picker: Box<dyn Picker>,
+    queue_timeout: Duration,
+    seed: u64,
+    clones: AtomicU64,
+    /// Dropped with the last balancer clone, which tells the connection tasks to end.
+    _stop: watch::Sender<()>,
+}
+
+impl Shared {
+    /// A generator for a new clone: seeded from the balancer's seed and the clone's
+    /// number, so a seeded program gets the same streams every run.
+    fn next_rng(&self) -> SmallRng {
+        let n = self.clones.fetch_add(1, Ordering::Relaxed);
+        SmallRng::seed_from_u64(self.seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+    }
+
+    fn try_pick(&self, rng: &mut SmallRng) -> Result<Route, PickError> {
+        let snapshot = self.core.snapshot.load();
+        let mut ctx = PickContext::new(rng);
+        let index = self.picker.pick(&snapshot.ready, &mut ctx)?;
+        // A picker's index is checked, not trusted: a bug in a learner's policy should
+        // fail the call, not panic the client.
+        let (state, route) = snapshot
+            .ready
+            .get(index)
+            .zip(snapshot.routes.get(index))
+            .ok_or(PickError::NoneReady {
+                total: snapshot.ready.len(),
+            })?;
+        Ok(Route {
+            guard: state.start_call(),
+            state: state.clone(),
+            channel: route.channel.clone(),
+            subchannel: route.subchannel,
+            generation: route.generation,
+            core: self.core.clone(),
+        })
+    }
+
+    /// The slow path: no endpoint is READY. Waits while any is still connecting.
+    async fn pick_when_ready(&self, mut rng: SmallRng) -> Result<Route, Status> {
+        let deadline = Instant::now() + self.queue_timeout;
+        let mut changes = self.core.changes.subscribe();
+        loop {
+            if let Ok(route) = self.try_pick(&mut rng) {
+                return Ok(route);
+            }
+            if !self.core.any_connecting() {
+                return Err(self.no_ready_endpoint("all endpoints failed"));
+            }
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return Err(self.no_ready_endpoint(&format!(
+                    "none became ready within {:?}",
+                    self.queue_timeout
+                )));
+            }
+        }
+    }
+
+    fn no_ready_endpoint(&self, why: &str) -> Status {
+        let states: Vec<String> = self
+            .core
+            .statuses()
+            .into_iter()
+            .map(|s| match s.last_error {
+                Some(err) => format!("endpoint {}: {} ({err})", s.endpoint, s.connectivity),
+                None => format!("endpoint {}: {}", s.endpoint, s.connectivity),
+            })
+            .collect();
+        Status::unavailable(format!(
+            "{}: no ready endpoint, {why}: {}",
+            self.picker.name(),
+            states.join("; ")
+        ))
+    }
+}
+
+/// The endpoints and their connections, shared with the connection tasks.
+struct Core {
+    subchannels: Vec<Subchannel>,
+    /// READY endpoints only: what pickers see.
+    snapshot: arc_swap::ArcSwap<Snapshot>,
+    /// Bumped after every connectivity change, to wake calls waiting for a READY one.
+    changes: watch::Sender<u64>,
+}
+
+/// One endpoint and its connection.
+struct Subchannel {
+    state: EndpointState,
+    /// The connection while READY. Read only when a snapshot is rebuilt.
+    channel: Mutex<Option<Channel>>,
+    /// Counts connections made, so that a failure seen on an old connection cannot
+    /// tear down a newer one.
+    generation: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    /// Signalled by a call that saw this connection fail.
+    broken: Notify,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    ready: Vec<EndpointState>,
+    routes: Vec<SnapshotRoute>,
+}
+
+struct SnapshotRoute {
+    channel: Channel,
+    subchannel: usize,
+    generation: u64,
+}
+
+impl Core {
+    /// Rebuilds the snapshot of READY endpoints and wakes waiting calls.
+    fn publish(&self) {
+        let mut snapshot = Snapshot::default();
+        for (index, sub) in self.subchannels.iter().enumerate() {
+            let channel = lock(&sub.channel).clone();
+            if let (true, Some(channel)) = (sub.state.is_ready(), channel) {
+                snapshot.ready.push(sub.state.clone());
+                snapshot.routes.push(SnapshotRoute {
+                    channel,
+                    subchannel: index,
+                    generation: sub.generation.load(Ordering::Acquire),
+                });
+            }
+        }
+        self.snapshot.store(Arc::new(snapshot));
+        self.changes.send_modify(|version| *version += 1);
+    }
+
+    fn any_connecting(&self) -> bool {
+        self.subchannels.iter().any(|s| {
+            matches!(
+                s.state.connectivity(),
+                Connectivity::Idle | Connectivity::Connecting
+            )
+        })
+    }
+
+    fn statuses(&self) -> Vec<EndpointStatus> {
+        self.subchannels
+            .iter()
+            .map(|s| EndpointStatus {
+                endpoint: s.state.endpoint().clone(),
+                connectivity: s.state.connectivity(),
+                in_flight: s.state.in_flight(),
+                last_error: lock(&s.last_error).clone(),
+            })
+            .collect()
+    }
+
+    /// A call failed on connection `generation` of subchannel `index`.
+    fn report_broken(&self, index: usize, generation: u64, error: &str) {
+        let Some(sub) = self.subchannels.get(index) else {
+            return;
+        };
+        if sub.generation.load(Ordering::Acquire) != generation {
+            return; // An older connection; the current one may be fine.
+        }
+        // Only the first report moves READY -> TRANSIENT_FAILURE and wakes the task.
+        if sub
+            .state
+            .transition(Connectivity::Ready, Connectivity::TransientFailure)
+        {
+            *lock(&sub.last_error) = Some(error.to_string());
+            warn!(endpoint = %sub.state.endpoint(), %error, "connection failed: TRANSIENT_FAILURE");
+            self.publish();
+            sub.broken.notify_one();
+        }
+    }
+}
+
+/// Keeps one endpoint connected: connect, wait until broken, back off, repeat.
+struct ConnectionTask {
+    core: Arc<Core>,
+    index: usize,
+    target: tonic::transport::Endpoint,
+    backoff: Backoff,
+    rng: SmallRng,
+    stopped: watch::Receiver<()>,
+}
+
+impl ConnectionTask {
+    async fn run(mut self) {
+        let mut failures = 0u32;
+        loop {
+            let core = self.core.clone();
+            let sub = &core.subchannels[self.index];
+            let endpoint = sub.state.endpoint().clone();
+            sub.state.set_connectivity(Connectivity::Connecting);
+            core.publish();
+
+            let attempt = tokio::select! {
+                attempt = self.target.connect() => attempt,
+                _ = self.stopped.changed() => return,
+            };
+            match attempt {
+                Ok(channel) => {
+                    failures = 0;
+                    *lock(&sub.channel) = Some(channel);
+                    *lock(&sub.last_error) = None;
+                    sub.generation.fetch_add(1, Ordering::AcqRel);
+                    sub.state.set_connectivity(Connectivity::Ready);
+                    info!(%endpoint, "connected: READY");
+                    core.publish();
+                    tokio::select! {
+                        _ = sub.broken.notified() => {}
+                        _ = self.stopped.changed() => return,
+                    }
+                    // The call that broke it already moved it out of READY; reconnect
+                    // at once, as gRPC does after a READY connection is lost.
+                    *lock(&sub.channel) = None;
+                }
+                Err(err) => {
+                    let reason = describe(&err);
+                    let delay = self.backoff.delay(failures, &mut self.rng);
+                    failures = failures.saturating_add(1);
+                    *lock(&sub.last_error) = Some(reason.clone());
+                    sub.state.set_connectivity(Connectivity::TransientFailure);
+                    warn!(%endpoint, error = %reason, retry_in = ?delay, "connect failed: TRANSIENT_FAILURE");
+                    core.publish();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.stopped.changed() => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A picked endpoint, ready to carry one call.
+struct Route {
+    state: EndpointState,
+    guard: InFlightGuard,
+    channel: Channel,
+    subchannel: usize,
+    generation: u64,
+    core: Arc<Core>,
+}
+
+impl Route {
+    async fn send(
+        mut self,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<ResponseBody>, Status> {
+        let result = match poll_fn(|cx| self.channel.poll_ready(cx)).await {
+            Ok(()) => self.channel.call(request).await,
+            Err(err) => Err(err),
+        };
+        let endpoint = self.state.endpoint();
+        match result {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                parts.extensions.insert(PickedEndpoint(endpoint.clone()));
+                let body = ResponseBody {
+                    inner: body,
+                    guard: Some(self.guard),
+                };
+                Ok(http::Response::from_parts(parts, body))
+            }
+            Err(err) => {
+                // The channel failed before any response arrived: the connection is
+                // down or was refused. Name the endpoint so the caller knows which.
+                let reason = describe(&err);
+                self.core
+                    .report_broken(self.subchannel, self.generation, &reason);
+                let mut status = Status::unavailable(format!("endpoint {endpoint}: {reason}"));
+                status.set_source(Arc::new(err));
+                Err(status)
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts its call as in flight until the body ends.
+    pub struct ResponseBody {
+        #[pin]
+        inner: Body,
+        guard: Option<InFlightGuard>,
+    }
+}
+
+impl ResponseBody {
+    /// Wraps `inner`, releasing `guard` when the body ends, fails or is dropped.
+    pub fn new(inner: Body, guard: InFlightGuard) -> Self {
+        Self {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if matches!(frame, None | Some(Err(_))) {
+            this.guard.take(); // The call is over: it no longer loads the endpoint.
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("in_flight", &self.guard.is_some())
+            .finish()
+    }
+}
+
+/// An error and its causes, `outer: inner: innermost` (tonic's own `Display` says only
+/// "transport error" and hides the useful part, such as "Connection refused").
+fn describe(err: &(dyn StdError + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Locks a mutex that guards plain data, ignoring poisoning: a panic elsewhere cannot
+/// leave an `Option<Channel>` half-written.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::{Body as _, Frame};
+    use std::collections::VecDeque;
+
+    /// A body that yields its frames one poll at a time.
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = Status;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    fn poll(body: &mut ResponseBody) -> Option<Frame<Bytes>> {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        match Pin::new(body).poll_frame(&mut cx) {
+            Poll::Ready(frame) => frame.map(|f| f.unwrap()),
+            Poll::Pending => panic!("test body never pends"),
+        }
+    }
+
+    #[test]
+    fn a_call_is_in_flight_until_its_body_ends() {
+        let state = EndpointState::new("127.0.0.1:1".parse().unwrap());
+        let frames = Frames(VecDeque::from([
+            Frame::data(Bytes::from_static(b"headers came first; this is the message")),
+            Frame::trailers(http::HeaderMap::new()),
+        ]));
+        let mut body = ResponseBody::new(Body::new(frames), state.start_call());
+        assert_eq!(state.in_flight(), 1, "headers alone do not end a call");
+        assert!(poll(&mut body).unwrap().is_data());
+        assert_eq!(state.in_flight(), 1, "the message is not the end either");
+        assert!(poll(&mut body).unwrap().is_trailers());
+        assert!(poll(&mut body).is_none());
+        assert_eq!(state.in_flight(), 0, "the end of the body ends the call");
+        drop(body);
+        assert_eq!(state.in_flight(), 0, "and is counted once");
+    }
+
+    #[test]
+    fn dropping_an_unfinished_body_ends_the_call() {
+        let state = EndpointState::new("127.0.0.1:1".parse().unwrap());
+        let frames = Frames(VecDeque::from([Frame::data(Bytes::from_static(b"x"))]));
+        let body = ResponseBody::new(Body::new(frames), state.start_call());
+        assert_eq!(state.in_flight(), 1);
+        drop(body);
+        assert_eq!(state.in_flight(), 0);
+    }
+
+    #[test]
+    fn describe_shows_the_causes() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let outer = Error::InvalidEndpoint {
+            input: "x".into(),
+            reason: "bad".into(),
+        };
+        assert_eq!(describe(&inner), "refused");
+        assert_eq!(describe(&outer), "invalid endpoint `x`: bad");
+    }
+
+    #[tokio::test]
+    async fn an_empty_endpoint_list_is_an_error() {
+        let err = Balancer::builder(Vec::new()).build().unwrap_err();
+        assert!(matches!(err, Error::NoEndpoints));
+    }
+}

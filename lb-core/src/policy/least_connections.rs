@@ -1,0 +1,103 @@
+//! `least_connections` (the article's 最少连接): the endpoint with the fewest calls in
+//! flight.
+//!
+//! Scan every ready endpoint and keep the one with the smallest in-flight count. Ties
+//! are broken uniformly at random by *reservoir sampling*: the `k`-th endpoint found
+//! with the current minimum replaces the choice with probability `1/k`, so each of the
+//! tied endpoints ends up chosen with probability `1/(number tied)`, in one pass.
+//!
+//! Worked example: in-flight `[a: 3, b: 1, c: 1]`. `a` is skipped (3 > 1); `b` is the
+//! first with 1, `c` the second, so `c` replaces `b` with probability 1/2.
+//!
+//! Why it helps: a slow endpoint holds its calls longer, so its in-flight count stays
+//! high and it gets fewer new calls, without anyone measuring latency. In-flight counts
+//! here are counted until the response *body* ends (see
+//! [`EndpointState::start_call`]).
+//!
+//! Caveats: the full scan is O(n) per pick (fine for tens of endpoints; the power of two
+//! choices, `least_request`, samples instead); and each client sees only its own calls,
+//! not the server's total load.
+
+use rand::Rng;
+
+use super::{PickContext, PickError, Picker};
+use crate::EndpointState;
+
+/// The name users type.
+pub const NAME: &str = "least_connections";
+
+/// Picks the ready endpoint with the fewest calls in flight; random among ties.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LeastConnections;
+
+impl Picker for LeastConnections {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn pick(&self, endpoints: &[EndpointState], ctx: &mut PickContext<'_>) -> Result<usize, PickError> {
+        let mut best: Option<(usize, usize)> = None; // (index, in flight)
+        let mut tied = 0u32;
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            if !endpoint.is_ready() {
+                continue;
+            }
+            let load = endpoint.in_flight();
+            match best {
+                Some((_, min)) if load > min => {}
+                Some((_, min)) if load == min => {
+                    tied += 1;
+                    if ctx.rng.random_range(0..tied) == 0 {
+                        best = Some((i, load));
+                    }
+                }
+                _ => {
+                    best = Some((i, load));
+                    tied = 1;
+                }
+            }
+        }
+        best.map(|(i, _)| i)
+            .ok_or_else(|| PickError::none_ready(endpoints))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::testing::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn picks_the_fewest_in_flight() {
+        let endpoints = ready(3);
+        let _a = [endpoints[0].start_call(), endpoints[0].start_call()];
+        let _c = endpoints[2].start_call();
+        // a: 2, b: 0, c: 1  ->  always b (the picks themselves add no load here).
+        assert_eq!(histogram(&LeastConnections, &endpoints, 100), vec![0, 100, 0]);
+    }
+
+    #[test]
+    fn ties_are_broken_fairly() {
+        let endpoints = ready(4);
+        let _busy = endpoints[3].start_call();
+        let counts = histogram(&LeastConnections, &endpoints, 30_000);
+        assert_eq!(counts[3], 0);
+        let chi2 = chi_square_uniform(&counts[..3]);
+        assert!(chi2 < 13.82, "counts {counts:?}, chi-square {chi2}");
+    }
+
+    #[test]
+    fn spreads_calls_that_stay_in_flight() {
+        // Picks that hold their call open fill the endpoints level by level.
+        let endpoints = ready(3);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
+        let mut ctx = PickContext::new(&mut rng);
+        let guards: Vec<_> = (0..9)
+            .map(|_| endpoints[LeastConnections.pick(&endpoints, &mut ctx).unwrap()].start_call())
+            .collect();
+        let loads: Vec<usize> = endpoints.iter().map(EndpointState::in_flight).collect();
+        assert_eq!(loads, vec![3, 3, 3]);
+        drop(guards);
+    }
+}

@@ -1,0 +1,51 @@
+//! `pick_first`: every call goes to the first endpoint that is ready.
+//!
+//! This is gRPC's default policy, and the baseline that shows what "no balancing" looks
+//! like: with endpoints `[a, b, c]` all ready, every call goes to `a`. If `a` is down,
+//! every call goes to `b`, so it gives failover, not load spreading.
+//!
+//! Reference: grpc-go `balancer/pickfirst`. gRPC's real pick_first keeps one connection
+//! and walks the list only when it fails; here every endpoint has its connection and the
+//! picker simply skips those that are not ready, which gives the same choice.
+
+use super::{PickContext, PickError, Picker};
+use crate::EndpointState;
+
+/// The name users type.
+pub const NAME: &str = "pick_first";
+
+/// Picks the first ready endpoint in list order.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PickFirst;
+
+impl Picker for PickFirst {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn pick(&self, endpoints: &[EndpointState], _: &mut PickContext<'_>) -> Result<usize, PickError> {
+        endpoints
+            .iter()
+            .position(EndpointState::is_ready)
+            .ok_or_else(|| PickError::none_ready(endpoints))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Connectivity;
+    use crate::policy::testing::*;
+
+    #[test]
+    fn always_the_first_ready_one() {
+        let endpoints = ready(3);
+        assert_eq!(histogram(&PickFirst, &endpoints, 300), vec![300, 0, 0]);
+
+        endpoints[0].set_connectivity(Connectivity::TransientFailure);
+        assert_eq!(histogram(&PickFirst, &endpoints, 300), vec![0, 300, 0]);
+
+        endpoints[1].set_connectivity(Connectivity::Connecting);
+        assert_eq!(histogram(&PickFirst, &endpoints, 300), vec![0, 0, 300]);
+    }
+}

@@ -1,0 +1,90 @@
+//! `random` (the article's 随机): a uniformly random ready endpoint.
+//!
+//! Draw `i` uniformly from `0..n`; if that endpoint is ready, it is the pick. When some
+//! endpoints are not ready, draw instead among the ready ones only (counting them, then
+//! drawing the `k`-th), so every ready endpoint keeps an equal chance.
+//!
+//! Random needs no shared state at all, which makes it the simplest policy to run on
+//! many clients. Over many calls the shares even out (by the law of large numbers), but
+//! over a few they do not: 30 calls to 3 endpoints can easily land 14/9/7.
+
+use rand::Rng;
+
+use super::{PickContext, PickError, Picker};
+use crate::EndpointState;
+
+/// The name users type.
+pub const NAME: &str = "random";
+
+/// Picks a ready endpoint uniformly at random.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Random;
+
+impl Picker for Random {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn pick(&self, endpoints: &[EndpointState], ctx: &mut PickContext<'_>) -> Result<usize, PickError> {
+        if endpoints.is_empty() {
+            return Err(PickError::NoEndpoints);
+        }
+        // Fast path: in a healthy fleet every endpoint is ready and one draw suffices.
+        let i = ctx.rng.random_range(0..endpoints.len());
+        if endpoints[i].is_ready() {
+            return Ok(i);
+        }
+        let ready = endpoints.iter().filter(|e| e.is_ready()).count();
+        if ready == 0 {
+            return Err(PickError::none_ready(endpoints));
+        }
+        let k = ctx.rng.random_range(0..ready);
+        endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.is_ready())
+            .nth(k)
+            .map(|(i, _)| i)
+            .ok_or_else(|| PickError::none_ready(endpoints))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Connectivity;
+    use crate::policy::testing::*;
+
+    /// With 2 degrees of freedom, chi-square exceeds 13.82 with probability 0.001.
+    const CHI_SQUARE_2DF_P001: f64 = 13.82;
+
+    #[test]
+    fn reproducible_with_a_seed() {
+        let endpoints = ready(3);
+        let a = histogram(&Random, &endpoints, 1000);
+        let b = histogram(&Random, &endpoints, 1000);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn roughly_uniform_over_30000_picks() {
+        let endpoints = ready(3);
+        let counts = histogram(&Random, &endpoints, 30_000);
+        let chi2 = chi_square_uniform(&counts);
+        assert!(chi2 < CHI_SQUARE_2DF_P001, "counts {counts:?}, chi-square {chi2}");
+        for c in counts {
+            assert!((9_500..=10_500).contains(&c), "{c} is far from 10,000");
+        }
+    }
+
+    #[test]
+    fn uniform_among_the_ready_ones_only() {
+        let endpoints = ready(4);
+        endpoints[1].set_connectivity(Connectivity::TransientFailure);
+        let counts = histogram(&Random, &endpoints, 30_000);
+        assert_eq!(counts[1], 0);
+        let ready: Vec<usize> = [0, 2, 3].iter().map(|&i| counts[i]).collect();
+        let chi2 = chi_square_uniform(&ready);
+        assert!(chi2 < CHI_SQUARE_2DF_P001, "counts {counts:?}, chi-square {chi2}");
+    }
+}

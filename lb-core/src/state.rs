@@ -1,0 +1,188 @@
+//! Live, lock-free state of one endpoint: what a picker reads.
+//!
+//! An [`EndpointState`] is a cheap handle (an `Arc`) shared by the balancer, which
+//! updates it, and the pickers, which read it. Every field is an atomic, so reading the
+//! state of a hundred endpoints during a pick takes no lock and never waits.
+
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, AtomicUsize, Ordering},
+    },
+};
+
+use crate::Endpoint;
+
+/// gRPC's connectivity states of a subchannel (one connection to one endpoint).
+///
+/// See gRPC's `doc/connectivity-semantics-and-api.md`. Only [`Ready`](Self::Ready)
+/// endpoints are offered to pickers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Connectivity {
+    /// No connection, and none is being made yet.
+    Idle = 0,
+    /// A connection attempt is under way.
+    Connecting = 1,
+    /// Connected: calls can be sent.
+    Ready = 2,
+    /// The last attempt failed; the balancer retries after a backoff.
+    TransientFailure = 3,
+}
+
+impl Connectivity {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            0 => Self::Idle,
+            1 => Self::Connecting,
+            2 => Self::Ready,
+            _ => Self::TransientFailure,
+        }
+    }
+
+    /// The name gRPC uses in logs, e.g. `TRANSIENT_FAILURE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "IDLE",
+            Self::Connecting => "CONNECTING",
+            Self::Ready => "READY",
+            Self::TransientFailure => "TRANSIENT_FAILURE",
+        }
+    }
+}
+
+impl fmt::Display for Connectivity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A shared handle to one endpoint's address and live counters.
+///
+/// Clone it freely: clones see the same counters.
+#[derive(Clone)]
+pub struct EndpointState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: Endpoint,
+    in_flight: AtomicUsize,
+    connectivity: AtomicU8,
+}
+
+impl EndpointState {
+    /// A new endpoint in state [`Connectivity::Idle`] with nothing in flight.
+    pub fn new(endpoint: Endpoint) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                endpoint,
+                in_flight: AtomicUsize::new(0),
+                connectivity: AtomicU8::new(Connectivity::Idle as u8),
+            }),
+        }
+    }
+
+    /// The endpoint's address.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
+    }
+
+    /// Calls sent to this endpoint whose response has not finished yet.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The current connectivity state.
+    pub fn connectivity(&self) -> Connectivity {
+        Connectivity::from_u8(self.inner.connectivity.load(Ordering::Acquire))
+    }
+
+    /// Whether calls may be sent here now.
+    pub fn is_ready(&self) -> bool {
+        self.connectivity() == Connectivity::Ready
+    }
+
+    /// Moves the endpoint to `state`; returns the state it was in.
+    pub fn set_connectivity(&self, state: Connectivity) -> Connectivity {
+        Connectivity::from_u8(self.inner.connectivity.swap(state as u8, Ordering::AcqRel))
+    }
+
+    /// Moves the endpoint from `from` to `to` if it is in `from` now; returns whether it
+    /// moved. Of several threads racing to make the same move, exactly one succeeds.
+    pub fn transition(&self, from: Connectivity, to: Connectivity) -> bool {
+        self.inner
+            .connectivity
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Counts one more call in flight until the returned guard is dropped.
+    ///
+    /// The balancer keeps the guard inside the response body, so a call counts as in
+    /// flight until its last byte (and trailers) arrive, not merely its headers: a
+    /// streaming call that is still sending is still load on the server.
+    pub fn start_call(&self) -> InFlightGuard {
+        self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard {
+            state: self.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for EndpointState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointState")
+            .field("endpoint", &self.endpoint().to_string())
+            .field("connectivity", &self.connectivity())
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+/// Decrements its endpoint's in-flight count when dropped.
+#[must_use = "the call stops counting as in flight as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct InFlightGuard {
+    state: EndpointState,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.state.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guards_count_calls_in_flight() {
+        let state = EndpointState::new("127.0.0.1:1".parse().unwrap());
+        let a = state.start_call();
+        let b = state.clone().start_call();
+        assert_eq!(state.in_flight(), 2);
+        drop(a);
+        assert_eq!(state.in_flight(), 1);
+        drop(b);
+        assert_eq!(state.in_flight(), 0);
+    }
+
+    #[test]
+    fn connectivity_round_trips() {
+        let state = EndpointState::new("127.0.0.1:1".parse().unwrap());
+        assert_eq!(state.connectivity(), Connectivity::Idle);
+        for next in [
+            Connectivity::Connecting,
+            Connectivity::Ready,
+            Connectivity::TransientFailure,
+            Connectivity::Idle,
+        ] {
+            state.set_connectivity(next);
+            assert_eq!(state.connectivity(), next);
+            assert_eq!(state.is_ready(), next == Connectivity::Ready);
+        }
+    }
+}

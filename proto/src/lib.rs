@@ -1,0 +1,33 @@
+//! The article's `example.proto`, compiled by tonic.
+//!
+//! ```proto
+//! package example;
+//! service MyService { rpc SayHello (HelloRequest) returns (HelloResponse) {} }
+//! message HelloRequest  { string name = 1; }
+//! message HelloResponse { string message = 1; }
+//! ```
+//!
+//! The generated code lives in [`example`]; the most used items are re-exported at the
+//! crate root:
+//!
+//! - [`MyServiceClient`]: the client stub. It is generic over any
+//!   `tower::Service<http::Request<tonic::body::Body>>`, which is how `lb-core`'s
+//!   balancer slides in underneath it.
+//! - [`MyService`] and [`MyServiceServer`]: the trait a server implements and the
+//!   tonic service that routes `/example.MyService/SayHello` to it.
+
+/// Code generated from `example.proto` (package `example`).
+#[allow(missing_docs, clippy::all, clippy::unwrap_used)]
+pub mod example {
+    tonic::include_proto!("example");
+}
+
+pub use example::my_service_client::MyServiceClient;
+pub use example::my_service_server::{MyService, MyServiceServer};
+pub use example::{HelloRequest, HelloResponse};
+
+/// The encoded `FileDescriptorSet` of `example.proto`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("example_descriptor");
+
+/// The fully qualified service name, as health checks and reflection spell it.
+pub const SERVICE_NAME: &str = "example.MyService";
