@@ -1,1 +1,16 @@
-//! stub
+//! The balancing client: sends `SayHello` calls through [`lb_core::Balancer`] and
+//! reports where they went.
+//!
+//! - [`load`]: runs a closed-loop load (N workers, each sending its next call as soon as
+//!   the last one returns) and collects what happened.
+//! - [`report`]: the result, as a table with bars for people or JSON for scripts.
+//! - [`health`]: asks servers' `grpc.health.v1.Health` whether they are SERVING (the
+//!   scripts use it to wait for servers to come up).
+#![forbid(unsafe_code)]
+
+pub mod health;
+pub mod load;
+pub mod report;
+
+pub use load::{LoadSpec, run};
+pub use report::Report;

@@ -10,7 +10,7 @@ use std::{net::IpAddr, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use greeter_server::{Config, parse_ports};
-use tracing::{error, info};
+use tracing::info;
 
 /// Serves example.MyService (SayHello -> "Hello, {name}!") with health checks and
 /// reflection, on one or many ports.
@@ -61,7 +61,6 @@ async fn main() -> ExitCode {
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            error!("{err:#}");
             eprintln!("greeter-server: error: {err:#}");
             ExitCode::FAILURE
         }
@@ -100,6 +99,7 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

@@ -23,7 +23,6 @@
 //! state and last error.
 
 use std::{
-    error::Error as StdError,
     fmt,
     pin::Pin,
     sync::{
@@ -47,6 +46,7 @@ use tracing::{info, warn};
 
 use crate::{
     Backoff, Connectivity, Endpoint, EndpointState, Error, InFlightGuard,
+    error::describe,
     policy::{PickContext, PickError, Picker, Policy},
 };
 
@@ -641,22 +641,6 @@ impl fmt::Debug for ResponseBody {
     }
 }
 
-/// An error and its causes, `outer: inner: innermost` (tonic's own `Display` says only
-/// "transport error" and hides the useful part, such as "Connection refused").
-fn describe(err: &(dyn StdError + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// Locks a mutex that guards plain data, ignoring poisoning: a panic elsewhere cannot
 /// leave an `Option<Channel>` half-written.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -718,17 +702,6 @@ mod tests {
         assert_eq!(state.in_flight(), 1);
         drop(body);
         assert_eq!(state.in_flight(), 0);
-    }
-
-    #[test]
-    fn describe_shows_the_causes() {
-        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        let outer = Error::InvalidEndpoint {
-            input: "x".into(),
-            reason: "bad".into(),
-        };
-        assert_eq!(describe(&inner), "refused");
-        assert_eq!(describe(&outer), "invalid endpoint `x`: bad");
     }
 
     #[tokio::test]

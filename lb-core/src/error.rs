@@ -36,3 +36,38 @@ pub enum Error {
         source: tonic::transport::Error,
     },
 }
+
+/// An error and its causes, `outer: inner: innermost`.
+///
+/// tonic's transport errors say only "transport error" in their own `Display` and keep
+/// the useful part ("tcp connect error: Connection refused") in their sources.
+pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors repeat their source in their own message; say it once.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_shows_the_causes() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(describe(&inner), "refused");
+        let outer = Error::InvalidEndpoint {
+            input: "x".into(),
+            reason: "bad".into(),
+        };
+        assert_eq!(describe(&outer), "invalid endpoint `x`: bad");
+    }
+}

@@ -1,0 +1,48 @@
+//! Asks servers whether they are up, with `grpc.health.v1.Health/Check`.
+//!
+//! The scripts run `greeter-client health --servers ... --wait 10s` after starting
+//! servers in the background, so the demo never sends calls to a server that is still
+//! starting.
+
+use std::time::Duration;
+
+use lb_core::Endpoint;
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tokio::time::Instant;
+
+/// Checks `endpoint` once: `Ok(status)` if it answered, `Err(reason)` if not.
+pub async fn check(endpoint: &Endpoint, timeout: Duration) -> Result<ServingStatus, String> {
+    let channel = Channel::from_shared(endpoint.uri())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect: {}", lb_core::error::describe(&e)))?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?;
+    Ok(response.into_inner().status())
+}
+
+/// Checks `endpoint` every 100 ms until it is SERVING or `wait` has passed.
+pub async fn wait_serving(endpoint: &Endpoint, wait: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let last = match check(endpoint, Duration::from_secs(1)).await {
+            Ok(ServingStatus::Serving) => return Ok(()),
+            Ok(other) => format!("status {}", other.as_str_name()),
+            Err(reason) => reason,
+        };
+        if Instant::now() >= deadline {
+            return Err(format!("endpoint {endpoint}: not SERVING after {wait:?}: {last}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,271 @@
+//! Closed-loop load: `concurrency` workers share a budget of `requests` calls.
+//!
+//! Each worker sends a call, waits for its answer, and sends the next, so at most
+//! `concurrency` calls are in flight at once. That is the load under which the
+//! policies differ: with one call at a time, "least connections" has nothing to see.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use greeter_proto::{HelloRequest, MyServiceClient};
+use hdrhistogram::Histogram;
+use lb_core::{Balancer, Connectivity, Endpoint, EndpointStatus, PickedEndpoint, Policy};
+use tokio::time::Instant;
+use tonic::{Code, Request};
+
+use crate::report::{Backend, ErrorCount, Latency, Report};
+
+/// The response metadata key greeter-server stamps with its own address.
+pub const SERVED_BY: &str = "x-served-by";
+
+/// What load to send, and how.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    /// The servers to balance over.
+    pub servers: Vec<Endpoint>,
+    /// The picking policy.
+    pub policy: Policy,
+    /// How many calls in all.
+    pub requests: u64,
+    /// How many calls in flight at once.
+    pub concurrency: usize,
+    /// The `name` in each `HelloRequest`.
+    pub name: String,
+    /// Seeds the balancer's random choices; `None` draws a seed from the OS.
+    pub seed: Option<u64>,
+    /// The deadline of each call.
+    pub timeout: Duration,
+    /// How long to wait for the first connections before sending.
+    pub connect_wait: Duration,
+}
+
+impl LoadSpec {
+    /// `requests` calls to `servers` with `policy`, one at a time, with the defaults of
+    /// the command line for everything else.
+    pub fn new(servers: Vec<Endpoint>, policy: Policy, requests: u64) -> Self {
+        Self {
+            servers,
+            policy,
+            requests,
+            concurrency: 1,
+            name: "world".into(),
+            seed: None,
+            timeout: Duration::from_secs(10),
+            connect_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What one worker saw; merged into the [`Report`] at the end.
+struct Tally {
+    latency_us: Histogram<u64>,
+    /// Per `x-served-by`: (successes, errors).
+    served: HashMap<String, (u64, u64)>,
+    /// Which server answered for each endpoint the balancer picked.
+    picked: HashMap<Endpoint, String>,
+    /// Per gRPC code: count and the first message.
+    errors: HashMap<Code, (u64, String)>,
+    replies_ok: bool,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            // 1 µs to 1 hour at 3 significant digits: ample for any call.
+            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("constant histogram bounds are valid"),
+            served: HashMap::new(),
+            picked: HashMap::new(),
+            errors: HashMap::new(),
+            replies_ok: true,
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        // Both histograms have the same bounds, so adding cannot fail.
+        let _ = self.latency_us.add(&other.latency_us);
+        for (server, (ok, err)) in other.served {
+            let entry = self.served.entry(server).or_default();
+            entry.0 += ok;
+            entry.1 += err;
+        }
+        self.picked.extend(other.picked);
+        for (code, (count, message)) in other.errors {
+            self.errors.entry(code).or_insert((0, message)).0 += count;
+        }
+        self.replies_ok &= other.replies_ok;
+    }
+}
+
+/// Builds a balancer over `spec.servers`, sends the load, and reports.
+///
+/// Returns an error only when the balancer cannot be built; failed calls are counted
+/// in the report, not returned.
+pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
+    let mut builder = Balancer::builder(spec.servers.clone()).policy(spec.policy);
+    if let Some(seed) = spec.seed {
+        builder = builder.seed(seed);
+    }
+    let balancer = builder.build()?;
+    // Let every endpoint finish connecting, so that the first calls are not all sent to
+    // whichever server happened to answer first.
+    balancer.wait_settled(spec.connect_wait).await;
+
+    let client = MyServiceClient::new(balancer.clone());
+    let budget = Arc::new(AtomicU64::new(spec.requests));
+    let expected = format!("Hello, {}!", spec.name);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..spec.concurrency.max(1))
+        .map(|_| {
+            let client = client.clone();
+            let budget = budget.clone();
+            let name = spec.name.clone();
+            let expected = expected.clone();
+            let timeout = spec.timeout;
+            tokio::spawn(worker(client, budget, name, expected, timeout))
+        })
+        .collect();
+
+    let mut total = Tally::new();
+    for worker in workers {
+        match worker.await {
+            Ok(tally) => total.merge(tally),
+            Err(err) => {
+                let entry = total.errors.entry(Code::Internal).or_insert((0, String::new()));
+                entry.0 += 1;
+                entry.1 = format!("a worker task failed: {err}");
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    Ok(build_report(spec, total, elapsed, &balancer.endpoints()))
+}
+
+/// Takes calls from the shared budget until it is empty.
+async fn worker(
+    mut client: MyServiceClient<Balancer>,
+    budget: Arc<AtomicU64>,
+    name: String,
+    expected: String,
+    timeout: Duration,
+) -> Tally {
+    let mut tally = Tally::new();
+    // `fetch_update` never takes the budget below zero, however many workers race.
+    while budget
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        let mut request = Request::new(HelloRequest { name: name.clone() });
+        request.set_timeout(timeout);
+        let sent = Instant::now();
+        match client.say_hello(request).await {
+            Ok(response) => {
+                let micros = sent.elapsed().as_micros().max(1);
+                let _ = tally
+                    .latency_us
+                    .record(u64::try_from(micros).unwrap_or(u64::MAX));
+                let server = served_by(response.metadata());
+                if let Some(PickedEndpoint(endpoint)) = response.extensions().get() {
+                    tally.picked.insert(endpoint.clone(), server.clone());
+                }
+                tally.served.entry(server).or_default().0 += 1;
+                if response.into_inner().message != expected {
+                    tally.replies_ok = false;
+                }
+            }
+            Err(status) => {
+                if status.metadata().contains_key(SERVED_BY) {
+                    tally.served.entry(served_by(status.metadata())).or_default().1 += 1;
+                }
+                tally
+                    .errors
+                    .entry(status.code())
+                    .or_insert((0, status.message().to_string()))
+                    .0 += 1;
+            }
+        }
+    }
+    tally
+}
+
+fn served_by(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get(SERVED_BY)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("(no x-served-by)")
+        .to_string()
+}
+
+fn build_report(
+    spec: &LoadSpec,
+    mut tally: Tally,
+    elapsed: Duration,
+    states: &[EndpointStatus],
+) -> Report {
+    let succeeded: u64 = tally.served.values().map(|(ok, _)| ok).sum();
+    let failed: u64 = tally.errors.values().map(|(n, _)| n).sum();
+
+    // One row per server, in the order the servers were given; a configured server
+    // that answered nothing still gets its row (with 0), which is the point of
+    // pick_first. Servers are matched by what they call themselves (x-served-by).
+    let mut backends = Vec::new();
+    for (endpoint, status) in spec.servers.iter().zip(states) {
+        let name = tally
+            .picked
+            .get(endpoint)
+            .cloned()
+            .unwrap_or_else(|| endpoint.to_string());
+        let (ok, err) = tally.served.remove(&name).unwrap_or_default();
+        if !backends.iter().any(|b: &Backend| b.address == name) {
+            let mut backend = Backend::new(name, ok, err, succeeded);
+            if status.connectivity != Connectivity::Ready {
+                backend.state = Some(match &status.last_error {
+                    Some(reason) => format!("{} ({reason})", status.connectivity),
+                    None => status.connectivity.to_string(),
+                });
+            }
+            backends.push(backend);
+        }
+    }
+    let mut others: Vec<_> = tally.served.into_iter().collect();
+    others.sort();
+    for (name, (ok, err)) in others {
+        backends.push(Backend::new(name, ok, err, succeeded));
+    }
+
+    let mut errors: Vec<ErrorCount> = tally
+        .errors
+        .into_iter()
+        .map(|(code, (count, example))| ErrorCount {
+            code: format!("{code:?}"),
+            count,
+            example,
+        })
+        .collect();
+    errors.sort_by(|a, b| b.count.cmp(&a.count).then(a.code.cmp(&b.code)));
+
+    let secs = elapsed.as_secs_f64();
+    Report {
+        policy: spec.policy.name().to_string(),
+        requests: spec.requests,
+        concurrency: spec.concurrency,
+        elapsed_secs: secs,
+        calls_per_sec: if secs > 0.0 {
+            (succeeded + failed) as f64 / secs
+        } else {
+            0.0
+        },
+        succeeded,
+        failed,
+        replies_ok: tally.replies_ok,
+        backends,
+        latency_ms: Latency::from_histogram_us(&tally.latency_us),
+        errors,
+    }
+}
