@@ -7,11 +7,11 @@
 use std::time::Duration;
 
 use lb_core::Endpoint;
+use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
-use tokio::time::Instant;
 
 /// Checks `endpoint` once: `Ok(status)` if it answered, `Err(reason)` if not.
 pub async fn check(endpoint: &Endpoint, timeout: Duration) -> Result<ServingStatus, String> {
@@ -41,7 +41,9 @@ pub async fn wait_serving(endpoint: &Endpoint, wait: Duration) -> Result<(), Str
             Err(reason) => reason,
         };
         if Instant::now() >= deadline {
-            return Err(format!("endpoint {endpoint}: not SERVING after {wait:?}: {last}"));
+            return Err(format!(
+                "endpoint {endpoint}: not SERVING after {wait:?}: {last}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -137,7 +137,10 @@ pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
         match worker.await {
             Ok(tally) => total.merge(tally),
             Err(err) => {
-                let entry = total.errors.entry(Code::Internal).or_insert((0, String::new()));
+                let entry = total
+                    .errors
+                    .entry(Code::Internal)
+                    .or_insert((0, String::new()));
                 entry.0 += 1;
                 entry.1 = format!("a worker task failed: {err}");
             }
@@ -181,7 +184,11 @@ async fn worker(
             }
             Err(status) => {
                 if status.metadata().contains_key(SERVED_BY) {
-                    tally.served.entry(served_by(status.metadata())).or_default().1 += 1;
+                    tally
+                        .served
+                        .entry(served_by(status.metadata()))
+                        .or_default()
+                        .1 += 1;
                 }
                 tally
                     .errors

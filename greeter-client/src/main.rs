@@ -18,7 +18,11 @@ use lb_core::{Endpoint, Policy};
 /// Calls example.MyService/SayHello through a client-side load balancer and shows
 /// which server answered each call.
 #[derive(Parser, Debug)]
-#[command(version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -38,7 +42,12 @@ enum Command {
 #[derive(Args, Debug)]
 struct LoadArgs {
     /// Servers to balance over, comma-separated host:port.
-    #[arg(long, required = true, value_delimiter = ',', value_name = "HOST:PORT,...")]
+    #[arg(
+        long,
+        required = true,
+        value_delimiter = ',',
+        value_name = "HOST:PORT,..."
+    )]
     servers: Vec<Endpoint>,
 
     /// Balancing policy: pick_first, round_robin, random or least_connections.
@@ -73,7 +82,12 @@ struct LoadArgs {
 #[derive(Args, Debug)]
 struct HealthArgs {
     /// Servers to check, comma-separated host:port.
-    #[arg(long, required = true, value_delimiter = ',', value_name = "HOST:PORT,...")]
+    #[arg(
+        long,
+        required = true,
+        value_delimiter = ',',
+        value_name = "HOST:PORT,..."
+    )]
     servers: Vec<Endpoint>,
 
     /// Keep checking for this long before giving up, e.g. 10s.
@@ -130,7 +144,11 @@ async fn run_health(args: HealthArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|endpoint| health::wait_serving(endpoint, args.wait));
     let mut healthy = true;
-    for (endpoint, result) in args.servers.iter().zip(futures::future::join_all(checks).await) {
+    for (endpoint, result) in args
+        .servers
+        .iter()
+        .zip(futures::future::join_all(checks).await)
+    {
         match result {
             Ok(()) => println!("{endpoint} SERVING"),
             Err(reason) => {

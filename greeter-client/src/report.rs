@@ -133,7 +133,11 @@ impl Report {
             .max()
             .unwrap_or(0)
             .max("backend".len());
-        let _ = writeln!(out, "  {:<width$}  {:>6}  {:>6}", "backend", "calls", "share");
+        let _ = writeln!(
+            out,
+            "  {:<width$}  {:>6}  {:>6}",
+            "backend", "calls", "share"
+        );
         for b in &self.backends {
             let _ = write!(
                 out,
@@ -178,7 +182,7 @@ fn bar(share: f64) -> String {
     const EIGHTHS: [char; 8] = [' ', '▏', '▎', '▍', '▌', '▋', '▊', '▉'];
     let eighths = (share.clamp(0.0, 1.0) * (BAR_WIDTH * 8) as f64).round() as usize;
     let mut bar = "█".repeat(eighths / 8);
-    if eighths % 8 != 0 {
+    if !eighths.is_multiple_of(8) {
         bar.push(EIGHTHS[eighths % 8]);
     }
     bar
@@ -193,7 +197,8 @@ mod tests {
         assert_eq!(bar(0.0), "");
         assert_eq!(bar(1.0).chars().count(), BAR_WIDTH);
         assert_eq!(bar(0.5), "█".repeat(15));
-        assert_eq!(bar(1.0 / 3.0), format!("{}▏", "█".repeat(10)));
+        assert_eq!(bar(1.0 / 3.0), "█".repeat(10));
+        assert_eq!(bar(0.34), format!("{}▎", "█".repeat(10)));
     }
 
     #[test]
@@ -221,6 +226,9 @@ mod tests {
         let table = report.to_table();
         assert!(table.contains("127.0.0.1:1       3  100.0%"), "{table}");
         assert!(table.contains("127.0.0.1:2       0    0.0%"), "{table}");
-        assert!(table.contains("1 × Unavailable: endpoint 127.0.0.1:3: refused"), "{table}");
+        assert!(
+            table.contains("1 × Unavailable: endpoint 127.0.0.1:3: refused"),
+            "{table}"
+        );
     }
 }

@@ -300,9 +300,7 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
             calls: calls_tx.clone(),
         };
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<MyServiceServer<Arc<Greeter>>>()
-            .await;
+        health.set_serving::<MyServiceServer<Arc<Greeter>>>().await;
         let reflection_v1 = reflection()?.build_v1()?;
         let reflection_v1alpha = reflection()?.build_v1alpha()?;
 

@@ -324,7 +324,10 @@ impl Shared {
     /// number, so a seeded program gets the same streams every run.
     fn next_rng(&self) -> SmallRng {
         let n = self.clones.fetch_add(1, Ordering::Relaxed);
-        SmallRng::seed_from_u64(self.seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+        SmallRng::seed_from_u64(
+            self.seed
+                .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        )
     }
 
     fn try_pick(&self, rng: &mut SmallRng) -> Result<Route, PickError> {
@@ -680,7 +683,9 @@ mod tests {
     fn a_call_is_in_flight_until_its_body_ends() {
         let state = EndpointState::new("127.0.0.1:1".parse().unwrap());
         let frames = Frames(VecDeque::from([
-            Frame::data(Bytes::from_static(b"headers came first; this is the message")),
+            Frame::data(Bytes::from_static(
+                b"headers came first; this is the message",
+            )),
             Frame::trailers(http::HeaderMap::new()),
         ]));
         let mut body = ResponseBody::new(Body::new(frames), state.start_call());

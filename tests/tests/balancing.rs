@@ -44,7 +44,9 @@ async fn load(endpoints: &[Endpoint], policy: Policy, requests: u64, concurrency
     let mut spec = LoadSpec::new(endpoints.to_vec(), policy, requests);
     spec.concurrency = concurrency;
     spec.seed = Some(7);
-    greeter_client::run(&spec).await.expect("the balancer builds")
+    greeter_client::run(&spec)
+        .await
+        .expect("the balancer builds")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,7 +88,10 @@ async fn least_connections_sends_the_slow_server_fewer_calls_than_round_robin() 
         lc.to_table()
     );
     fast.shutdown().await.expect("clean shutdown");
-    slow.expect("spawned").shutdown().await.expect("clean shutdown");
+    slow.expect("spawned")
+        .shutdown()
+        .await
+        .expect("clean shutdown");
 }
 
 #[tokio::test]
@@ -160,7 +165,10 @@ async fn a_server_that_dies_is_named_and_the_others_take_over() {
     balancer.wait_settled(Duration::from_secs(5)).await;
     let mut client = MyServiceClient::new(balancer.clone());
     let hello = || HelloRequest { name: "x".into() };
-    client.say_hello(hello()).await.expect("first server answers");
+    client
+        .say_hello(hello())
+        .await
+        .expect("first server answers");
 
     first.shutdown().await.expect("clean shutdown");
     // The first call after the death fails and says where; pick_first then moves on.
@@ -176,7 +184,9 @@ async fn a_server_that_dies_is_named_and_the_others_take_over() {
             }
             Err(status) => {
                 assert!(
-                    status.message().contains(&format!("endpoint {}", endpoints[0])),
+                    status
+                        .message()
+                        .contains(&format!("endpoint {}", endpoints[0])),
                     "{}",
                     status.message()
                 );
@@ -185,15 +195,20 @@ async fn a_server_that_dies_is_named_and_the_others_take_over() {
         }
     }
     assert!(named, "the death of the first server was reported");
-    assert!(!balancer.endpoints()[0].connectivity.eq(&lb_core::Connectivity::Ready));
+    assert!(
+        !balancer.endpoints()[0]
+            .connectivity
+            .eq(&lb_core::Connectivity::Ready)
+    );
     second.shutdown().await.expect("clean shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_count_in_flight_until_they_end_and_shutdown_lets_them_finish() {
-    let servers = greeter_server::spawn(Config::on_ports(&[0]).with_latency(Duration::from_millis(300)))
-        .await
-        .expect("starts");
+    let servers =
+        greeter_server::spawn(Config::on_ports(&[0]).with_latency(Duration::from_millis(300)))
+            .await
+            .expect("starts");
     let endpoint: Endpoint = servers.addrs()[0].to_string().parse().expect("parses");
     let balancer = Balancer::builder([endpoint])
         .seed(5)
@@ -225,5 +240,9 @@ async fn calls_count_in_flight_until_they_end_and_shutdown_lets_them_finish() {
         assert!(reply.into_inner().message.starts_with("Hello, caller "));
     }
     shutdown.await.expect("task").expect("graceful shutdown");
-    assert_eq!(balancer.endpoints()[0].in_flight, 0, "every guard was released");
+    assert_eq!(
+        balancer.endpoints()[0].in_flight,
+        0,
+        "every guard was released"
+    );
 }

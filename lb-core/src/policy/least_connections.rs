@@ -35,7 +35,11 @@ impl Picker for LeastConnections {
         NAME
     }
 
-    fn pick(&self, endpoints: &[EndpointState], ctx: &mut PickContext<'_>) -> Result<usize, PickError> {
+    fn pick(
+        &self,
+        endpoints: &[EndpointState],
+        ctx: &mut PickContext<'_>,
+    ) -> Result<usize, PickError> {
         let mut best: Option<(usize, usize)> = None; // (index, in flight)
         let mut tied = 0u32;
         for (i, endpoint) in endpoints.iter().enumerate() {
@@ -74,7 +78,10 @@ mod tests {
         let _a = [endpoints[0].start_call(), endpoints[0].start_call()];
         let _c = endpoints[2].start_call();
         // a: 2, b: 0, c: 1  ->  always b (the picks themselves add no load here).
-        assert_eq!(histogram(&LeastConnections, &endpoints, 100), vec![0, 100, 0]);
+        assert_eq!(
+            histogram(&LeastConnections, &endpoints, 100),
+            vec![0, 100, 0]
+        );
     }
 
     #[test]

@@ -69,8 +69,11 @@ pub trait Picker: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Picks one of `endpoints` and returns its index.
-    fn pick(&self, endpoints: &[EndpointState], ctx: &mut PickContext<'_>)
-    -> Result<usize, PickError>;
+    fn pick(
+        &self,
+        endpoints: &[EndpointState],
+        ctx: &mut PickContext<'_>,
+    ) -> Result<usize, PickError>;
 }
 
 /// What a pick may use besides endpoint state.
@@ -280,7 +283,10 @@ mod tests {
                 match picker.pick(&endpoints, &mut ctx) {
                     Ok(i) => {
                         assert!(i < n, "{policy} picked {i} of {n}");
-                        assert!(endpoints[i].is_ready(), "{policy} picked a non-ready endpoint");
+                        assert!(
+                            endpoints[i].is_ready(),
+                            "{policy} picked a non-ready endpoint"
+                        );
                     }
                     Err(err) => {
                         assert!(!any_ready, "{policy} failed with a ready endpoint: {err}");

@@ -23,7 +23,11 @@ impl Picker for PickFirst {
         NAME
     }
 
-    fn pick(&self, endpoints: &[EndpointState], _: &mut PickContext<'_>) -> Result<usize, PickError> {
+    fn pick(
+        &self,
+        endpoints: &[EndpointState],
+        _: &mut PickContext<'_>,
+    ) -> Result<usize, PickError> {
         endpoints
             .iter()
             .position(EndpointState::is_ready)

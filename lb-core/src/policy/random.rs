@@ -25,7 +25,11 @@ impl Picker for Random {
         NAME
     }
 
-    fn pick(&self, endpoints: &[EndpointState], ctx: &mut PickContext<'_>) -> Result<usize, PickError> {
+    fn pick(
+        &self,
+        endpoints: &[EndpointState],
+        ctx: &mut PickContext<'_>,
+    ) -> Result<usize, PickError> {
         if endpoints.is_empty() {
             return Err(PickError::NoEndpoints);
         }
@@ -71,7 +75,10 @@ mod tests {
         let endpoints = ready(3);
         let counts = histogram(&Random, &endpoints, 30_000);
         let chi2 = chi_square_uniform(&counts);
-        assert!(chi2 < CHI_SQUARE_2DF_P001, "counts {counts:?}, chi-square {chi2}");
+        assert!(
+            chi2 < CHI_SQUARE_2DF_P001,
+            "counts {counts:?}, chi-square {chi2}"
+        );
         for c in counts {
             assert!((9_500..=10_500).contains(&c), "{c} is far from 10,000");
         }
@@ -85,6 +92,9 @@ mod tests {
         assert_eq!(counts[1], 0);
         let ready: Vec<usize> = [0, 2, 3].iter().map(|&i| counts[i]).collect();
         let chi2 = chi_square_uniform(&ready);
-        assert!(chi2 < CHI_SQUARE_2DF_P001, "counts {counts:?}, chi-square {chi2}");
+        assert!(
+            chi2 < CHI_SQUARE_2DF_P001,
+            "counts {counts:?}, chi-square {chi2}"
+        );
     }
 }

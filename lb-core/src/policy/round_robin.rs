@@ -45,7 +45,11 @@ impl Picker for RoundRobin {
         NAME
     }
 
-    fn pick(&self, endpoints: &[EndpointState], _: &mut PickContext<'_>) -> Result<usize, PickError> {
+    fn pick(
+        &self,
+        endpoints: &[EndpointState],
+        _: &mut PickContext<'_>,
+    ) -> Result<usize, PickError> {
         let n = endpoints.len();
         if n == 0 {
             return Err(PickError::NoEndpoints);
@@ -93,9 +97,17 @@ mod tests {
         let first = |seed| {
             let mut rng = SmallRng::seed_from_u64(seed);
             let picker = RoundRobin::new(&mut rng);
-            picker.pick(&endpoints, &mut PickContext::new(&mut rng)).unwrap()
+            picker
+                .pick(&endpoints, &mut PickContext::new(&mut rng))
+                .unwrap()
         };
         assert_eq!(first(5), first(5));
-        assert!((0..10).map(first).collect::<std::collections::HashSet<_>>().len() > 1);
+        assert!(
+            (0..10)
+                .map(first)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                > 1
+        );
     }
 }

@@ -1,0 +1,141 @@
+//! The `greeter-client` binary: exit codes, messages, table and JSON output.
+
+use std::process::{Command, Output};
+
+use greeter_server::Config;
+
+fn client(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_greeter-client"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the binary runs")
+}
+
+/// Runs the client off the async runtime, which keeps serving the in-process servers.
+async fn client_async(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(ToString::to_string).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        client(&args)
+    })
+    .await
+    .expect("the client task runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn an_unknown_policy_exits_2_and_lists_the_valid_ones() {
+    let out = client(&["--servers", "127.0.0.1:50051", "--policy", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("unknown policy `nope`"), "{stderr}");
+    assert!(
+        stderr.contains("pick_first, round_robin, random, least_connections"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_malformed_server_exits_2_and_names_it() {
+    for (bad, why) in [
+        ("localhost", "missing port"),
+        ("127.0.0.1:99999", "out of range"),
+        ("127.0.0.1:x", "not a number"),
+    ] {
+        let list = format!("127.0.0.1:50051,{bad}");
+        let out = client(&["--servers", &list]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(&format!("invalid endpoint `{bad}`")),
+            "{stderr}"
+        );
+        assert!(stderr.contains(why), "{stderr}");
+    }
+}
+
+#[test]
+fn missing_servers_is_a_usage_error() {
+    let out = client(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--servers"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_prints_the_table_and_json_and_exits_0() {
+    let servers = greeter_server::spawn(Config::on_ports(&[0, 0, 0]))
+        .await
+        .expect("servers start");
+    let list = servers.endpoints_list();
+    let args = [
+        "--servers",
+        &list,
+        "--requests",
+        "30",
+        "--concurrency",
+        "3",
+        "--seed",
+        "1",
+    ];
+
+    let out = client_async(&args).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.starts_with("round_robin: 30 calls, concurrency 3"),
+        "{stdout}"
+    );
+    for addr in servers.addrs() {
+        assert!(
+            stdout.contains(&format!("{addr}      10   33.3%")),
+            "{stdout}"
+        );
+    }
+    assert!(stdout.contains("latency   p50"), "{stdout}");
+    assert!(stdout.contains("errors    none"), "{stdout}");
+
+    let out = client_async(&[
+        "--servers",
+        &list,
+        "--requests",
+        "30",
+        "--policy",
+        "pick_first",
+        "--json",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert_eq!(json["policy"], "pick_first");
+    assert_eq!(json["succeeded"], 30);
+    let backends = json["backends"].as_array().expect("a list");
+    assert_eq!(backends.len(), 3);
+    assert_eq!(backends[0]["calls"], 30);
+    assert_eq!(backends[1]["calls"], 0);
+
+    let out = client_async(&["health", "--servers", &list, "--wait", "5s"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout).matches("SERVING").count(), 3);
+    servers.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_calls_exit_1_and_name_the_endpoint() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = listener.local_addr().expect("addr").to_string();
+    drop(listener);
+
+    let out = client_async(&["--servers", &dead, "--requests", "2", "--timeout", "2s"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains(&format!("endpoint {dead}")), "{stdout}");
+    assert!(stdout.contains("TRANSIENT_FAILURE"), "{stdout}");
+
+    let out = client_async(&["health", "--servers", &dead]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("not SERVING"));
+}

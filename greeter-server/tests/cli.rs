@@ -1,0 +1,78 @@
+//! The `greeter-server` binary: a busy port is named, SIGTERM is a clean exit.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
+
+fn server() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_greeter-server"));
+    command.env("RUST_LOG", "info");
+    command
+}
+
+#[test]
+fn a_busy_port_exits_non_zero_and_names_the_port() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port().to_string();
+    let out = server().args(["--port", &port]).output().expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("port {port} on 127.0.0.1 is already in use")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    for args in [
+        ["--error-rate", "1.5"],
+        ["--port", "50053-50051"],
+        ["--latency", "fast"],
+        ["--host", "nowhere"],
+    ] {
+        let out = server().args(args).output().expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_every_instance_and_exits_0() {
+    let mut child = server()
+        .args(["--port", "0", "--port", "0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    // Wait for both instances to announce themselves: then the signal handler is set.
+    let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
+    let mut serving = 0;
+    for line in lines.by_ref() {
+        let line = line.expect("utf-8 log");
+        assert!(
+            !line.contains("\u{1b}["),
+            "no colours when not a terminal: {line}"
+        );
+        if line.contains("serving example.MyService") {
+            serving += 1;
+            if serving == 2 {
+                break;
+            }
+        }
+    }
+    assert_eq!(serving, 2);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(child.wait().expect("exits").code(), Some(0));
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("SIGTERM: shutting down gracefully")),
+        "{rest:?}"
+    );
+    assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
+}
