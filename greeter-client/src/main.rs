@@ -99,10 +99,19 @@ struct HealthArgs {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let result = match cli.command {
-        Some(Command::Health(args)) => run_health(args).await,
-        Some(Command::Run(args)) => run_load(args).await,
-        None => run_load(cli.load).await,
+    let work = async {
+        match cli.command {
+            Some(Command::Health(args)) => run_health(args).await,
+            Some(Command::Run(args)) => run_load(args).await,
+            None => run_load(cli.load).await,
+        }
+    };
+    let result = tokio::select! {
+        result = work => result,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("greeter-client: interrupted");
+            return ExitCode::from(130); // 128 + SIGINT, as shells report it
+        }
     };
     match result {
         Ok(code) => code,
