@@ -173,8 +173,11 @@ async fn worker(
                 let _ = tally
                     .latency_us
                     .record(u64::try_from(micros).unwrap_or(u64::MAX));
-                let server = served_by(response.metadata());
-                if let Some(PickedEndpoint(endpoint)) = response.extensions().get() {
+                let picked = response.extensions().get::<PickedEndpoint>();
+                let server = served_by(response.metadata())
+                    .or_else(|| picked.map(|p| p.0.to_string()))
+                    .unwrap_or_else(|| "(unknown)".to_string());
+                if let Some(PickedEndpoint(endpoint)) = picked {
                     tally.picked.insert(endpoint.clone(), server.clone());
                 }
                 tally.served.entry(server).or_default().0 += 1;
@@ -183,12 +186,8 @@ async fn worker(
                 }
             }
             Err(status) => {
-                if status.metadata().contains_key(SERVED_BY) {
-                    tally
-                        .served
-                        .entry(served_by(status.metadata()))
-                        .or_default()
-                        .1 += 1;
+                if let Some(server) = served_by(status.metadata()) {
+                    tally.served.entry(server).or_default().1 += 1;
                 }
                 tally
                     .errors
@@ -201,12 +200,13 @@ async fn worker(
     tally
 }
 
-fn served_by(metadata: &tonic::metadata::MetadataMap) -> String {
+/// The server's name for itself. A server that does not stamp `x-served-by` (the
+/// article's Python server, say) is counted under the endpoint the balancer picked.
+fn served_by(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
     metadata
         .get(SERVED_BY)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("(no x-served-by)")
-        .to_string()
+        .map(String::from)
 }
 
 fn build_report(

@@ -157,11 +157,15 @@ impl Report {
         }
         let _ = writeln!(out);
         let l = &self.latency_ms;
-        let _ = writeln!(
-            out,
-            "  latency   p50 {:.2} ms   p90 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
-            l.p50, l.p90, l.p99, l.max
-        );
+        if self.succeeded == 0 {
+            let _ = writeln!(out, "  latency   (no successful calls)");
+        } else {
+            let _ = writeln!(
+                out,
+                "  latency   p50 {:.2} ms   p90 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+                l.p50, l.p90, l.p99, l.max
+            );
+        }
         if self.errors.is_empty() {
             let _ = writeln!(out, "  errors    none");
         } else {

@@ -246,3 +246,49 @@ async fn calls_count_in_flight_until_they_end_and_shutdown_lets_them_finish() {
         "every guard was released"
     );
 }
+
+/// The README's "write your own policy" example, against real servers.
+#[tokio::test]
+async fn a_custom_picker_plugs_in() {
+    use lb_core::{EndpointState, PickContext, PickError, Picker};
+
+    /// Always the ready endpoint listed last.
+    struct LastReady;
+
+    impl Picker for LastReady {
+        fn name(&self) -> &'static str {
+            "last_ready"
+        }
+        fn pick(
+            &self,
+            endpoints: &[EndpointState],
+            _: &mut PickContext<'_>,
+        ) -> Result<usize, PickError> {
+            (0..endpoints.len())
+                .rev()
+                .find(|&i| endpoints[i].is_ready())
+                .ok_or_else(|| PickError::none_ready(endpoints))
+        }
+    }
+
+    let (servers, _, endpoints) = fleet(3, None).await;
+    let balancer = Balancer::builder(endpoints.clone())
+        .picker(Box::new(LastReady))
+        .build()
+        .expect("builds");
+    assert_eq!(balancer.policy_name(), "last_ready");
+    balancer.wait_settled(Duration::from_secs(5)).await;
+    let mut client = MyServiceClient::new(balancer);
+    for _ in 0..5 {
+        let response = client
+            .say_hello(HelloRequest { name: "me".into() })
+            .await
+            .expect("succeeds");
+        let served_by = response.metadata().get("x-served-by").cloned();
+        assert_eq!(
+            served_by.and_then(|v| v.to_str().ok().map(String::from)),
+            Some(endpoints[2].to_string())
+        );
+    }
+    servers.shutdown().await.expect("clean shutdown");
+}
