@@ -24,7 +24,9 @@ if (( base + count - 1 > 65535 )); then
 fi
 for binary in greeter-server greeter-client; do
   if [[ ! -x "$BIN_DIR/$binary" ]]; then
-    echo "$BIN_DIR/$binary not found: run 'cargo build --workspace${PROFILE/#release/ --release}' first" >&2
+    build="cargo build"
+    [[ "$PROFILE" == release ]] && build="cargo build --release"
+    echo "$BIN_DIR/$binary not found: run '$build' first" >&2
     exit 1
   fi
 done
@@ -33,14 +35,21 @@ mkdir -p "$RUN_DIR"
 servers=()
 for ((i = 0; i < count; i++)); do
   port=$((base + i))
+  pidfile="$RUN_DIR/server-$port.pid"
+  if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    echo "a server started earlier is still running on port $port (pid $(cat "$pidfile")):" >&2
+    echo "run scripts/stop-servers.sh first" >&2
+    exit 1
+  fi
   args=(--port "$port")
   if [[ -n "${SLOW_LAST:-}" && $i -eq $((count - 1)) ]]; then
     args+=(--latency "$SLOW_LAST")
   fi
   # shellcheck disable=SC2206 # SERVER_ARGS is meant to split into flags.
   args+=(${SERVER_ARGS:-})
-  "$BIN_DIR/greeter-server" "${args[@]}" >"$RUN_DIR/server-$port.log" 2>&1 &
-  echo $! >"$RUN_DIR/server-$port.pid"
+  # RUST_LOG=info: the "serving" line below is how we know the port is ours.
+  RUST_LOG=info "$BIN_DIR/greeter-server" "${args[@]}" >"$RUN_DIR/server-$port.log" 2>&1 &
+  echo $! >"$pidfile"
   servers+=("127.0.0.1:$port")
   echo "started greeter-server ${args[*]} (pid $!, log $RUN_DIR/server-$port.log)"
 done

@@ -12,7 +12,7 @@ for pidfile in "$RUN_DIR"/server-*.pid; do
   pid="$(cat "$pidfile")"
   # Only signal the process if it is still one of our servers: a pid can be reused.
   if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null \
-    && grep -qa greeter-server "/proc/$pid/cmdline" 2>/dev/null; then
+    && ps -p "$pid" -o command= 2>/dev/null | grep -q greeter-server; then
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 50); do
       kill -0 "$pid" 2>/dev/null || break

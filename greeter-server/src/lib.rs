@@ -190,8 +190,8 @@ impl MyService for Greeter {
     }
 }
 
-/// Running instances. Dropping this without [`shutdown`](Self::shutdown) leaves them
-/// running until the runtime ends.
+/// Running instances. Dropping this handle shuts them down gracefully too, but only
+/// [`shutdown`](Self::shutdown) waits until they have stopped.
 #[derive(Debug)]
 pub struct Servers {
     instances: Vec<Instance>,

@@ -48,7 +48,8 @@ impl Backoff {
         } else {
             0.0
         };
-        Duration::from_secs_f64((base * (1.0 + spread)).max(0.0))
+        // `try_from` rather than `from`: a huge `max` must not panic the connection task.
+        Duration::try_from_secs_f64((base * (1.0 + spread)).max(0.0)).unwrap_or(self.max)
     }
 }
 

@@ -155,13 +155,13 @@ impl BalancerBuilder {
                 .into_iter()
                 .map(|endpoint| Subchannel {
                     state: EndpointState::new(endpoint),
-                    channel: Mutex::new(None),
-                    generation: AtomicU64::new(0),
+                    connection: Mutex::new(None),
                     last_error: Mutex::new(None),
                     broken: Notify::new(),
                 })
                 .collect(),
             snapshot: arc_swap::ArcSwap::from_pointee(Snapshot::default()),
+            publishing: Mutex::new(()),
             changes: watch::Sender::new(0),
         });
 
@@ -243,7 +243,7 @@ impl Balancer {
     /// Useful before measuring: calls sent while some endpoints are still connecting
     /// go to the ones already READY, which skews the first shares.
     pub async fn wait_settled(&self, timeout: Duration) -> Vec<EndpointStatus> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut changes = self.shared.core.changes.subscribe();
         loop {
             let settled = self.shared.core.subchannels.iter().all(|s| {
@@ -302,7 +302,11 @@ impl Service<http::Request<Body>> for Balancer {
             Err(_) => {
                 let shared = self.shared.clone();
                 let rng = SmallRng::from_rng(&mut self.rng);
-                Box::pin(async move { shared.pick_when_ready(rng).await?.send(request).await })
+                let deadline = grpc_timeout(request.headers());
+                Box::pin(async move {
+                    let route = shared.pick_when_ready(rng, deadline).await?;
+                    route.send(request).await
+                })
             }
         }
     }
@@ -353,9 +357,15 @@ impl Shared {
         })
     }
 
-    /// The slow path: no endpoint is READY. Waits while any is still connecting.
-    async fn pick_when_ready(&self, mut rng: SmallRng) -> Result<Route, Status> {
-        let deadline = Instant::now() + self.queue_timeout;
+    /// The slow path: no endpoint is READY. Waits while any is still connecting, for at
+    /// most the queue timeout, or the call's own deadline (`grpc-timeout`) if sooner.
+    async fn pick_when_ready(
+        &self,
+        mut rng: SmallRng,
+        call_timeout: Option<Duration>,
+    ) -> Result<Route, Status> {
+        let wait = call_timeout.map_or(self.queue_timeout, |t| t.min(self.queue_timeout));
+        let deadline = deadline_after(wait);
         let mut changes = self.core.changes.subscribe();
         loop {
             if let Ok(route) = self.try_pick(&mut rng) {
@@ -368,10 +378,14 @@ impl Shared {
                 .await
                 .is_err()
             {
-                return Err(self.no_ready_endpoint(&format!(
-                    "none became ready within {:?}",
-                    self.queue_timeout
-                )));
+                let why = format!("none became ready within {wait:?}");
+                return Err(match call_timeout {
+                    Some(t) if t <= self.queue_timeout => {
+                        let waiting = self.no_ready_endpoint(&why);
+                        Status::deadline_exceeded(waiting.message())
+                    }
+                    _ => self.no_ready_endpoint(&why),
+                });
             }
         }
     }
@@ -399,6 +413,9 @@ struct Core {
     subchannels: Vec<Subchannel>,
     /// READY endpoints only: what pickers see.
     snapshot: arc_swap::ArcSwap<Snapshot>,
+    /// Serialises `publish`, so that a snapshot built from older states can never be
+    /// stored after one built from newer states.
+    publishing: Mutex<()>,
     /// Bumped after every connectivity change, to wake calls waiting for a READY one.
     changes: watch::Sender<u64>,
 }
@@ -406,11 +423,10 @@ struct Core {
 /// One endpoint and its connection.
 struct Subchannel {
     state: EndpointState,
-    /// The connection while READY. Read only when a snapshot is rebuilt.
-    channel: Mutex<Option<Channel>>,
-    /// Counts connections made, so that a failure seen on an old connection cannot
-    /// tear down a newer one.
-    generation: AtomicU64,
+    /// The connection while READY, with its generation: the number of connections
+    /// made so far, so that a failure seen on an old connection cannot tear down a
+    /// newer one. Locked only when a snapshot is rebuilt or a failure reported.
+    connection: Mutex<Option<(Channel, u64)>>,
     last_error: Mutex<Option<String>>,
     /// Signalled by a call that saw this connection fail.
     broken: Notify,
@@ -431,15 +447,16 @@ struct SnapshotRoute {
 impl Core {
     /// Rebuilds the snapshot of READY endpoints and wakes waiting calls.
     fn publish(&self) {
+        let _one_at_a_time = lock(&self.publishing);
         let mut snapshot = Snapshot::default();
         for (index, sub) in self.subchannels.iter().enumerate() {
-            let channel = lock(&sub.channel).clone();
-            if let (true, Some(channel)) = (sub.state.is_ready(), channel) {
+            let connection = lock(&sub.connection).clone();
+            if let (true, Some((channel, generation))) = (sub.state.is_ready(), connection) {
                 snapshot.ready.push(sub.state.clone());
                 snapshot.routes.push(SnapshotRoute {
                     channel,
                     subchannel: index,
-                    generation: sub.generation.load(Ordering::Acquire),
+                    generation,
                 });
             }
         }
@@ -473,7 +490,8 @@ impl Core {
         let Some(sub) = self.subchannels.get(index) else {
             return;
         };
-        if sub.generation.load(Ordering::Acquire) != generation {
+        let current = lock(&sub.connection).as_ref().map(|(_, g)| *g);
+        if current != Some(generation) {
             return; // An older connection; the current one may be fine.
         }
         // Only the first report moves READY -> TRANSIENT_FAILURE and wakes the task.
@@ -502,6 +520,7 @@ struct ConnectionTask {
 impl ConnectionTask {
     async fn run(mut self) {
         let mut failures = 0u32;
+        let mut generation = 0u64;
         loop {
             let core = self.core.clone();
             let sub = &core.subchannels[self.index];
@@ -516,9 +535,9 @@ impl ConnectionTask {
             match attempt {
                 Ok(channel) => {
                     failures = 0;
-                    *lock(&sub.channel) = Some(channel);
+                    generation += 1;
+                    *lock(&sub.connection) = Some((channel, generation));
                     *lock(&sub.last_error) = None;
-                    sub.generation.fetch_add(1, Ordering::AcqRel);
                     sub.state.set_connectivity(Connectivity::Ready);
                     info!(%endpoint, "connected: READY");
                     core.publish();
@@ -528,7 +547,7 @@ impl ConnectionTask {
                     }
                     // The call that broke it already moved it out of READY; reconnect
                     // at once, as gRPC does after a READY connection is lost.
-                    *lock(&sub.channel) = None;
+                    *lock(&sub.connection) = None;
                 }
                 Err(err) => {
                     let reason = describe(&err);
@@ -579,12 +598,23 @@ impl Route {
                 Ok(http::Response::from_parts(parts, body))
             }
             Err(err) => {
-                // The channel failed before any response arrived: the connection is
-                // down or was refused. Name the endpoint so the caller knows which.
+                // No response arrived. Say which endpoint, and why, in gRPC's terms.
                 let reason = describe(&err);
-                self.core
-                    .report_broken(self.subchannel, self.generation, &reason);
-                let mut status = Status::unavailable(format!("endpoint {endpoint}: {reason}"));
+                let mut status = if has_cause::<tonic::TimeoutExpired>(&err) {
+                    // The call's own deadline ran out: the endpoint may be fine, only
+                    // slower than the caller allows.
+                    Status::deadline_exceeded(format!("endpoint {endpoint}: {reason}"))
+                } else {
+                    // A connection could not be made: take the endpoint out of the
+                    // snapshot until its task has reconnected. Other failures (a
+                    // connection closed under the call) leave it in: tonic's channel
+                    // reconnects by itself, and reports a ConnectError if it cannot.
+                    if has_cause::<tonic::ConnectError>(&err) {
+                        self.core
+                            .report_broken(self.subchannel, self.generation, &reason);
+                    }
+                    Status::unavailable(format!("endpoint {endpoint}: {reason}"))
+                };
                 status.set_source(Arc::new(err));
                 Err(status)
             }
@@ -642,6 +672,46 @@ impl fmt::Debug for ResponseBody {
             .field("in_flight", &self.guard.is_some())
             .finish()
     }
+}
+
+/// Whether `E` is `err` or one of its causes.
+fn has_cause<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.is::<E>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// The call's deadline from its `grpc-timeout` header (e.g. `250m` = 250 ms), as tonic
+/// sets it from `Request::set_timeout`.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    // At most 8 digits and a unit, by the gRPC spec; reject anything else.
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// `now + timeout`, saturating instead of panicking on an absurdly long timeout.
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// Locks a mutex that guards plain data, ignoring poisoning: a panic elsewhere cannot
@@ -707,6 +777,30 @@ mod tests {
         assert_eq!(state.in_flight(), 1);
         drop(body);
         assert_eq!(state.in_flight(), 0);
+    }
+
+    #[test]
+    fn grpc_timeout_headers_are_read_and_bad_ones_ignored() {
+        let with = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            grpc_timeout(&headers)
+        };
+        assert_eq!(with("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(with("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(with("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(with("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "12x", "123456789S", "-1S", "1.5S"] {
+            assert_eq!(with(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn causes_are_found_anywhere_in_the_chain() {
+        let err = Status::unavailable("outer");
+        assert!(has_cause::<Status>(&err));
+        assert!(!has_cause::<tonic::TimeoutExpired>(&err));
     }
 
     #[tokio::test]

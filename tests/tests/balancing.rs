@@ -292,3 +292,35 @@ async fn a_custom_picker_plugs_in() {
     }
     servers.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn a_missed_deadline_is_deadline_exceeded_and_keeps_the_endpoint() {
+    let (servers, slow, endpoints) = fleet(0, Some(Duration::from_millis(500))).await;
+    let balancer = Balancer::builder(endpoints.clone())
+        .seed(2)
+        .build()
+        .expect("builds");
+    balancer.wait_settled(Duration::from_secs(5)).await;
+    let mut client = MyServiceClient::new(balancer.clone());
+    let mut request = tonic::Request::new(HelloRequest {
+        name: "hurry".into(),
+    });
+    request.set_timeout(Duration::from_millis(50));
+    let status = client.say_hello(request).await.expect_err("too slow");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("endpoint {}", endpoints[0]))
+    );
+    // A slow endpoint is not a broken one.
+    assert_eq!(
+        balancer.endpoints()[0].connectivity,
+        lb_core::Connectivity::Ready
+    );
+    servers.shutdown().await.expect("clean shutdown");
+    slow.expect("spawned")
+        .shutdown()
+        .await
+        .expect("clean shutdown");
+}
