@@ -39,16 +39,23 @@ enum Command {
     Health(HealthArgs),
 }
 
+/// `--servers`, shared by every subcommand.
 #[derive(Args, Debug)]
-struct LoadArgs {
-    /// Servers to balance over, comma-separated host:port.
+struct Servers {
+    /// Servers to call, comma-separated host:port (IPv6 as [::1]:50051).
     #[arg(
-        long,
+        long = "servers",
         required = true,
         value_delimiter = ',',
         value_name = "HOST:PORT,..."
     )]
-    servers: Vec<Endpoint>,
+    list: Vec<Endpoint>,
+}
+
+#[derive(Args, Debug)]
+struct LoadArgs {
+    #[command(flatten)]
+    servers: Servers,
 
     /// Balancing policy: pick_first, round_robin, random or least_connections.
     #[arg(long, default_value = "round_robin")]
@@ -81,14 +88,8 @@ struct LoadArgs {
 
 #[derive(Args, Debug)]
 struct HealthArgs {
-    /// Servers to check, comma-separated host:port.
-    #[arg(
-        long,
-        required = true,
-        value_delimiter = ',',
-        value_name = "HOST:PORT,..."
-    )]
-    servers: Vec<Endpoint>,
+    #[command(flatten)]
+    servers: Servers,
 
     /// Keep checking for this long before giving up, e.g. 10s.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
@@ -124,7 +125,7 @@ async fn main() -> ExitCode {
 
 async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let spec = LoadSpec {
-        servers: args.servers,
+        servers: args.servers.list,
         policy: args.policy,
         requests: args.requests,
         concurrency: usize::from(args.concurrency),
@@ -148,16 +149,13 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
 
 async fn run_health(args: HealthArgs) -> anyhow::Result<ExitCode> {
     // Concurrently, so that --wait bounds the whole command, not each server in turn.
-    let checks = args
-        .servers
+    let servers = args.servers.list;
+    let checks = servers
         .iter()
         .map(|endpoint| health::wait_serving(endpoint, args.wait));
     let mut healthy = true;
-    for (endpoint, result) in args
-        .servers
-        .iter()
-        .zip(futures::future::join_all(checks).await)
-    {
+    let results = futures::future::join_all(checks).await;
+    for (endpoint, result) in servers.iter().zip(results) {
         match result {
             Ok(()) => println!("{endpoint} SERVING"),
             Err(reason) => {

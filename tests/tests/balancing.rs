@@ -32,6 +32,12 @@ async fn fleet(fast: usize, slow: Option<Duration>) -> (Servers, Option<Servers>
     (fast, slow, endpoints)
 }
 
+/// The server's own name for itself, from the `x-served-by` response metadata.
+fn served_by<T>(response: &tonic::Response<T>) -> Option<String> {
+    let value = response.metadata().get("x-served-by")?;
+    value.to_str().ok().map(String::from)
+}
+
 fn calls_to(report: &Report, address: &str) -> u64 {
     report
         .backends
@@ -109,13 +115,9 @@ async fn replies_are_hello_name_and_name_the_server() {
             .say_hello(HelloRequest { name: name.into() })
             .await
             .expect("the call succeeds");
-        let served_by = response.metadata().get("x-served-by").cloned();
-        assert_eq!(response.into_inner().message, format!("Hello, {name}!"));
+        assert_eq!(response.get_ref().message, format!("Hello, {name}!"));
         // pick_first: always the first server.
-        assert_eq!(
-            served_by.and_then(|v| v.to_str().ok().map(String::from)),
-            Some(endpoints[0].to_string())
-        );
+        assert_eq!(served_by(&response), Some(endpoints[0].to_string()));
     }
     servers.shutdown().await.expect("clean shutdown");
 }
@@ -176,11 +178,7 @@ async fn a_server_that_dies_is_named_and_the_others_take_over() {
     for _ in 0..3 {
         match client.say_hello(hello()).await {
             Ok(response) => {
-                let served_by = response.metadata().get("x-served-by").cloned();
-                assert_eq!(
-                    served_by.and_then(|v| v.to_str().ok().map(String::from)),
-                    Some(endpoints[1].to_string())
-                );
+                assert_eq!(served_by(&response), Some(endpoints[1].to_string()));
             }
             Err(status) => {
                 assert!(
@@ -284,11 +282,7 @@ async fn a_custom_picker_plugs_in() {
             .say_hello(HelloRequest { name: "me".into() })
             .await
             .expect("succeeds");
-        let served_by = response.metadata().get("x-served-by").cloned();
-        assert_eq!(
-            served_by.and_then(|v| v.to_str().ok().map(String::from)),
-            Some(endpoints[2].to_string())
-        );
+        assert_eq!(served_by(&response), Some(endpoints[2].to_string()));
     }
     servers.shutdown().await.expect("clean shutdown");
 }
