@@ -3,7 +3,10 @@
 //!
 //! - [`load`]: runs a closed-loop load (N workers, each sending its next call as soon as
 //!   the last one returns) and collects what happened.
-//! - [`report`]: the result, as a table with bars for people or JSON for scripts.
+//! - [`report`]: the result, as a table with bars for people or JSON for scripts, and
+//!   the side-by-side table of several policies (`compare`, `simulate`).
+//! - [`simulate`]: a seeded discrete-event simulation in virtual time, with the same
+//!   pickers as the real balancer.
 //! - [`health`]: asks servers' `grpc.health.v1.Health` whether they are SERVING (the
 //!   scripts use it to wait for servers to come up).
 #![forbid(unsafe_code)]
@@ -11,6 +14,7 @@
 pub mod health;
 pub mod load;
 pub mod report;
+pub mod simulate;
 
 pub use load::{LoadSpec, run};
 pub use report::Report;

@@ -19,7 +19,7 @@ use lb_core::{Balancer, Connectivity, Endpoint, EndpointStatus, PickedEndpoint, 
 use tokio::time::Instant;
 use tonic::{Code, Request};
 
-use crate::report::{Backend, ErrorCount, Latency, Report};
+use crate::report::{Backend, ErrorCount, Latency, Report, latency_histogram};
 
 /// The response metadata key greeter-server stamps with its own address.
 pub const SERVED_BY: &str = "x-served-by";
@@ -43,6 +43,11 @@ pub struct LoadSpec {
     pub timeout: Duration,
     /// How long to wait for the first connections before sending.
     pub connect_wait: Duration,
+    /// Size of the key space: call `n` carries the header `x-lb-key: key-{n % keys}`
+    /// (or the policy's own hash header), for the hashing policies. 0 = no key.
+    pub keys: u64,
+    /// Log why each of the first this many picks was made.
+    pub explain: u64,
 }
 
 impl LoadSpec {
@@ -58,7 +63,17 @@ impl LoadSpec {
             seed: None,
             timeout: Duration::from_secs(10),
             connect_wait: Duration::from_secs(5),
+            keys: 0,
+            explain: 0,
         }
+    }
+
+    /// The header that carries the key: the policy's, or `x-lb-key`.
+    pub fn key_header(&self) -> String {
+        self.policy
+            .hash_header()
+            .unwrap_or(lb_core::policy::config::DEFAULT_HASH_HEADER)
+            .to_string()
     }
 }
 
@@ -77,9 +92,7 @@ struct Tally {
 impl Tally {
     fn new() -> Self {
         Self {
-            // 1 µs to 1 hour at 3 significant digits: ample for any call.
-            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .expect("constant histogram bounds are valid"),
+            latency_us: latency_histogram(),
             served: HashMap::new(),
             picked: HashMap::new(),
             errors: HashMap::new(),
@@ -108,7 +121,9 @@ impl Tally {
 /// Returns an error only when the balancer cannot be built; failed calls are counted
 /// in the report, not returned.
 pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
-    let mut builder = Balancer::builder(spec.servers.clone()).policy(spec.policy);
+    let mut builder = Balancer::builder(spec.servers.clone())
+        .policy(spec.policy.clone())
+        .explain(spec.explain);
     if let Some(seed) = spec.seed {
         builder = builder.seed(seed);
     }
@@ -125,10 +140,15 @@ pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
         .map(|_| {
             let client = client.clone();
             let budget = budget.clone();
-            let name = spec.name.clone();
-            let expected = expected.clone();
-            let timeout = spec.timeout;
-            tokio::spawn(worker(client, budget, name, expected, timeout))
+            let call = CallSpec {
+                name: spec.name.clone(),
+                expected: expected.clone(),
+                timeout: spec.timeout,
+                keys: spec.keys,
+                key_header: spec.key_header(),
+                requests: spec.requests,
+            };
+            tokio::spawn(worker(client, budget, call))
         })
         .collect();
 
@@ -150,22 +170,55 @@ pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
     Ok(build_report(spec, total, elapsed, &balancer.endpoints()))
 }
 
+/// What every call of a worker looks like.
+struct CallSpec {
+    name: String,
+    expected: String,
+    timeout: Duration,
+    keys: u64,
+    key_header: String,
+    requests: u64,
+}
+
+/// Runs the same workload once per policy, one after the other, against the same
+/// servers: what `greeter-client compare` prints side by side.
+pub async fn compare(spec: &LoadSpec, policies: &[Policy]) -> Result<Vec<Report>, lb_core::Error> {
+    let mut reports = Vec::with_capacity(policies.len());
+    for policy in policies {
+        let spec = LoadSpec {
+            policy: policy.clone(),
+            ..spec.clone()
+        };
+        reports.push(run(&spec).await?);
+    }
+    Ok(reports)
+}
+
 /// Takes calls from the shared budget until it is empty.
 async fn worker(
     mut client: MyServiceClient<Balancer>,
     budget: Arc<AtomicU64>,
-    name: String,
-    expected: String,
-    timeout: Duration,
+    call: CallSpec,
 ) -> Tally {
     let mut tally = Tally::new();
     // `fetch_update` never takes the budget below zero, however many workers race.
-    while budget
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-        .is_ok()
+    while let Ok(left) =
+        budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
     {
-        let mut request = Request::new(HelloRequest { name: name.clone() });
-        request.set_timeout(timeout);
+        let mut request = Request::new(HelloRequest {
+            name: call.name.clone(),
+        });
+        request.set_timeout(call.timeout);
+        if call.keys > 0 {
+            let number = call.requests - left; // 0, 1, 2, ... across all workers
+            let key = format!("key-{}", number % call.keys);
+            if let (Ok(name), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(call.key_header.as_bytes()),
+                key.parse(),
+            ) {
+                request.metadata_mut().insert(name, value);
+            }
+        }
         let sent = Instant::now();
         match client.say_hello(request).await {
             Ok(response) => {
@@ -181,7 +234,7 @@ async fn worker(
                     tally.picked.insert(endpoint.clone(), server.clone());
                 }
                 tally.served.entry(server).or_default().0 += 1;
-                if response.into_inner().message != expected {
+                if response.into_inner().message != call.expected {
                     tally.replies_ok = false;
                 }
             }
@@ -215,9 +268,6 @@ fn build_report(
     elapsed: Duration,
     states: &[EndpointStatus],
 ) -> Report {
-    let succeeded: u64 = tally.served.values().map(|(ok, _)| ok).sum();
-    let failed: u64 = tally.errors.values().map(|(n, _)| n).sum();
-
     // One row per server, in the order the servers were given; a configured server
     // that answered nothing still gets its row (with 0), which is the point of
     // pick_first. Servers are matched by what they call themselves (x-served-by).
@@ -230,7 +280,7 @@ fn build_report(
             .unwrap_or_else(|| endpoint.to_string());
         let (ok, err) = tally.served.remove(&name).unwrap_or_default();
         if !backends.iter().any(|b: &Backend| b.address == name) {
-            let mut backend = Backend::new(name, ok, err, succeeded);
+            let mut backend = Backend::new(name, ok, err);
             if status.connectivity != Connectivity::Ready {
                 backend.state = Some(match &status.last_error {
                     Some(reason) => format!("{} ({reason})", status.connectivity),
@@ -243,10 +293,10 @@ fn build_report(
     let mut others: Vec<_> = tally.served.into_iter().collect();
     others.sort();
     for (name, (ok, err)) in others {
-        backends.push(Backend::new(name, ok, err, succeeded));
+        backends.push(Backend::new(name, ok, err));
     }
 
-    let mut errors: Vec<ErrorCount> = tally
+    let errors = tally
         .errors
         .into_iter()
         .map(|(code, (count, example))| ErrorCount {
@@ -255,24 +305,14 @@ fn build_report(
             example,
         })
         .collect();
-    errors.sort_by(|a, b| b.count.cmp(&a.count).then(a.code.cmp(&b.code)));
-
-    let secs = elapsed.as_secs_f64();
-    Report {
-        policy: spec.policy.name().to_string(),
-        requests: spec.requests,
-        concurrency: spec.concurrency,
-        elapsed_secs: secs,
-        calls_per_sec: if secs > 0.0 {
-            (succeeded + failed) as f64 / secs
-        } else {
-            0.0
-        },
-        succeeded,
-        failed,
-        replies_ok: tally.replies_ok,
+    Report::new(
+        spec.policy.name(),
+        spec.requests,
+        spec.concurrency,
+        elapsed.as_secs_f64(),
         backends,
-        latency_ms: Latency::from_histogram_us(&tally.latency_us),
+        Latency::from_histogram_us(&tally.latency_us),
         errors,
-    }
+    )
+    .with_replies_ok(tally.replies_ok)
 }

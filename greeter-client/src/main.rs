@@ -3,16 +3,22 @@
 //! ```text
 //! greeter-client --servers 127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053 \
 //!                --policy least_connections --requests 300 --concurrency 8
+//! greeter-client compare --servers ... --requests 2000 --concurrency 16
+//! greeter-client simulate --backend 2ms --backend 2ms --backend 20ms
 //! greeter-client health --servers 127.0.0.1:50051 --wait 10s
 //! ```
 //!
 //! Exit codes: 0 when every call succeeded, 1 when any failed (or a server is not
 //! healthy), 2 for a usage error.
 
-use std::{process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use greeter_client::{LoadSpec, health};
+use greeter_client::{
+    LoadSpec, health,
+    report::comparison_table,
+    simulate::{BackendSpec, Event, Scenario, simulate},
+};
 use lb_core::{Endpoint, Policy};
 
 /// Calls example.MyService/SayHello through a client-side load balancer and shows
@@ -33,8 +39,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Send calls and report where they went (what runs without a subcommand).
+    /// Send calls with one policy and report where they went (the default).
     Run(LoadArgs),
+    /// Send the same calls with several policies, one after the other, and compare.
+    Compare(CompareArgs),
+    /// Simulate backends and calls in virtual time, with the same pickers.
+    Simulate(SimulateArgs),
     /// Wait until every server answers its health check with SERVING.
     Health(HealthArgs),
 }
@@ -42,25 +52,19 @@ enum Command {
 /// `--servers`, shared by every subcommand.
 #[derive(Args, Debug)]
 struct Servers {
-    /// Servers to call, comma-separated host:port (IPv6 as [::1]:50051).
+    /// Servers to call, comma-separated host:port[=weight] (IPv6 as [::1]:50051).
     #[arg(
         long = "servers",
         required = true,
         value_delimiter = ',',
-        value_name = "HOST:PORT,..."
+        value_name = "HOST:PORT[=W],..."
     )]
     list: Vec<Endpoint>,
 }
 
+/// What each call looks like and how many: shared by `run` and `compare`.
 #[derive(Args, Debug)]
-struct LoadArgs {
-    #[command(flatten)]
-    servers: Servers,
-
-    /// Balancing policy: pick_first, round_robin, random or least_connections.
-    #[arg(long, default_value = "round_robin")]
-    policy: Policy,
-
+struct Workload {
     /// Number of calls to send in all.
     #[arg(long, default_value_t = 100)]
     requests: u64,
@@ -81,7 +85,114 @@ struct LoadArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
 
-    /// Print the report as JSON instead of a table.
+    /// Key space for ring_hash and maglev: call n carries `x-lb-key: key-(n mod KEYS)`.
+    /// 0 sends no key (those policies then pick at random).
+    #[arg(long, default_value_t = 0)]
+    keys: u64,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Workload {
+    fn spec(&self, servers: Vec<Endpoint>, policy: Policy) -> LoadSpec {
+        LoadSpec {
+            servers,
+            policy,
+            requests: self.requests,
+            concurrency: usize::from(self.concurrency),
+            name: self.name.clone(),
+            seed: self.seed,
+            timeout: self.timeout,
+            connect_wait: Duration::from_secs(5),
+            keys: self.keys,
+            explain: 0,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct LoadArgs {
+    #[command(flatten)]
+    servers: Servers,
+
+    /// Policy: pick_first, round_robin, random, least_connections, least_request,
+    /// peak_ewma, weighted_random, weighted_round_robin, ring_hash, maglev; or gRPC
+    /// service-config JSON such as '{"least_request":{"choiceCount":3}}'.
+    #[arg(long, default_value = "round_robin")]
+    policy: Policy,
+
+    #[command(flatten)]
+    workload: Workload,
+
+    /// Log why each of the first N picks was made (to stderr).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    explain: u64,
+}
+
+#[derive(Args, Debug)]
+struct CompareArgs {
+    #[command(flatten)]
+    servers: Servers,
+
+    /// Policies to compare, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',', value_name = "POLICY,...")]
+    policies: Vec<Policy>,
+
+    #[command(flatten)]
+    workload: Workload,
+}
+
+#[derive(Args, Debug)]
+struct SimulateArgs {
+    /// A backend: its mean service time, optionally `,capacity=N` and `,weight=W`
+    /// (e.g. `20ms,capacity=4`). Repeat for each backend.
+    #[arg(long = "backend", value_name = "LATENCY[,capacity=N][,weight=W]")]
+    backends: Vec<BackendSpec>,
+
+    /// A scenario file (JSON) instead of --backend and friends.
+    #[arg(long, conflicts_with = "backends")]
+    scenario: Option<PathBuf>,
+
+    /// Calls each backend serves at once, unless its --backend says otherwise.
+    #[arg(long, default_value_t = 8)]
+    capacity: usize,
+
+    /// Arrival rate as a fraction of the fleet's total capacity.
+    #[arg(long, default_value_t = 0.6)]
+    utilisation: f64,
+
+    /// Arrival rate in calls per second (instead of --utilisation).
+    #[arg(long)]
+    rate: Option<f64>,
+
+    /// Simulated time during which calls arrive.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+
+    /// A change during the run: `5s slow 3 20ms`, `8s recover 3`, `10s remove 1`,
+    /// `12s add 2ms`. Repeatable.
+    #[arg(long = "event", value_name = "EVENT")]
+    events: Vec<Event>,
+
+    /// Policies to simulate, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',', value_name = "POLICY,...")]
+    policies: Vec<Policy>,
+
+    /// Key space for ring_hash and maglev (0: no key).
+    #[arg(long, default_value_t = 0)]
+    keys: u64,
+
+    /// Seed for arrivals, service times and picks.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+
+    /// Print why each of the first N picks of each policy was made.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    explain: u64,
+
+    /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
@@ -104,6 +215,8 @@ async fn main() -> ExitCode {
         match cli.command {
             Some(Command::Health(args)) => run_health(args).await,
             Some(Command::Run(args)) => run_load(args).await,
+            Some(Command::Compare(args)) => run_compare(args).await,
+            Some(Command::Simulate(args)) => run_simulate(args),
             None => run_load(cli.load).await,
         }
     };
@@ -116,6 +229,10 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(err) if err.is::<UsageError>() => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
+        }
         Err(err) => {
             eprintln!("greeter-client: error: {err:#}");
             ExitCode::FAILURE
@@ -124,27 +241,121 @@ async fn main() -> ExitCode {
 }
 
 async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
-    let spec = LoadSpec {
-        servers: args.servers.list,
-        policy: args.policy,
-        requests: args.requests,
-        concurrency: usize::from(args.concurrency),
-        name: args.name,
-        seed: args.seed,
-        timeout: args.timeout,
-        connect_wait: Duration::from_secs(5),
-    };
+    let mut spec = args.workload.spec(args.servers.list, args.policy);
+    spec.explain = args.explain;
     let report = greeter_client::run(&spec).await?;
-    if args.json {
+    if args.workload.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.to_table());
     }
-    Ok(if report.failed == 0 && report.replies_ok {
+    Ok(exit_code(report.failed == 0 && report.replies_ok))
+}
+
+async fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    let policies = if args.policies.is_empty() {
+        Policy::all()
+    } else {
+        args.policies
+    };
+    let spec = args.workload.spec(args.servers.list, Policy::RoundRobin);
+    let reports = greeter_client::load::compare(&spec, &policies).await?;
+    if args.workload.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        println!(
+            "{} calls per policy, concurrency {}{}\n",
+            spec.requests,
+            spec.concurrency,
+            if spec.keys > 0 {
+                format!(", {} keys", spec.keys)
+            } else {
+                String::new()
+            }
+        );
+        print!("{}", comparison_table(&reports));
+    }
+    let ok = reports.iter().all(|r| r.failed == 0 && r.replies_ok);
+    Ok(exit_code(ok))
+}
+
+fn run_simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let mut scenario = match &args.scenario {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| usage(format!("cannot read scenario {}: {e}", path.display())))?;
+            Scenario::from_json(&text)
+                .map_err(|e| usage(format!("scenario {}: {e}", path.display())))?
+        }
+        None => Scenario {
+            backends: args.backends,
+            capacity: args.capacity,
+            rate: args.rate,
+            utilisation: args.utilisation,
+            duration: args.duration,
+            events: args.events,
+            keys: args.keys,
+            seed: args.seed,
+            explain: 0,
+        },
+    };
+    scenario.explain = args.explain;
+    scenario.check().map_err(usage)?;
+    let policies = if args.policies.is_empty() {
+        Policy::all()
+    } else {
+        args.policies
+    };
+    let mut reports = Vec::new();
+    for policy in &policies {
+        let outcome = simulate(&scenario, policy);
+        for line in &outcome.explanations {
+            eprintln!("{line}");
+        }
+        reports.push(outcome.report);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        let events: Vec<String> = scenario.events.iter().map(ToString::to_string).collect();
+        println!(
+            "simulated {} s at {:.0} calls/s (seed {}){}\n",
+            scenario.duration.as_secs_f64(),
+            scenario.arrival_rate(),
+            scenario.seed,
+            if events.is_empty() {
+                String::new()
+            } else {
+                format!("; events: {}", events.join(", "))
+            }
+        );
+        print!("{}", comparison_table(&reports));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A usage error found after parsing: printed like clap's, exit code 2.
+fn usage(message: String) -> anyhow::Error {
+    anyhow::Error::new(UsageError(message))
+}
+
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn exit_code(ok: bool) -> ExitCode {
+    if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    }
 }
 
 async fn run_health(args: HealthArgs) -> anyhow::Result<ExitCode> {
@@ -164,18 +375,15 @@ async fn run_health(args: HealthArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if healthy {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(exit_code(healthy))
 }
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     // Warnings by default (an endpoint that fails to connect); RUST_LOG=info shows
     // every connectivity change. Logs go to stderr, so --json output stays clean.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,lb_core::explain=info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,20 +1,21 @@
-//! The result of a load run, as a table for people or JSON for scripts.
+//! The result of a run, as a table for people or JSON for scripts; and the side-by-side
+//! table of several runs that `compare` and `simulate` print.
 
 use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-/// What a load run did.
+/// What one run (one policy) did.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     /// The policy used.
     pub policy: String,
     /// Calls asked for.
     pub requests: u64,
-    /// Calls in flight at once.
+    /// Calls in flight at once (0 in a simulation, whose arrivals are open-loop).
     pub concurrency: usize,
-    /// Wall time of the run.
+    /// Duration of the run: wall time, or simulated time in a simulation.
     pub elapsed_secs: f64,
     /// Calls finished per second (successes and failures).
     pub calls_per_sec: f64,
@@ -26,6 +27,9 @@ pub struct Report {
     pub replies_ok: bool,
     /// Where the calls went, by the servers' own `x-served-by`.
     pub backends: Vec<Backend>,
+    /// Jain's fairness index of the backends' calls: 1 when all got the same number,
+    /// `1/n` when one got everything.
+    pub fairness: f64,
     /// Latency of successful calls.
     pub latency_ms: Latency,
     /// Failures by gRPC code, most frequent first.
@@ -50,16 +54,12 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub(crate) fn new(address: String, calls: u64, errors: u64, total: u64) -> Self {
-        let share = if total == 0 {
-            0.0
-        } else {
-            calls as f64 / total as f64
-        };
+    /// A backend row; its share is filled in by [`Report::new`].
+    pub fn new(address: String, calls: u64, errors: u64) -> Self {
         Self {
             address,
             calls,
-            share,
+            share: 0.0,
             errors,
             state: None,
         }
@@ -75,12 +75,15 @@ pub struct Latency {
     pub p90: f64,
     /// 99th percentile.
     pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
     /// Slowest call.
     pub max: f64,
 }
 
 impl Latency {
-    pub(crate) fn from_histogram_us(histogram: &Histogram<u64>) -> Self {
+    /// The percentiles of a histogram recorded in microseconds.
+    pub fn from_histogram_us(histogram: &Histogram<u64>) -> Self {
         if histogram.is_empty() {
             return Self::default();
         }
@@ -89,9 +92,15 @@ impl Latency {
             p50: ms(histogram.value_at_quantile(0.50)),
             p90: ms(histogram.value_at_quantile(0.90)),
             p99: ms(histogram.value_at_quantile(0.99)),
+            p999: ms(histogram.value_at_quantile(0.999)),
             max: ms(histogram.max()),
         }
     }
+}
+
+/// A histogram for latencies in microseconds: 1 µs to 1 hour, 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant histogram bounds are valid")
 }
 
 /// Failures with one gRPC code.
@@ -105,10 +114,74 @@ pub struct ErrorCount {
     pub example: String,
 }
 
-/// How wide a 100 % bar is, in character cells.
+/// Jain's fairness index of `counts`: `(Σx)² / (n·Σx²)`.
+///
+/// R. Jain, D. Chiu, W. Hawe, "A Quantitative Measure of Fairness and Discrimination
+/// for Resource Allocation in Shared Computer Systems", DEC TR-301, 1984. 100/100/100
+/// gives 1.0; 300/0/0 gives 0.33.
+pub fn jain_index(counts: &[u64]) -> f64 {
+    let sum: f64 = counts.iter().map(|&c| c as f64).sum();
+    let squares: f64 = counts.iter().map(|&c| (c as f64).powi(2)).sum();
+    if counts.is_empty() || squares == 0.0 {
+        return 0.0;
+    }
+    sum * sum / (counts.len() as f64 * squares)
+}
+
+/// How wide a 100 % bar is in the single-run table, in character cells.
 const BAR_WIDTH: usize = 30;
+/// And in the comparison table.
+const SMALL_BAR_WIDTH: usize = 8;
 
 impl Report {
+    /// A report; derives the shares, totals, rate and fairness, and sorts the errors
+    /// most frequent first.
+    pub fn new(
+        policy: &str,
+        requests: u64,
+        concurrency: usize,
+        elapsed_secs: f64,
+        mut backends: Vec<Backend>,
+        latency_ms: Latency,
+        mut errors: Vec<ErrorCount>,
+    ) -> Self {
+        let succeeded: u64 = backends.iter().map(|b| b.calls).sum();
+        let failed: u64 = errors.iter().map(|e| e.count).sum();
+        for b in &mut backends {
+            b.share = if succeeded == 0 {
+                0.0
+            } else {
+                b.calls as f64 / succeeded as f64
+            };
+        }
+        errors.sort_by(|a, b| b.count.cmp(&a.count).then(a.code.cmp(&b.code)));
+        let counts: Vec<u64> = backends.iter().map(|b| b.calls).collect();
+        Self {
+            policy: policy.to_string(),
+            requests,
+            concurrency,
+            elapsed_secs,
+            calls_per_sec: if elapsed_secs > 0.0 {
+                (succeeded + failed) as f64 / elapsed_secs
+            } else {
+                0.0
+            },
+            succeeded,
+            failed,
+            replies_ok: true,
+            fairness: jain_index(&counts),
+            backends,
+            latency_ms,
+            errors,
+        }
+    }
+
+    /// The same, noting whether every reply was the expected greeting.
+    pub fn with_replies_ok(mut self, ok: bool) -> Self {
+        self.replies_ok = ok;
+        self
+    }
+
     /// The report as a table with a bar per server.
     ///
     /// ```text
@@ -145,7 +218,7 @@ impl Report {
                 b.address,
                 b.calls,
                 b.share * 100.0,
-                bar(b.share)
+                bar(b.share, BAR_WIDTH)
             );
             if b.errors > 0 {
                 let _ = write!(out, "  ({} errors)", b.errors);
@@ -180,11 +253,80 @@ impl Report {
     }
 }
 
-/// A horizontal bar of `share × BAR_WIDTH` cells, drawn with eighth-blocks so that
+/// Several runs side by side: one row per policy, one column per backend (by address,
+/// in order of first appearance), then fairness, rate, latency and errors.
+///
+/// ```text
+///   A = 127.0.0.1:50051   B = 127.0.0.1:50052   C = 127.0.0.1:50053
+///
+///   policy                A             B             C             Jain  calls/s  p50 ms  p99 ms  p999 ms  errors
+///   round_robin           ██▋      33%  ██▋      33%  ██▋      33%  1.000     1034    0.41   22.41    22.91       0
+/// ```
+pub fn comparison_table(reports: &[Report]) -> String {
+    let mut addresses: Vec<&str> = Vec::new();
+    for report in reports {
+        for b in &report.backends {
+            if !addresses.contains(&b.address.as_str()) {
+                addresses.push(&b.address);
+            }
+        }
+    }
+    let letter = |i: usize| match u8::try_from(i) {
+        Ok(i) if i < 26 => char::from(b'A' + i).to_string(),
+        _ => format!("#{}", i + 1),
+    };
+    let mut out = String::new();
+    let legend: Vec<String> = addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{} = {a}", letter(i)))
+        .collect();
+    let _ = writeln!(out, "  {}", legend.join("   "));
+    let _ = writeln!(out);
+
+    let name_width = reports
+        .iter()
+        .map(|r| r.policy.len())
+        .max()
+        .unwrap_or(0)
+        .max("policy".len());
+    let cell = SMALL_BAR_WIDTH + 6;
+    let _ = write!(out, "  {:<name_width$}", "policy");
+    for i in 0..addresses.len() {
+        let _ = write!(out, "  {:<cell$}", letter(i));
+    }
+    let _ = writeln!(
+        out,
+        "  {:>5}  {:>8}  {:>8}  {:>8}  {:>8}  {:>6}",
+        "Jain", "calls/s", "p50 ms", "p99 ms", "p999 ms", "errors"
+    );
+    for report in reports {
+        let _ = write!(out, "  {:<name_width$}", report.policy);
+        for address in &addresses {
+            let share = report
+                .backends
+                .iter()
+                .find(|b| b.address == *address)
+                .map_or(0.0, |b| b.share);
+            let bar = bar(share, SMALL_BAR_WIDTH);
+            let percent = format!("{:.0}%", share * 100.0);
+            let _ = write!(out, "  {bar:<SMALL_BAR_WIDTH$} {percent:>5}");
+        }
+        let l = &report.latency_ms;
+        let _ = writeln!(
+            out,
+            "  {:>5.3}  {:>8.0}  {:>8.2}  {:>8.2}  {:>8.2}  {:>6}",
+            report.fairness, report.calls_per_sec, l.p50, l.p99, l.p999, report.failed
+        );
+    }
+    out
+}
+
+/// A horizontal bar of `share × width` cells, drawn with eighth-blocks so that
 /// 33.3 % and 34.0 % look different.
-fn bar(share: f64) -> String {
+fn bar(share: f64, width: usize) -> String {
     const EIGHTHS: [char; 8] = [' ', '▏', '▎', '▍', '▌', '▋', '▊', '▉'];
-    let eighths = (share.clamp(0.0, 1.0) * (BAR_WIDTH * 8) as f64).round() as usize;
+    let eighths = (share.clamp(0.0, 1.0) * (width * 8) as f64).round() as usize;
     let mut bar = "█".repeat(eighths / 8);
     if !eighths.is_multiple_of(8) {
         bar.push(EIGHTHS[eighths % 8]);
@@ -196,43 +338,71 @@ fn bar(share: f64) -> String {
 mod tests {
     use super::*;
 
+    fn report(policy: &str, calls: &[u64], failed: u64) -> Report {
+        let backends = calls
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| Backend::new(format!("127.0.0.1:{}", i + 1), c, 0))
+            .collect();
+        let errors = if failed == 0 {
+            vec![]
+        } else {
+            vec![ErrorCount {
+                code: "Unavailable".into(),
+                count: failed,
+                example: "endpoint 127.0.0.1:3: refused".into(),
+            }]
+        };
+        Report::new(policy, 4, 2, 0.5, backends, Latency::default(), errors)
+    }
+
     #[test]
     fn bars_scale_with_the_share() {
-        assert_eq!(bar(0.0), "");
-        assert_eq!(bar(1.0).chars().count(), BAR_WIDTH);
-        assert_eq!(bar(0.5), "█".repeat(15));
-        assert_eq!(bar(1.0 / 3.0), "█".repeat(10));
-        assert_eq!(bar(0.34), format!("{}▎", "█".repeat(10)));
+        assert_eq!(bar(0.0, BAR_WIDTH), "");
+        assert_eq!(bar(1.0, BAR_WIDTH).chars().count(), BAR_WIDTH);
+        assert_eq!(bar(0.5, BAR_WIDTH), "█".repeat(15));
+        assert_eq!(bar(1.0 / 3.0, BAR_WIDTH), "█".repeat(10));
+        assert_eq!(bar(0.34, BAR_WIDTH), format!("{}▎", "█".repeat(10)));
+    }
+
+    #[test]
+    fn jain_is_one_when_fair_and_one_over_n_when_not() {
+        assert_eq!(jain_index(&[100, 100, 100]), 1.0);
+        assert!((jain_index(&[300, 0, 0]) - 1.0 / 3.0).abs() < 1e-12);
+        assert!((jain_index(&[2, 1]) - 0.9).abs() < 1e-12);
+        assert_eq!(jain_index(&[]), 0.0);
+        assert_eq!(jain_index(&[0, 0]), 0.0);
     }
 
     #[test]
     fn the_table_shows_every_backend_and_the_errors() {
-        let report = Report {
-            policy: "round_robin".into(),
-            requests: 4,
-            concurrency: 2,
-            elapsed_secs: 0.5,
-            calls_per_sec: 8.0,
-            succeeded: 3,
-            failed: 1,
-            replies_ok: true,
-            backends: vec![
-                Backend::new("127.0.0.1:1".into(), 3, 0, 3),
-                Backend::new("127.0.0.1:2".into(), 0, 0, 3),
-            ],
-            latency_ms: Latency::default(),
-            errors: vec![ErrorCount {
-                code: "Unavailable".into(),
-                count: 1,
-                example: "endpoint 127.0.0.1:3: refused".into(),
-            }],
-        };
-        let table = report.to_table();
+        let table = report("round_robin", &[3, 0], 1).to_table();
         assert!(table.contains("127.0.0.1:1       3  100.0%"), "{table}");
         assert!(table.contains("127.0.0.1:2       0    0.0%"), "{table}");
         assert!(
             table.contains("1 × Unavailable: endpoint 127.0.0.1:3: refused"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn the_comparison_lines_up_policies_and_backends() {
+        let table = comparison_table(&[
+            report("pick_first", &[30, 0, 0], 0),
+            report("round_robin", &[10, 10, 10], 2),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "  A = 127.0.0.1:1   B = 127.0.0.1:2   C = 127.0.0.1:3"
+        );
+        assert!(lines[2].starts_with("  policy       A "), "{table}");
+        assert!(
+            lines[3].starts_with("  pick_first   ████████  100%"),
+            "{table}"
+        );
+        assert!(lines[3].contains("0.333"), "{table}");
+        assert!(lines[4].contains("1.000"), "{table}");
+        assert!(lines[4].trim_end().ends_with('2'), "{table}");
     }
 }

@@ -139,3 +139,114 @@ async fn failed_calls_exit_1_and_name_the_endpoint() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stdout).contains("not SERVING"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_runs_every_policy_and_a_fixed_key_sticks_to_one_backend() {
+    let fast = greeter_server::spawn(Config::on_ports(&[0, 0]))
+        .await
+        .expect("servers start");
+    let slow = greeter_server::spawn(
+        Config::on_ports(&[0]).with_latency(std::time::Duration::from_millis(20)),
+    )
+    .await
+    .expect("slow server starts");
+    let list = format!("{},{}", fast.endpoints_list(), slow.endpoints_list());
+    let args = [
+        "compare",
+        "--servers",
+        &list,
+        "--requests",
+        "60",
+        "--concurrency",
+        "4",
+        "--keys",
+        "1",
+        "--seed",
+        "3",
+        "--json",
+    ];
+    let out = client_async(&args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let reports = reports.as_array().expect("one report per policy");
+    assert_eq!(reports.len(), lb_core::Policy::names().len());
+    for report in reports {
+        assert_eq!(report["succeeded"], 60, "{report}");
+        assert_eq!(report["failed"], 0, "{report}");
+        let busy: Vec<u64> = report["backends"]
+            .as_array()
+            .expect("backends")
+            .iter()
+            .map(|b| b["calls"].as_u64().expect("a count"))
+            .filter(|&calls| calls > 0)
+            .collect();
+        if report["policy"] == "ring_hash" || report["policy"] == "maglev" {
+            assert_eq!(busy, vec![60], "one key, one backend: {report}");
+        }
+    }
+
+    // The table, as people see it.
+    let mut table_args = args.to_vec();
+    table_args.pop();
+    let out = client_async(&table_args).await;
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("Jain"), "{stdout}");
+    for policy in lb_core::Policy::names() {
+        assert!(
+            stdout.contains(&format!("  {policy} ")),
+            "{policy}:\n{stdout}"
+        );
+    }
+    fast.shutdown().await.expect("clean shutdown");
+    slow.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_take_service_config_json_and_weights() {
+    let servers = greeter_server::spawn(Config::on_ports(&[0, 0]))
+        .await
+        .expect("servers start");
+    let addrs = servers.addrs();
+    let weighted = format!("{}=3,{}=1", addrs[0], addrs[1]);
+    let out = client_async(&[
+        "--servers",
+        &weighted,
+        "--policy",
+        "weighted_round_robin",
+        "--requests",
+        "40",
+        "--json",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(json["backends"][0]["calls"], 30);
+    assert_eq!(json["backends"][1]["calls"], 10);
+
+    let list = servers.endpoints_list();
+    let config = r#"{"loadBalancingConfig":[{"least_request":{"choiceCount":2}}]}"#;
+    let out = client_async(&["--servers", &list, "--policy", config, "--explain", "2"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("least_request: 100 calls"));
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stderr.matches("least_request sampled {").count(),
+        2,
+        "{stderr}"
+    );
+
+    let out = client_async(&[
+        "--servers",
+        &list,
+        "--policy",
+        r#"{"least_request":{"k":2}}"#,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown field `k`"));
+    let bad_weight = format!("{}=0", addrs[0]);
+    let out = client_async(&["--servers", &bad_weight]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("weight `0`"));
+    servers.shutdown().await.expect("clean shutdown");
+}

@@ -47,7 +47,7 @@ use tracing::{info, warn};
 use crate::{
     Backoff, Connectivity, Endpoint, EndpointState, Error, InFlightGuard,
     error::describe,
-    policy::{PickContext, PickError, Picker, Policy},
+    policy::{BuildPicker, PickContext, PickError, Picker, Policy},
 };
 
 /// Added to every response's extensions: the endpoint the balancer sent the call to.
@@ -72,8 +72,9 @@ pub struct EndpointStatus {
 /// Configures and builds a [`Balancer`]. Start with [`Balancer::builder`].
 pub struct BalancerBuilder {
     endpoints: Vec<Endpoint>,
-    picker: Option<Box<dyn Picker>>,
-    policy: Policy,
+    policy: Arc<dyn BuildPicker>,
+    latency_decay: Duration,
+    explain: u64,
     seed: Option<u64>,
     connect_timeout: Duration,
     queue_timeout: Duration,
@@ -83,14 +84,29 @@ pub struct BalancerBuilder {
 impl BalancerBuilder {
     /// Uses one of the built-in policies (default `round_robin`).
     pub fn policy(mut self, policy: Policy) -> Self {
-        self.policy = policy;
-        self.picker = None;
+        self.latency_decay = policy.latency_decay();
+        self.policy = Arc::new(policy);
         self
     }
 
-    /// Uses your own picker, for a policy this crate does not ship.
-    pub fn picker(mut self, picker: Box<dyn Picker>) -> Self {
-        self.picker = Some(picker);
+    /// Uses your own stateless picker, for a policy this crate does not ship.
+    pub fn picker(mut self, picker: impl Picker) -> Self {
+        let picker: Arc<dyn Picker> = Arc::new(picker);
+        self.policy = Arc::new(picker);
+        self
+    }
+
+    /// Uses your own policy that builds a picker per endpoint set (tables, rings).
+    pub fn build_picker(mut self, policy: Arc<dyn BuildPicker>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Logs why each of the first `picks` picks was made, at INFO level under the
+    /// target `lb_core::explain` (e.g. `least_request sampled {b: 3 in flight, c: 1
+    /// in flight} -> c`).
+    pub fn explain(mut self, picks: u64) -> Self {
+        self.explain = picks;
         self
     }
 
@@ -131,10 +147,11 @@ impl BalancerBuilder {
         let seed = self
             .seed
             .unwrap_or_else(|| SmallRng::from_os_rng().next_u64());
-        let mut rng = SmallRng::seed_from_u64(seed);
-        let picker = match self.picker {
-            Some(picker) => picker,
-            None => self.policy.build(&mut rng),
+        let mut build_rng = SmallRng::seed_from_u64(seed);
+        let first = Snapshot {
+            picker: self.policy.build(&[], &mut build_rng),
+            ready: Vec::new(),
+            routes: Vec::new(),
         };
 
         let mut targets = Vec::with_capacity(self.endpoints.len());
@@ -154,14 +171,15 @@ impl BalancerBuilder {
                 .endpoints
                 .into_iter()
                 .map(|endpoint| Subchannel {
-                    state: EndpointState::new(endpoint),
+                    state: EndpointState::with_decay(endpoint, self.latency_decay),
                     connection: Mutex::new(None),
                     last_error: Mutex::new(None),
                     broken: Notify::new(),
                 })
                 .collect(),
-            snapshot: arc_swap::ArcSwap::from_pointee(Snapshot::default()),
-            publishing: Mutex::new(()),
+            snapshot: arc_swap::ArcSwap::from_pointee(first),
+            policy: self.policy,
+            publishing: Mutex::new(build_rng),
             changes: watch::Sender::new(0),
         });
 
@@ -180,7 +198,7 @@ impl BalancerBuilder {
 
         let shared = Arc::new(Shared {
             core,
-            picker,
+            explain: AtomicU64::new(self.explain),
             queue_timeout: self.queue_timeout,
             seed,
             clones: AtomicU64::new(0),
@@ -218,8 +236,9 @@ impl Balancer {
     pub fn builder(endpoints: impl IntoIterator<Item = Endpoint>) -> BalancerBuilder {
         BalancerBuilder {
             endpoints: endpoints.into_iter().collect(),
-            picker: None,
-            policy: Policy::RoundRobin,
+            policy: Arc::new(Policy::RoundRobin),
+            latency_decay: crate::latency::DEFAULT_DECAY,
+            explain: 0,
             seed: None,
             connect_timeout: Duration::from_secs(20),
             queue_timeout: Duration::from_secs(10),
@@ -229,7 +248,7 @@ impl Balancer {
 
     /// The name of the policy in use.
     pub fn policy_name(&self) -> &'static str {
-        self.shared.picker.name()
+        self.shared.core.policy.name()
     }
 
     /// The state of every endpoint, in the order they were given.
@@ -297,14 +316,16 @@ impl Service<http::Request<Body>> for Balancer {
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         // The common case picks right here, synchronously, with this clone's RNG.
-        match self.shared.try_pick(&mut self.rng) {
+        match self.shared.try_pick(&mut self.rng, request.headers()) {
             Ok(route) => Box::pin(route.send(request)),
             Err(_) => {
                 let shared = self.shared.clone();
                 let rng = SmallRng::from_rng(&mut self.rng);
                 let deadline = grpc_timeout(request.headers());
                 Box::pin(async move {
-                    let route = shared.pick_when_ready(rng, deadline).await?;
+                    let route = shared
+                        .pick_when_ready(rng, request.headers(), deadline)
+                        .await?;
                     route.send(request).await
                 })
             }
@@ -315,7 +336,8 @@ impl Service<http::Request<Body>> for Balancer {
 /// What every clone of a balancer shares.
 struct Shared {
     core: Arc<Core>,
-    picker: Box<dyn Picker>,
+    /// How many more picks to explain.
+    explain: AtomicU64,
     queue_timeout: Duration,
     seed: u64,
     clones: AtomicU64,
@@ -334,10 +356,22 @@ impl Shared {
         )
     }
 
-    fn try_pick(&self, rng: &mut SmallRng) -> Result<Route, PickError> {
+    fn try_pick(&self, rng: &mut SmallRng, headers: &http::HeaderMap) -> Result<Route, PickError> {
         let snapshot = self.core.snapshot.load();
-        let mut ctx = PickContext::new(rng);
-        let index = self.picker.pick(&snapshot.ready, &mut ctx)?;
+        let ctx = PickContext::new(rng).with_headers(headers);
+        let index = if self.should_explain() {
+            let mut why = String::new();
+            let result = snapshot
+                .picker
+                .pick(&snapshot.ready, &mut ctx.explain_into(&mut why));
+            match &result {
+                Ok(_) => info!(target: "lb_core::explain", "{why}"),
+                Err(err) => info!(target: "lb_core::explain", "{}: {err}", self.core.policy.name()),
+            }
+            result?
+        } else {
+            snapshot.picker.pick(&snapshot.ready, &mut { ctx })?
+        };
         // A picker's index is checked, not trusted: a bug in a learner's policy should
         // fail the call, not panic the client.
         let (state, route) = snapshot
@@ -357,18 +391,29 @@ impl Shared {
         })
     }
 
+    /// Whether this pick is one of the first few to explain. One relaxed load when
+    /// explaining is off.
+    fn should_explain(&self) -> bool {
+        self.explain.load(Ordering::Relaxed) > 0
+            && self
+                .explain
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+    }
+
     /// The slow path: no endpoint is READY. Waits while any is still connecting, for at
     /// most the queue timeout, or the call's own deadline (`grpc-timeout`) if sooner.
     async fn pick_when_ready(
         &self,
         mut rng: SmallRng,
+        headers: &http::HeaderMap,
         call_timeout: Option<Duration>,
     ) -> Result<Route, Status> {
         let wait = call_timeout.map_or(self.queue_timeout, |t| t.min(self.queue_timeout));
         let deadline = deadline_after(wait);
         let mut changes = self.core.changes.subscribe();
         loop {
-            if let Ok(route) = self.try_pick(&mut rng) {
+            if let Ok(route) = self.try_pick(&mut rng, headers) {
                 return Ok(route);
             }
             if !self.core.any_connecting() {
@@ -402,7 +447,7 @@ impl Shared {
             .collect();
         Status::unavailable(format!(
             "{}: no ready endpoint, {why}: {}",
-            self.picker.name(),
+            self.core.policy.name(),
             states.join("; ")
         ))
     }
@@ -411,11 +456,13 @@ impl Shared {
 /// The endpoints and their connections, shared with the connection tasks.
 struct Core {
     subchannels: Vec<Subchannel>,
-    /// READY endpoints only: what pickers see.
+    /// READY endpoints only, and a picker built for them: what calls see.
     snapshot: arc_swap::ArcSwap<Snapshot>,
+    /// Builds a picker for each new set of READY endpoints.
+    policy: Arc<dyn BuildPicker>,
     /// Serialises `publish`, so that a snapshot built from older states can never be
-    /// stored after one built from newer states.
-    publishing: Mutex<()>,
+    /// stored after one built from newer states; holds the RNG pickers are built with.
+    publishing: Mutex<SmallRng>,
     /// Bumped after every connectivity change, to wake calls waiting for a READY one.
     changes: watch::Sender<u64>,
 }
@@ -432,8 +479,8 @@ struct Subchannel {
     broken: Notify,
 }
 
-#[derive(Default)]
 struct Snapshot {
+    picker: Arc<dyn Picker>,
     ready: Vec<EndpointState>,
     routes: Vec<SnapshotRoute>,
 }
@@ -447,20 +494,37 @@ struct SnapshotRoute {
 impl Core {
     /// Rebuilds the snapshot of READY endpoints and wakes waiting calls.
     fn publish(&self) {
-        let _one_at_a_time = lock(&self.publishing);
-        let mut snapshot = Snapshot::default();
+        let mut build_rng = lock(&self.publishing);
+        let mut ready = Vec::new();
+        let mut routes = Vec::new();
         for (index, sub) in self.subchannels.iter().enumerate() {
             let connection = lock(&sub.connection).clone();
             if let (true, Some((channel, generation))) = (sub.state.is_ready(), connection) {
-                snapshot.ready.push(sub.state.clone());
-                snapshot.routes.push(SnapshotRoute {
+                ready.push(sub.state.clone());
+                routes.push(SnapshotRoute {
                     channel,
                     subchannel: index,
                     generation,
                 });
             }
         }
-        self.snapshot.store(Arc::new(snapshot));
+        // A new picker only when the READY set changed: that keeps policies with tables
+        // (rings, Maglev, weights) in step with the set, and round robin's turn where it
+        // was when something unrelated changed (an endpoint going from CONNECTING to
+        // TRANSIENT_FAILURE, say).
+        let current = self.snapshot.load();
+        let same_set = current.ready.len() == ready.len()
+            && current.ready.iter().zip(&ready).all(|(a, b)| a.same_as(b));
+        let picker = if same_set {
+            current.picker.clone()
+        } else {
+            self.policy.build(&ready, &mut *build_rng)
+        };
+        self.snapshot.store(Arc::new(Snapshot {
+            picker,
+            ready,
+            routes,
+        }));
         self.changes.send_modify(|version| *version += 1);
     }
 

@@ -2,14 +2,17 @@
 //!
 //! An [`Endpoint`] is one backend a call can be sent to, written `host:port`. The host
 //! may be an IPv4 address, a bracketed IPv6 address (`[::1]:50051`) or a DNS name
-//! (`localhost:50051`); the port is required, since gRPC has no default port.
+//! (`localhost:50051`); the port is required, since gRPC has no default port. A weight
+//! for the weighted policies may follow: `127.0.0.1:50051=3` (default 1).
 //!
 //! ```
 //! use lb_core::{Endpoint, parse_endpoint_list};
 //!
-//! let list = parse_endpoint_list("127.0.0.1:50051, [::1]:50052").unwrap();
+//! let list = parse_endpoint_list("127.0.0.1:50051=3, [::1]:50052").unwrap();
 //! assert_eq!(list[0].to_string(), "127.0.0.1:50051");
+//! assert_eq!(list[0].weight(), 3);
 //! assert_eq!(list[1].port(), 50052);
+//! assert_eq!(list[1].weight(), 1);
 //!
 //! let err = "127.0.0.1".parse::<Endpoint>().unwrap_err();
 //! assert!(err.to_string().contains("missing port"));
@@ -19,11 +22,15 @@ use std::{fmt, net::Ipv6Addr, str::FromStr};
 
 use crate::Error;
 
-/// One backend address, `host:port`.
+/// The largest weight an endpoint may have.
+pub const MAX_WEIGHT: u32 = 10_000;
+
+/// One backend address, `host:port`, with a weight.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
     host: String,
     port: u16,
+    weight: u32,
 }
 
 impl Endpoint {
@@ -35,6 +42,17 @@ impl Endpoint {
     /// The TCP port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The relative weight, 1 to [`MAX_WEIGHT`], used by the weighted policies.
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    /// The same address with another weight (clamped to 1..=[`MAX_WEIGHT`]).
+    pub fn with_weight(mut self, weight: u32) -> Self {
+        self.weight = weight.clamp(1, MAX_WEIGHT);
+        self
     }
 
     /// The URI tonic connects to (`http://host:port`; plaintext HTTP/2).
@@ -61,7 +79,20 @@ impl FromStr for Endpoint {
             input: input.to_string(),
             reason,
         };
-        let text = input.trim();
+        let (text, weight) = match input.trim().split_once('=') {
+            None => (input.trim(), 1),
+            Some((address, weight)) => {
+                let weight = match weight.trim().parse::<u32>() {
+                    Ok(w) if (1..=MAX_WEIGHT).contains(&w) => w,
+                    _ => {
+                        return Err(invalid(format!(
+                            "weight `{weight}` is not a whole number from 1 to {MAX_WEIGHT}"
+                        )));
+                    }
+                };
+                (address.trim(), weight)
+            }
+        };
         if text.is_empty() {
             return Err(invalid("empty address (expected host:port)".into()));
         }
@@ -117,6 +148,7 @@ impl FromStr for Endpoint {
         Ok(Endpoint {
             host: host.to_string(),
             port,
+            weight,
         })
     }
 }
@@ -173,6 +205,20 @@ mod tests {
         assert!(reason("[nope]:1").contains("not an IPv6 address"));
         assert!(reason("http://a:1").contains("without a scheme"));
         assert!(reason("a b:1").contains("neither an IP address nor a host name"));
+    }
+
+    #[test]
+    fn weights_follow_an_equals_sign() {
+        let ep: Endpoint = "127.0.0.1:50051=3".parse().unwrap();
+        assert_eq!((ep.port(), ep.weight()), (50051, 3));
+        assert_eq!(
+            ep.to_string(),
+            "127.0.0.1:50051",
+            "the weight is not part of the address"
+        );
+        assert!(reason("127.0.0.1:1=0").contains("weight `0`"));
+        assert!(reason("127.0.0.1:1=x").contains("weight `x`"));
+        assert!(reason("127.0.0.1:1=10001").contains("1 to 10000"));
     }
 
     #[test]

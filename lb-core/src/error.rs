@@ -26,6 +26,12 @@ pub enum Error {
         /// The name as the user wrote it.
         name: String,
     },
+    /// Service-config JSON that could not be used.
+    #[error("invalid service config: {reason}")]
+    InvalidServiceConfig {
+        /// What is wrong, naming the policy or field.
+        reason: String,
+    },
     /// The address could not be turned into a tonic endpoint.
     #[error("endpoint {endpoint}: {source}")]
     Transport {

@@ -62,8 +62,10 @@
 
 pub mod backoff;
 pub mod balancer;
+pub mod clock;
 pub mod endpoint;
 pub mod error;
+pub mod latency;
 pub mod policy;
 pub mod state;
 
@@ -71,5 +73,5 @@ pub use backoff::Backoff;
 pub use balancer::{Balancer, BalancerBuilder, EndpointStatus, PickedEndpoint};
 pub use endpoint::{Endpoint, parse_endpoint_list};
 pub use error::Error;
-pub use policy::{PickContext, PickError, Picker, Policy};
+pub use policy::{BuildPicker, PickContext, PickError, Picker, Policy};
 pub use state::{Connectivity, EndpointState, InFlightGuard};

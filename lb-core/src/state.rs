@@ -10,9 +10,13 @@ use std::{
         Arc,
         atomic::{AtomicU8, AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
-use crate::Endpoint;
+use crate::{
+    Endpoint, clock,
+    latency::{DEFAULT_DECAY, PeakEwma},
+};
 
 /// gRPC's connectivity states of a subchannel (one connection to one endpoint).
 ///
@@ -70,16 +74,24 @@ struct Inner {
     endpoint: Endpoint,
     in_flight: AtomicUsize,
     connectivity: AtomicU8,
+    latency: PeakEwma,
 }
 
 impl EndpointState {
-    /// A new endpoint in state [`Connectivity::Idle`] with nothing in flight.
+    /// A new endpoint in state [`Connectivity::Idle`] with nothing in flight, whose
+    /// latency estimate decays with the default time constant (10 s).
     pub fn new(endpoint: Endpoint) -> Self {
+        Self::with_decay(endpoint, DEFAULT_DECAY)
+    }
+
+    /// The same, with latency decay time `decay` (see [`crate::latency`]).
+    pub fn with_decay(endpoint: Endpoint, decay: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
                 endpoint,
                 in_flight: AtomicUsize::new(0),
                 connectivity: AtomicU8::new(Connectivity::Idle as u8),
+                latency: PeakEwma::new(decay),
             }),
         }
     }
@@ -87,6 +99,22 @@ impl EndpointState {
     /// The endpoint's address.
     pub fn endpoint(&self) -> &Endpoint {
         &self.inner.endpoint
+    }
+
+    /// Whether `other` is a handle to this same endpoint state.
+    pub fn same_as(&self, other: &EndpointState) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// The endpoint's weight (1 unless the list said `host:port=W`).
+    pub fn weight(&self) -> u32 {
+        self.inner.endpoint.weight()
+    }
+
+    /// The peak-EWMA latency estimate at `now` (clock nanoseconds), or `None` before
+    /// any call to this endpoint has finished.
+    pub fn latency_estimate(&self, now: u64) -> Option<f64> {
+        self.inner.latency.estimate(now)
     }
 
     /// Calls sent to this endpoint whose response has not finished yet.
@@ -123,10 +151,21 @@ impl EndpointState {
     /// The balancer keeps the guard inside the response body, so a call counts as in
     /// flight until its last byte (and trailers) arrive, not merely its headers: a
     /// streaming call that is still sending is still load on the server.
+    ///
+    /// When the guard is dropped, the call's duration feeds the endpoint's latency
+    /// estimate (measured on the [`clock`]).
     pub fn start_call(&self) -> InFlightGuard {
+        self.start_call_at(clock::now_nanos())
+    }
+
+    /// The same, for a call that started at `now` on a clock of the caller's (the
+    /// simulator's virtual time). End it with [`InFlightGuard::finish_at`].
+    pub fn start_call_at(&self, now: u64) -> InFlightGuard {
         self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlightGuard {
             state: self.clone(),
+            started_at: now,
+            finished: false,
         }
     }
 }
@@ -141,16 +180,35 @@ impl fmt::Debug for EndpointState {
     }
 }
 
-/// Decrements its endpoint's in-flight count when dropped.
+/// Counts a call in flight until dropped, then records how long the call took.
 #[must_use = "the call stops counting as in flight as soon as the guard is dropped"]
 #[derive(Debug)]
 pub struct InFlightGuard {
     state: EndpointState,
+    started_at: u64,
+    finished: bool,
+}
+
+impl InFlightGuard {
+    /// Ends the call at `now` on the caller's clock (see
+    /// [`EndpointState::start_call_at`]).
+    pub fn finish_at(mut self, now: u64) {
+        self.finish(now);
+    }
+
+    fn finish(&mut self, now: u64) {
+        if !self.finished {
+            self.finished = true;
+            let rtt = now.saturating_sub(self.started_at);
+            self.state.inner.latency.record(rtt, now);
+            self.state.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.state.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.finish(clock::now_nanos());
     }
 }
 
@@ -168,6 +226,15 @@ mod tests {
         assert_eq!(state.in_flight(), 1);
         drop(b);
         assert_eq!(state.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_finished_call_feeds_the_latency_estimate() {
+        let state = EndpointState::new("127.0.0.1:1".parse().unwrap());
+        assert_eq!(state.latency_estimate(10), None);
+        state.start_call_at(1_000).finish_at(5_000);
+        assert_eq!(state.in_flight(), 0);
+        assert_eq!(state.latency_estimate(5_000), Some(4_000.0));
     }
 
     #[test]

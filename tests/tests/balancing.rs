@@ -271,7 +271,7 @@ async fn a_custom_picker_plugs_in() {
 
     let (servers, _, endpoints) = fleet(3, None).await;
     let balancer = Balancer::builder(endpoints.clone())
-        .picker(Box::new(LastReady))
+        .picker(LastReady)
         .build()
         .expect("builds");
     assert_eq!(balancer.policy_name(), "last_ready");

@@ -18,9 +18,7 @@
 //! choices, `least_request`, samples instead); and each client sees only its own calls,
 //! not the server's total load.
 
-use rand::Rng;
-
-use super::{PickContext, PickError, Picker};
+use super::{PickContext, PickError, Picker, label};
 use crate::EndpointState;
 
 /// The name users type.
@@ -41,7 +39,7 @@ impl Picker for LeastConnections {
         ctx: &mut PickContext<'_>,
     ) -> Result<usize, PickError> {
         let mut best: Option<(usize, usize)> = None; // (index, in flight)
-        let mut tied = 0u32;
+        let mut tied = 0usize;
         for (i, endpoint) in endpoints.iter().enumerate() {
             if !endpoint.is_ready() {
                 continue;
@@ -51,7 +49,7 @@ impl Picker for LeastConnections {
                 Some((_, min)) if load > min => {}
                 Some((_, min)) if load == min => {
                     tied += 1;
-                    if ctx.rng.random_range(0..tied) == 0 {
+                    if ctx.index(tied) == 0 {
                         best = Some((i, load));
                     }
                 }
@@ -61,8 +59,22 @@ impl Picker for LeastConnections {
                 }
             }
         }
-        best.map(|(i, _)| i)
-            .ok_or_else(|| PickError::none_ready(endpoints))
+        let (i, load) = best.ok_or_else(|| PickError::none_ready(endpoints))?;
+        if ctx.explaining() {
+            let loads: Vec<String> = endpoints
+                .iter()
+                .filter(|e| e.is_ready())
+                .map(|e| format!("{}: {}", label(e), e.in_flight()))
+                .collect();
+            ctx.explain(|| {
+                format!(
+                    "{NAME}: in flight {{{}}}, fewest {load} (tie of {tied}) -> {}",
+                    loads.join(", "),
+                    label(&endpoints[i])
+                )
+            });
+        }
+        Ok(i)
     }
 }
 

@@ -8,7 +8,7 @@
 //! and walks the list only when it fails; here every endpoint has its connection and the
 //! picker simply skips those that are not ready, which gives the same choice.
 
-use super::{PickContext, PickError, Picker};
+use super::{PickContext, PickError, Picker, label};
 use crate::EndpointState;
 
 /// The name users type.
@@ -26,12 +26,17 @@ impl Picker for PickFirst {
     fn pick(
         &self,
         endpoints: &[EndpointState],
-        _: &mut PickContext<'_>,
+        ctx: &mut PickContext<'_>,
     ) -> Result<usize, PickError> {
-        endpoints
+        let i = endpoints
             .iter()
             .position(EndpointState::is_ready)
-            .ok_or_else(|| PickError::none_ready(endpoints))
+            .ok_or_else(|| PickError::none_ready(endpoints))?;
+        ctx.explain(|| {
+            let n = endpoints.len();
+            format!("{NAME}: first ready of {n} -> {}", label(&endpoints[i]))
+        });
+        Ok(i)
     }
 }
 

@@ -8,9 +8,7 @@
 //! many clients. Over many calls the shares even out (by the law of large numbers), but
 //! over a few they do not: 30 calls to 3 endpoints can easily land 14/9/7.
 
-use rand::Rng;
-
-use super::{PickContext, PickError, Picker};
+use super::{PickContext, PickError, Picker, label};
 use crate::EndpointState;
 
 /// The name users type.
@@ -30,27 +28,41 @@ impl Picker for Random {
         endpoints: &[EndpointState],
         ctx: &mut PickContext<'_>,
     ) -> Result<usize, PickError> {
-        if endpoints.is_empty() {
-            return Err(PickError::NoEndpoints);
-        }
-        // Fast path: in a healthy fleet every endpoint is ready and one draw suffices.
-        let i = ctx.rng.random_range(0..endpoints.len());
-        if endpoints[i].is_ready() {
-            return Ok(i);
-        }
-        let ready = endpoints.iter().filter(|e| e.is_ready()).count();
-        if ready == 0 {
-            return Err(PickError::none_ready(endpoints));
-        }
-        let k = ctx.rng.random_range(0..ready);
-        endpoints
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.is_ready())
-            .nth(k)
-            .map(|(i, _)| i)
-            .ok_or_else(|| PickError::none_ready(endpoints))
+        let i = random_ready(endpoints, ctx)?;
+        ctx.explain(|| {
+            let n = endpoints.len();
+            format!("{NAME}: drew 1 of {n} -> {}", label(&endpoints[i]))
+        });
+        Ok(i)
     }
+}
+
+/// A uniformly random ready endpoint: also the fallback of the hashing policies for
+/// calls without a key.
+pub(crate) fn random_ready(
+    endpoints: &[EndpointState],
+    ctx: &mut PickContext<'_>,
+) -> Result<usize, PickError> {
+    if endpoints.is_empty() {
+        return Err(PickError::NoEndpoints);
+    }
+    // Fast path: in a healthy fleet every endpoint is ready and one draw suffices.
+    let i = ctx.index(endpoints.len());
+    if endpoints[i].is_ready() {
+        return Ok(i);
+    }
+    let ready = endpoints.iter().filter(|e| e.is_ready()).count();
+    if ready == 0 {
+        return Err(PickError::none_ready(endpoints));
+    }
+    let k = ctx.index(ready);
+    endpoints
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.is_ready())
+        .nth(k)
+        .map(|(i, _)| i)
+        .ok_or_else(|| PickError::none_ready(endpoints))
 }
 
 #[cfg(test)]

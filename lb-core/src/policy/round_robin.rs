@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rand::{Rng, RngCore};
 
-use super::{PickContext, PickError, Picker};
+use super::{PickContext, PickError, Picker, label};
 use crate::EndpointState;
 
 /// The name users type.
@@ -48,7 +48,7 @@ impl Picker for RoundRobin {
     fn pick(
         &self,
         endpoints: &[EndpointState],
-        _: &mut PickContext<'_>,
+        ctx: &mut PickContext<'_>,
     ) -> Result<usize, PickError> {
         let n = endpoints.len();
         if n == 0 {
@@ -56,11 +56,14 @@ impl Picker for RoundRobin {
         }
         // Relaxed is enough: the counter only has to hand out distinct numbers; it
         // orders nothing else. Wrapping at usize::MAX is harmless.
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n)
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = turn % n;
+        let i = (0..n)
             .map(|offset| (start + offset) % n)
             .find(|&i| endpoints[i].is_ready())
-            .ok_or_else(|| PickError::none_ready(endpoints))
+            .ok_or_else(|| PickError::none_ready(endpoints))?;
+        ctx.explain(|| format!("{NAME}: turn {turn} mod {n} -> {}", label(&endpoints[i])));
+        Ok(i)
     }
 }
 

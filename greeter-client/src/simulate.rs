@@ -1,0 +1,694 @@
+//! A deterministic, discrete-event simulation of a client balancing calls over
+//! backends, using the *same picker code* as the real balancer.
+//!
+//! # The model
+//! - **Backends** have a mean service time and a capacity: `capacity` calls are served
+//!   at once, more wait in a first-in, first-out queue (a server with that many
+//!   workers). Service times are exponentially distributed around the mean, so some
+//!   calls are much slower than the mean, as on real servers.
+//! - **Calls arrive** open-loop, as a Poisson process: independent arrivals at a fixed
+//!   average rate, whether or not earlier calls have finished, as from many
+//!   independent users. The rate is given directly, or as a *utilisation* of the
+//!   fleet's total capacity (`Σ capacity / mean service time`).
+//! - **Each call is picked** by the policy's [`Picker`](lb_core::Picker), reading real
+//!   [`EndpointState`]s: the in-flight count rises at the pick and falls when the call
+//!   completes, and the latency estimate is fed with the call's full latency (queueing
+//!   included), all in virtual time.
+//! - **Events** change the fleet mid-run: a backend slows down or recovers, leaves or
+//!   joins.
+//!
+//! Time is virtual (integer nanoseconds) and every random number comes from generators
+//! seeded from `--seed`, so the same scenario prints the same table, byte for byte.
+//! A million calls take a second or two.
+//!
+//! ```
+//! use greeter_client::simulate::{Scenario, simulate};
+//! use lb_core::Policy;
+//!
+//! let scenario: Scenario = Scenario::with_backends(&["2ms", "2ms", "20ms"]).unwrap();
+//! let report = simulate(&scenario, &Policy::RoundRobin).report;
+//! assert_eq!(report.backends.len(), 3);
+//! ```
+
+use std::{
+    cmp::Ordering,
+    collections::{BinaryHeap, VecDeque},
+    fmt,
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
+
+use lb_core::{
+    BuildPicker, Connectivity, Endpoint, EndpointState, InFlightGuard, PickContext, Picker, Policy,
+    policy::config::DEFAULT_HASH_HEADER,
+};
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+use serde::Deserialize;
+
+use crate::report::{Backend, ErrorCount, Latency, Report, latency_histogram};
+
+/// One simulated backend: `2ms`, or `2ms,capacity=4,weight=2`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendSpec {
+    /// Mean service time.
+    pub latency: Duration,
+    /// Calls served at once (`None`: the scenario's default).
+    pub capacity: Option<usize>,
+    /// Weight, for the weighted policies.
+    pub weight: u32,
+}
+
+impl FromStr for BackendSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut parts = text.split(',');
+        let latency = parts.next().unwrap_or_default().trim();
+        let latency = humantime::parse_duration(latency)
+            .map_err(|e| format!("backend `{text}`: `{latency}` is not a duration ({e})"))?;
+        if latency.is_zero() {
+            return Err(format!(
+                "backend `{text}`: the mean service time must be above 0"
+            ));
+        }
+        let mut spec = BackendSpec {
+            latency,
+            capacity: None,
+            weight: 1,
+        };
+        for part in parts {
+            let (key, value) = part.split_once('=').unwrap_or((part, ""));
+            let number = value.trim().parse::<u32>().ok().filter(|&n| n > 0);
+            match (key.trim(), number) {
+                ("capacity", Some(n)) => spec.capacity = Some(n as usize),
+                ("weight", Some(n)) if n <= lb_core::endpoint::MAX_WEIGHT => spec.weight = n,
+                _ => {
+                    return Err(format!(
+                        "backend `{text}`: `{part}` is not capacity=N or weight=N (N ≥ 1)"
+                    ));
+                }
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// A change to the fleet at a moment of the run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// When, from the start.
+    pub at: Duration,
+    /// What.
+    pub change: Change,
+}
+
+/// What an [`Event`] changes. Backends are numbered from 1, as in the table.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// Backend `n`'s mean service time becomes this.
+    Slow(usize, Duration),
+    /// Backend `n` returns to its original mean service time.
+    Recover(usize),
+    /// Backend `n` leaves: no new calls; the ones it has finish.
+    Remove(usize),
+    /// A new backend joins.
+    Add(BackendSpec),
+}
+
+impl FromStr for Event {
+    type Err = String;
+
+    /// `5s slow 3 20ms`, `8s recover 3`, `10s remove 1`, `12s add 2ms,capacity=8`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let usage = || {
+            format!(
+                "event `{text}`: expected `TIME slow N LATENCY`, `TIME recover N`, \
+                 `TIME remove N` or `TIME add LATENCY[,capacity=C]` (e.g. `5s slow 3 20ms`)"
+            )
+        };
+        let at = words
+            .first()
+            .and_then(|w| humantime::parse_duration(w).ok())
+            .ok_or_else(usage)?;
+        let backend = |i: usize| -> Result<usize, String> {
+            words
+                .get(i)
+                .and_then(|w| w.parse::<usize>().ok())
+                .filter(|&n| n >= 1)
+                .ok_or_else(usage)
+        };
+        let change = match (words.get(1).copied(), words.len()) {
+            (Some("slow"), 4) => Change::Slow(
+                backend(2)?,
+                humantime::parse_duration(words[3]).map_err(|_| usage())?,
+            ),
+            (Some("recover"), 3) => Change::Recover(backend(2)?),
+            (Some("remove"), 3) => Change::Remove(backend(2)?),
+            (Some("add"), 3) => Change::Add(words[2].parse()?),
+            _ => return Err(usage()),
+        };
+        Ok(Event { at, change })
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = humantime::format_duration(self.at);
+        match &self.change {
+            Change::Slow(n, latency) => {
+                write!(f, "{at} slow {n} {}", humantime::format_duration(*latency))
+            }
+            Change::Recover(n) => write!(f, "{at} recover {n}"),
+            Change::Remove(n) => write!(f, "{at} remove {n}"),
+            Change::Add(spec) => write!(f, "{at} add {}", humantime::format_duration(spec.latency)),
+        }
+    }
+}
+
+/// Everything a simulation needs.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// The backends at the start.
+    pub backends: Vec<BackendSpec>,
+    /// Capacity of backends that do not give their own.
+    pub capacity: usize,
+    /// Arrivals per second; `None`: from `utilisation`.
+    pub rate: Option<f64>,
+    /// Arrival rate as a fraction of the starting fleet's capacity.
+    pub utilisation: f64,
+    /// How long calls arrive (calls still in flight then are finished after).
+    pub duration: Duration,
+    /// Changes during the run.
+    pub events: Vec<Event>,
+    /// Key space for the hashing policies (0: calls carry no key).
+    pub keys: u64,
+    /// Seeds arrivals, service times and picks.
+    pub seed: u64,
+    /// Explain the first this many picks.
+    pub explain: u64,
+}
+
+impl Scenario {
+    /// Backends with these mean service times, capacity 8 each, 60 % utilisation,
+    /// 10 simulated seconds, seed 1.
+    pub fn with_backends(latencies: &[&str]) -> Result<Self, String> {
+        Ok(Self {
+            backends: latencies
+                .iter()
+                .map(|l| l.parse())
+                .collect::<Result<_, _>>()?,
+            capacity: 8,
+            rate: None,
+            utilisation: 0.6,
+            duration: Duration::from_secs(10),
+            events: Vec::new(),
+            keys: 0,
+            seed: 1,
+            explain: 0,
+        })
+    }
+
+    /// Reads a scenario file (JSON), e.g.
+    /// `{"backends": ["2ms", "2ms", "20ms,capacity=4"], "utilisation": 0.6,
+    ///   "duration": "10s", "events": ["5s slow 1 20ms", "8s recover 1"]}`.
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            backends: Vec<String>,
+            #[serde(default)]
+            capacity: Option<usize>,
+            #[serde(default)]
+            rate: Option<f64>,
+            #[serde(default)]
+            utilisation: Option<f64>,
+            #[serde(default)]
+            duration: Option<String>,
+            #[serde(default)]
+            events: Vec<String>,
+            #[serde(default)]
+            keys: Option<u64>,
+            #[serde(default)]
+            seed: Option<u64>,
+        }
+        let file: File = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let mut scenario = Self::with_backends(&[])?;
+        scenario.backends = file
+            .backends
+            .iter()
+            .map(|b| b.parse())
+            .collect::<Result<_, _>>()?;
+        scenario.capacity = file.capacity.unwrap_or(scenario.capacity);
+        scenario.rate = file.rate;
+        scenario.utilisation = file.utilisation.unwrap_or(scenario.utilisation);
+        if let Some(duration) = file.duration {
+            scenario.duration = humantime::parse_duration(&duration)
+                .map_err(|e| format!("duration `{duration}`: {e}"))?;
+        }
+        scenario.events = file
+            .events
+            .iter()
+            .map(|e| e.parse())
+            .collect::<Result<_, _>>()?;
+        scenario.keys = file.keys.unwrap_or(0);
+        scenario.seed = file.seed.unwrap_or(scenario.seed);
+        scenario.check()?;
+        Ok(scenario)
+    }
+
+    /// Checks that the scenario can run; says what is wrong otherwise.
+    pub fn check(&self) -> Result<(), String> {
+        if self.backends.is_empty() {
+            return Err("a scenario needs at least one backend".into());
+        }
+        if self.capacity == 0 {
+            return Err("capacity must be at least 1".into());
+        }
+        if !(self.utilisation > 0.0 && self.utilisation.is_finite()) {
+            return Err(format!("utilisation {} must be above 0", self.utilisation));
+        }
+        if let Some(rate) = self.rate
+            && !(rate > 0.0 && rate.is_finite())
+        {
+            return Err(format!("rate {rate} must be above 0"));
+        }
+        let mut count = self.backends.len();
+        for event in &self.events {
+            match &event.change {
+                Change::Add(_) => count += 1,
+                Change::Slow(n, _) | Change::Recover(n) | Change::Remove(n) if *n > count => {
+                    return Err(format!(
+                        "event `{event}`: there is no backend {n} (backends are numbered 1 to {count})"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if self.arrival_rate() * self.duration.as_secs_f64() > 50_000_000.0 {
+            return Err(
+                "more than 50 million calls: shorten the duration or lower the rate".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Arrivals per second.
+    pub fn arrival_rate(&self) -> f64 {
+        self.rate.unwrap_or_else(|| {
+            let capacity: f64 = self
+                .backends
+                .iter()
+                .map(|b| b.capacity.unwrap_or(self.capacity) as f64 / b.latency.as_secs_f64())
+                .sum();
+            self.utilisation * capacity
+        })
+    }
+}
+
+/// What [`simulate`] returns.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The same report as a real run's.
+    pub report: Report,
+    /// Why the first `explain` picks were made, with their virtual time.
+    pub explanations: Vec<String>,
+}
+
+/// Runs `scenario` with `policy`.
+pub fn simulate(scenario: &Scenario, policy: &Policy) -> Outcome {
+    Simulation::new(scenario, policy).run()
+}
+
+const NANOS_PER_SEC: f64 = 1e9;
+
+struct SimBackend {
+    label: String,
+    state: EndpointState,
+    mean_ns: f64,
+    base_mean_ns: f64,
+    capacity: usize,
+    busy: usize,
+    waiting: VecDeque<Call>,
+    served: u64,
+}
+
+struct Call {
+    arrived: u64,
+    guard: InFlightGuard,
+}
+
+enum Happening {
+    Arrival,
+    Done { backend: usize, call: Call },
+    Change(usize),
+}
+
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    what: Happening,
+}
+
+// The heap is a max-heap: order by (time, sequence) reversed, so the earliest comes
+// first and simultaneous events keep the order they were scheduled in.
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+
+struct Simulation<'s> {
+    scenario: &'s Scenario,
+    policy: &'s Policy,
+    backends: Vec<SimBackend>,
+    /// Backends in the membership now, by index into `backends`; parallel to `states`.
+    active: Vec<usize>,
+    states: Vec<EndpointState>,
+    picker: Arc<dyn Picker>,
+    heap: BinaryHeap<Scheduled>,
+    seq: u64,
+    /// Arrivals and service times.
+    world: SmallRng,
+    /// Picks (and pickers' own randomness).
+    picks: SmallRng,
+    mean_gap_ns: f64,
+    end_ns: u64,
+    calls: u64,
+    unpicked: u64,
+    latency: hdrhistogram::Histogram<u64>,
+    explanations: Vec<String>,
+    key_header: http::HeaderName,
+}
+
+impl<'s> Simulation<'s> {
+    fn new(scenario: &'s Scenario, policy: &'s Policy) -> Self {
+        let header = policy.hash_header().unwrap_or(DEFAULT_HASH_HEADER);
+        let mut sim = Self {
+            scenario,
+            policy,
+            backends: Vec::new(),
+            active: Vec::new(),
+            states: Vec::new(),
+            picker: policy.build(&[], &mut SmallRng::seed_from_u64(0)),
+            heap: BinaryHeap::new(),
+            seq: 0,
+            world: SmallRng::seed_from_u64(scenario.seed),
+            picks: SmallRng::seed_from_u64(scenario.seed ^ 0x5EED_0F91_C5C5),
+            mean_gap_ns: NANOS_PER_SEC / scenario.arrival_rate(),
+            end_ns: u64::try_from(scenario.duration.as_nanos()).unwrap_or(u64::MAX),
+            calls: 0,
+            unpicked: 0,
+            latency: latency_histogram(),
+            explanations: Vec::new(),
+            key_header: http::HeaderName::from_bytes(header.as_bytes())
+                .unwrap_or(http::HeaderName::from_static(DEFAULT_HASH_HEADER)),
+        };
+        for spec in &scenario.backends {
+            sim.add_backend(spec);
+        }
+        sim.rebuild_picker();
+        for (i, event) in scenario.events.iter().enumerate() {
+            let at = u64::try_from(event.at.as_nanos()).unwrap_or(u64::MAX);
+            sim.schedule(at, Happening::Change(i));
+        }
+        let first = sim.gap();
+        sim.schedule(first, Happening::Arrival);
+        sim
+    }
+
+    fn add_backend(&mut self, spec: &BackendSpec) {
+        let number = self.backends.len() + 1;
+        let capacity = spec.capacity.unwrap_or(self.scenario.capacity).max(1);
+        let address = format!("b{number}:{}", 50_050 + number);
+        let endpoint: Endpoint = match address.parse() {
+            Ok(endpoint) => endpoint,
+            Err(_) => return, // Only past 15,000 backends; check() forbids that many.
+        };
+        let state = EndpointState::with_decay(
+            endpoint.with_weight(spec.weight),
+            self.policy.latency_decay(),
+        );
+        state.set_connectivity(Connectivity::Ready);
+        let mean_ns = spec.latency.as_nanos() as f64;
+        self.backends.push(SimBackend {
+            label: format!(
+                "{address} ({}, {capacity} at once)",
+                humantime::format_duration(spec.latency)
+            ),
+            state: state.clone(),
+            mean_ns,
+            base_mean_ns: mean_ns,
+            capacity,
+            busy: 0,
+            waiting: VecDeque::new(),
+            served: 0,
+        });
+        self.active.push(self.backends.len() - 1);
+        self.states.push(state);
+    }
+
+    fn rebuild_picker(&mut self) {
+        self.picker = self.policy.build(&self.states, &mut self.picks);
+    }
+
+    fn schedule(&mut self, at: u64, what: Happening) {
+        self.seq += 1;
+        self.heap.push(Scheduled {
+            at,
+            seq: self.seq,
+            what,
+        });
+    }
+
+    /// The time to the next arrival: exponential, so arrivals form a Poisson process.
+    fn gap(&mut self) -> u64 {
+        let u: f64 = self.world.random();
+        (-(1.0 - u).ln() * self.mean_gap_ns) as u64
+    }
+
+    fn service_time(&mut self, backend: usize) -> u64 {
+        let u: f64 = self.world.random();
+        ((-(1.0 - u).ln() * self.backends[backend].mean_ns) as u64).max(1)
+    }
+
+    fn run(mut self) -> Outcome {
+        while let Some(Scheduled { at, what, .. }) = self.heap.pop() {
+            match what {
+                Happening::Arrival => self.arrive(at),
+                Happening::Done { backend, call } => self.complete(at, backend, call),
+                Happening::Change(i) => self.change(i),
+            }
+        }
+        self.report()
+    }
+
+    fn arrive(&mut self, now: u64) {
+        let next = now.saturating_add(self.gap());
+        if next < self.end_ns {
+            self.schedule(next, Happening::Arrival);
+        }
+        let number = self.calls;
+        self.calls += 1;
+
+        let mut headers = http::HeaderMap::new();
+        if self.scenario.keys > 0
+            && let Ok(value) = format!("key-{}", number % self.scenario.keys).parse()
+        {
+            headers.insert(self.key_header.clone(), value);
+        }
+        let explain = number < self.scenario.explain;
+        let mut why = String::new();
+        let picked = {
+            let ctx = PickContext::new(&mut self.picks)
+                .with_headers(&headers)
+                .at(now);
+            let mut ctx = if explain {
+                ctx.explain_into(&mut why)
+            } else {
+                ctx
+            };
+            self.picker.pick(&self.states, &mut ctx)
+        };
+        if explain {
+            let t = now as f64 / NANOS_PER_SEC;
+            self.explanations.push(match &picked {
+                Ok(_) => format!("[{} t={t:.6}s] {why}", self.policy),
+                Err(err) => format!("[{} t={t:.6}s] {err}", self.policy),
+            });
+        }
+        let Some(&backend) = picked.ok().and_then(|i| self.active.get(i)) else {
+            self.unpicked += 1;
+            return;
+        };
+        let call = Call {
+            arrived: now,
+            guard: self.backends[backend].state.start_call_at(now),
+        };
+        if self.backends[backend].busy < self.backends[backend].capacity {
+            self.start(now, backend, call);
+        } else {
+            self.backends[backend].waiting.push_back(call);
+        }
+    }
+
+    fn start(&mut self, now: u64, backend: usize, call: Call) {
+        self.backends[backend].busy += 1;
+        let done = now.saturating_add(self.service_time(backend));
+        self.schedule(done, Happening::Done { backend, call });
+    }
+
+    fn complete(&mut self, now: u64, backend: usize, call: Call) {
+        let micros = (now.saturating_sub(call.arrived) / 1_000).max(1);
+        let _ = self.latency.record(micros);
+        call.guard.finish_at(now);
+        let b = &mut self.backends[backend];
+        b.served += 1;
+        b.busy -= 1;
+        if let Some(next) = b.waiting.pop_front() {
+            self.start(now, backend, next);
+        }
+    }
+
+    fn change(&mut self, index: usize) {
+        let Some(event) = self.scenario.events.get(index) else {
+            return;
+        };
+        match &event.change {
+            Change::Slow(n, latency) => {
+                if let Some(b) = self.backends.get_mut(n - 1) {
+                    b.mean_ns = latency.as_nanos() as f64;
+                }
+            }
+            Change::Recover(n) => {
+                if let Some(b) = self.backends.get_mut(n - 1) {
+                    b.mean_ns = b.base_mean_ns;
+                }
+            }
+            Change::Remove(n) => {
+                if let Some(position) = self.active.iter().position(|&b| b == n - 1) {
+                    self.active.remove(position);
+                    self.states.remove(position);
+                    self.rebuild_picker();
+                }
+            }
+            Change::Add(spec) => {
+                self.add_backend(spec);
+                self.rebuild_picker();
+            }
+        }
+    }
+
+    fn report(self) -> Outcome {
+        let backends: Vec<Backend> = self
+            .backends
+            .iter()
+            .map(|b| Backend::new(b.label.clone(), b.served, 0))
+            .collect();
+        let errors = if self.unpicked == 0 {
+            Vec::new()
+        } else {
+            vec![ErrorCount {
+                code: "Unavailable".into(),
+                count: self.unpicked,
+                example: "no backend could be picked".into(),
+            }]
+        };
+        let report = Report::new(
+            self.policy.name(),
+            self.calls,
+            0,
+            self.scenario.duration.as_secs_f64(),
+            backends,
+            Latency::from_histogram_us(&self.latency),
+            errors,
+        );
+        Outcome {
+            report,
+            explanations: self.explanations,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_and_events_parse_and_say_what_is_wrong() {
+        assert_eq!(
+            "20ms,capacity=4,weight=2".parse::<BackendSpec>(),
+            Ok(BackendSpec {
+                latency: Duration::from_millis(20),
+                capacity: Some(4),
+                weight: 2
+            })
+        );
+        assert!(
+            "fast"
+                .parse::<BackendSpec>()
+                .unwrap_err()
+                .contains("`fast`")
+        );
+        assert!(
+            "2ms,cap=4"
+                .parse::<BackendSpec>()
+                .unwrap_err()
+                .contains("`cap=4`")
+        );
+        assert!(
+            "0ms"
+                .parse::<BackendSpec>()
+                .unwrap_err()
+                .contains("above 0")
+        );
+        let event: Event = "5s slow 3 20ms".parse().unwrap();
+        assert_eq!(event.change, Change::Slow(3, Duration::from_millis(20)));
+        assert_eq!(event.to_string(), "5s slow 3 20ms");
+        assert!(
+            "5s explode 3"
+                .parse::<Event>()
+                .unwrap_err()
+                .contains("expected")
+        );
+        let mut scenario = Scenario::with_backends(&["2ms"]).unwrap();
+        scenario.events.push("1s remove 2".parse().unwrap());
+        assert!(scenario.check().unwrap_err().contains("no backend 2"));
+    }
+
+    #[test]
+    fn the_arrival_rate_follows_the_utilisation() {
+        let scenario = Scenario::with_backends(&["2ms", "2ms", "20ms"]).unwrap();
+        // 8/0.002 + 8/0.002 + 8/0.02 = 8400 calls/s of capacity; 60 % of it.
+        assert!((scenario.arrival_rate() - 5040.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_removed_backend_gets_no_new_calls_and_an_added_one_does() {
+        let mut scenario = Scenario::with_backends(&["2ms", "2ms"]).unwrap();
+        scenario.duration = Duration::from_secs(4);
+        scenario.events = vec![
+            "2s remove 1".parse().unwrap(),
+            "2s add 2ms".parse().unwrap(),
+        ];
+        let report = simulate(&scenario, &Policy::RoundRobin).report;
+        let calls: Vec<u64> = report.backends.iter().map(|b| b.calls).collect();
+        // Backend 1 served only the first half; 2 and 3 split the second half.
+        assert!(calls[0] > 0 && calls[2] > 0, "{calls:?}");
+        assert!(calls[1] > calls[0] && calls[1] > calls[2], "{calls:?}");
+        assert_eq!(report.failed, 0);
+        assert_eq!(report.succeeded, report.requests);
+    }
+}

@@ -1,0 +1,137 @@
+//! The simulator: deterministic, and it shows what the policies are for.
+
+use std::process::Command;
+
+use greeter_client::simulate::{Scenario, simulate};
+use lb_core::Policy;
+
+/// 3 backends (2 ms, 2 ms, 20 ms, capacity 8 each) at 60 % utilisation, 10 simulated
+/// seconds: round robin sends the slow backend a third of the calls, four times what it
+/// can serve, and its queue grows all run long.
+#[test]
+fn load_aware_policies_halve_round_robins_p99() {
+    let scenario = Scenario::with_backends(&["2ms", "2ms", "20ms"]).expect("valid");
+    let p99 = |policy: Policy| simulate(&scenario, &policy).report.latency_ms.p99;
+    let round_robin = p99(Policy::RoundRobin);
+    let least_request = p99("least_request".parse().expect("known"));
+    let peak_ewma = p99("peak_ewma".parse().expect("known"));
+    println!(
+        "p99: round_robin {round_robin:.2} ms, least_request {least_request:.2} ms, peak_ewma {peak_ewma:.2} ms"
+    );
+    assert!(
+        least_request <= 0.5 * round_robin,
+        "{least_request} vs {round_robin}"
+    );
+    assert!(
+        peak_ewma <= 0.5 * round_robin,
+        "{peak_ewma} vs {round_robin}"
+    );
+}
+
+#[test]
+fn every_call_is_served_once() {
+    let scenario = Scenario::with_backends(&["2ms", "5ms"]).expect("valid");
+    for policy in Policy::all() {
+        let report = simulate(&scenario, &policy).report;
+        assert_eq!(report.failed, 0, "{policy}");
+        assert_eq!(report.succeeded, report.requests, "{policy}");
+    }
+}
+
+#[test]
+fn the_same_command_prints_the_same_output() {
+    let args = [
+        "simulate",
+        "--backend",
+        "2ms",
+        "--backend",
+        "2ms",
+        "--backend",
+        "20ms,capacity=4",
+        "--duration",
+        "3s",
+        "--event",
+        "1s slow 1 10ms",
+        "--event",
+        "2s recover 1",
+        "--keys",
+        "50",
+        "--explain",
+        "3",
+    ];
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_greeter-client"))
+            .args(args)
+            .output()
+            .expect("runs")
+    };
+    let (first, second) = (run(), run());
+    assert_eq!(first.status.code(), Some(0));
+    assert!(!first.stdout.is_empty());
+    assert_eq!(first.stdout, second.stdout, "tables differ");
+    assert_eq!(first.stderr, second.stderr, "explanations differ");
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    for policy in Policy::names() {
+        assert!(
+            stdout.contains(&format!("  {policy} ")),
+            "{policy} missing:\n{stdout}"
+        );
+    }
+    let explained = String::from_utf8_lossy(&first.stderr);
+    assert_eq!(
+        explained.lines().count(),
+        3 * Policy::names().len(),
+        "{explained}"
+    );
+}
+
+#[test]
+fn a_scenario_file_works_and_mistakes_exit_2() {
+    let dir = std::env::temp_dir().join(format!("lb-sim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("scenario.json");
+    std::fs::write(
+        &file,
+        r#"{"backends": ["2ms", "20ms"], "duration": "2s", "utilisation": 0.5,
+            "events": ["1s remove 2"]}"#,
+    )
+    .expect("written");
+    let client = || Command::new(env!("CARGO_BIN_EXE_greeter-client"));
+    let out = client()
+        .args([
+            "simulate",
+            "--policies",
+            "round_robin",
+            "--json",
+            "--scenario",
+        ])
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(json[0]["policy"], "round_robin");
+
+    std::fs::write(&file, r#"{"backends": ["2ms"], "events": ["1s remove 3"]}"#).expect("written");
+    let out = client()
+        .arg("simulate")
+        .arg("--scenario")
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no backend 3"));
+
+    let out = client()
+        .args(["simulate", "--backend", "2ms", "--event", "soon slow 1 5ms"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected `TIME slow N LATENCY`"));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,151 @@
+//! `peak_ewma`: of two endpoints drawn at random, the one with the lower *cost*, where
+//! cost = peak-EWMA latency × (calls in flight + 1).
+//!
+//! Calls in flight say how much work an endpoint has queued; latency says how long each
+//! takes. Their product estimates how long a new call would wait. The latency is a
+//! [peak-EWMA](crate::latency) of the endpoint's recent calls (timed to the end of the
+//! response body): it jumps up at the first slow answer and comes down slowly, and it
+//! decays towards zero while the endpoint gets no calls, so an endpoint that was
+//! avoided is soon tried again. An endpoint with no finished call yet is assumed to take
+//! the configured default latency.
+//!
+//! Worked example: `a` averages 2 ms with 3 calls in flight, `c` 20 ms with none:
+//! cost(a) = 2 × 4 = 8, cost(c) = 20 × 1 = 20, so `{a, c}` → `a`, although `a` is
+//! busier. `least_request` would have picked `c`.
+//!
+//! References: Finagle's `PeakEwma` load balancer (Twitter, 2014); tower's
+//! `load::PeakEwma` and `p2c::Balance`, which linkerd2-proxy uses; the two choices are
+//! Mitzenmacher's (see [`least_request`](super::least_request)).
+//!
+//! Caveat: latency includes the network and the server's queue, so a server that is
+//! fast but far looks slow; and with little traffic the estimate rests on few samples.
+
+use std::time::Duration;
+
+use super::{PickContext, PickError, Picker, label, least_request::MAX_CHOICES, sample_distinct};
+use crate::EndpointState;
+
+/// The name users type.
+pub const NAME: &str = "peak_ewma";
+
+/// Picks the cheaper of two random endpoints by latency × load.
+#[derive(Debug, Clone, Copy)]
+pub struct PeakEwma {
+    default_latency_ns: f64,
+}
+
+impl PeakEwma {
+    /// Assumes `default_latency` for endpoints without a finished call.
+    pub fn new(default_latency: Duration) -> Self {
+        Self {
+            default_latency_ns: default_latency.as_nanos() as f64,
+        }
+    }
+
+    /// The cost of sending one more call to `endpoint` at `now`.
+    pub fn cost(&self, endpoint: &EndpointState, now: u64) -> f64 {
+        let latency = endpoint
+            .latency_estimate(now)
+            .unwrap_or(self.default_latency_ns);
+        latency * (endpoint.in_flight() as f64 + 1.0)
+    }
+}
+
+impl Picker for PeakEwma {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn pick(
+        &self,
+        endpoints: &[EndpointState],
+        ctx: &mut PickContext<'_>,
+    ) -> Result<usize, PickError> {
+        if endpoints.is_empty() {
+            return Err(PickError::NoEndpoints);
+        }
+        let now = ctx.now();
+        let mut buffer = [0; MAX_CHOICES];
+        let sample = sample_distinct(endpoints.len(), 2, ctx, &mut buffer);
+        let best = sample
+            .iter()
+            .copied()
+            .filter(|&i| endpoints[i].is_ready())
+            .min_by(|&a, &b| {
+                let (ca, cb) = (self.cost(&endpoints[a], now), self.cost(&endpoints[b], now));
+                ca.total_cmp(&cb)
+            });
+        let i = match best {
+            Some(i) => i,
+            None => super::random::random_ready(endpoints, ctx)?,
+        };
+        if ctx.explaining() {
+            let sampled: Vec<String> = sample
+                .iter()
+                .map(|&s| {
+                    let e = &endpoints[s];
+                    let ms = e.latency_estimate(now).unwrap_or(self.default_latency_ns) / 1e6;
+                    format!(
+                        "{}: {ms:.2} ms × ({} + 1) = {:.2}",
+                        label(e),
+                        e.in_flight(),
+                        self.cost(e, now) / 1e6
+                    )
+                })
+                .collect();
+            ctx.explain(|| {
+                format!(
+                    "{NAME} sampled {{{}}} -> {}",
+                    sampled.join(", "),
+                    label(&endpoints[i])
+                )
+            });
+        }
+        Ok(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::testing::*;
+    use rand::{SeedableRng, rngs::SmallRng};
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn prefers_fast_even_when_busier() {
+        let endpoints = ready(2);
+        // a: 2 ms, c: 20 ms, measured at t = 1 s.
+        endpoints[0].start_call_at(998 * MS).finish_at(1_000 * MS);
+        endpoints[1].start_call_at(980 * MS).finish_at(1_000 * MS);
+        let _a_busy: Vec<_> = (0..3)
+            .map(|_| endpoints[0].start_call_at(1_000 * MS))
+            .collect();
+        let picker = PeakEwma::new(Duration::from_millis(30));
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut ctx = PickContext::new(&mut rng).at(1_000 * MS);
+        // 2 × 4 = 8 < 20 × 1 = 20.
+        assert_eq!(picker.pick(&endpoints, &mut ctx), Ok(0));
+        assert!(picker.cost(&endpoints[0], 1_000 * MS) < picker.cost(&endpoints[1], 1_000 * MS));
+    }
+
+    #[test]
+    fn an_unmeasured_endpoint_costs_the_default() {
+        let endpoints = ready(1);
+        let picker = PeakEwma::new(Duration::from_millis(30));
+        assert_eq!(picker.cost(&endpoints[0], MS), (30 * MS) as f64);
+    }
+
+    #[test]
+    fn equal_endpoints_share_evenly() {
+        let endpoints = ready(3);
+        let counts = histogram(
+            &PeakEwma::new(Duration::from_millis(30)),
+            &endpoints,
+            30_000,
+        );
+        let chi2 = chi_square_uniform(&counts);
+        assert!(chi2 < 13.82, "{counts:?}: chi-square {chi2}");
+    }
+}
