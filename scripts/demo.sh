@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole tutorial in one command: builds everything, starts 3 greeter-servers (the
-# third one 20 ms slower), sends the same load with each policy, prints a table per
-# policy, and always stops its servers, on success, failure or Ctrl-C.
+# third one 20 ms slower), sends the same load with each of the article's policies,
+# prints a table per policy, compares every policy side by side, and always stops its
+# servers, on success, failure or Ctrl-C.
 #
 #   scripts/demo.sh
 #
@@ -49,6 +50,12 @@ for policy in pick_first round_robin random least_connections; do
   "$BIN_DIR/greeter-client" --servers "$servers" --policy "$policy" \
     --requests "$requests" --concurrency "$concurrency"
 done
+
+echo
+echo "== Every policy on the same calls, side by side (Jain = fairness: 1.000 is an even split) =="
+echo "\$ greeter-client compare --servers $servers --requests $requests --concurrency $concurrency --keys 100"
+"$BIN_DIR/greeter-client" compare --servers "$servers" \
+  --requests "$requests" --concurrency "$concurrency" --keys 100
 
 echo
 echo "== Done. Stopping the servers. =="
