@@ -68,28 +68,54 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    // Listen for the signals *before* announcing that we serve: a script that sends
+    // SIGTERM as soon as it reads "serving" must get a graceful shutdown, not the
+    // default action (an abrupt kill).
+    let signals = ShutdownSignals::listen()?;
     let servers = greeter_server::spawn(config).await?;
-    let signal = shutdown_signal().await?;
+    let signal = signals.next().await;
     info!("{signal}: shutting down gracefully");
     servers.shutdown().await?;
     info!("stopped");
     Ok(())
 }
 
-/// Resolves when Ctrl-C (SIGINT) or SIGTERM arrives, with the signal's name.
-async fn shutdown_signal() -> std::io::Result<&'static str> {
+/// Ctrl-C (SIGINT) and SIGTERM, listened for from creation on.
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result.map(|()| "SIGINT"),
-            _ = term.recv() => Ok("SIGTERM"),
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn listen() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.map(|()| "Ctrl-C")
+
+    /// Resolves with the name of the first signal that arrives.
+    async fn next(mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.terminate.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
 }
 
