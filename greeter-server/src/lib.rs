@@ -38,7 +38,7 @@ use tonic::{
     metadata::{AsciiMetadataValue, MetadataValue},
     transport::{Server, server::TcpIncoming},
 };
-use tonic_health::server::HealthReporter;
+use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::info;
 
 /// The response metadata key that names the instance that answered.
@@ -230,7 +230,20 @@ impl Servers {
 
     /// Stops accepting connections, lets calls in flight finish, and returns when every
     /// instance has stopped.
-    pub async fn shutdown(self) -> Result<(), ServerError> {
+    ///
+    /// First every instance reports NOT_SERVING, so that health-checking clients stop
+    /// sending it calls, and then ends its health `Watch` streams: those streams never
+    /// end by themselves, and a graceful shutdown waits for every open stream.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        for instance in &mut self.instances {
+            for service in ["", greeter_proto::SERVICE_NAME] {
+                instance
+                    .health
+                    .set_service_status(service, ServingStatus::NotServing)
+                    .await;
+                instance.health.clear_service_status(service).await;
+            }
+        }
         // `send_replace` stores the value even if no instance is listening any more.
         self.stop.send_replace(true);
         self.wait().await

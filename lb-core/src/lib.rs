@@ -70,7 +70,9 @@ pub mod policy;
 pub mod state;
 
 pub use backoff::Backoff;
-pub use balancer::{Balancer, BalancerBuilder, EndpointStatus, PickedEndpoint};
+pub use balancer::{
+    Balancer, BalancerBuilder, EndpointStatus, OutlierDetection, PickedEndpoint, RetryPolicy,
+};
 pub use endpoint::{Endpoint, parse_endpoint_list};
 pub use error::Error;
 pub use policy::{BuildPicker, PickContext, PickError, Picker, Policy};

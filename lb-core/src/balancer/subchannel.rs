@@ -1,0 +1,579 @@
+//! One connection per endpoint, and the shared state every call reads.
+//!
+//! Each endpoint is a [`Subchannel`] with a task that keeps it connected:
+//!
+//! ```text
+//!        ┌──────────── backoff ◀─────────────┐
+//!        ▼                                    │ connect failed
+//!  CONNECTING ──connected──▶ (health Watch) ──┼──▶ READY ◀──▶ TRANSIENT_FAILURE
+//!        ▲                   first answer     │    SERVING      NOT_SERVING
+//!        └──── connection lost / call failed to connect / health stream ended
+//! ```
+//!
+//! With health checking on, a connected endpoint stays CONNECTING until the server's
+//! first `grpc.health.v1.Health/Watch` answer (gRFC A17), goes READY on SERVING, and
+//! TRANSIENT_FAILURE on anything else; a server without the health service
+//! (UNIMPLEMENTED) counts as healthy. Because the Watch stream lives on the endpoint's
+//! connection, a server that dies is noticed at once, without waiting for a call to
+//! fail.
+//!
+//! Every change rebuilds the [`Snapshot`] (READY, not ejected endpoints and their
+//! picker) and wakes calls waiting for one.
+
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError, RwLock,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use rand::rngs::SmallRng;
+use tokio::sync::{Notify, watch};
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tracing::{info, warn};
+
+use super::outlier::OutlierDetection;
+use crate::{
+    Backoff, Connectivity, Endpoint, EndpointState, clock, error::describe,
+    policy::{BuildPicker, Picker},
+};
+
+/// Settings every subchannel shares.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub connect_timeout: Duration,
+    pub backoff: Backoff,
+    /// The service name to health-check (`""`: the whole server), or `None`: off.
+    pub health_service: Option<String>,
+    pub outlier: Option<OutlierDetection>,
+    pub latency_decay: Duration,
+    pub seed: u64,
+}
+
+/// The endpoints and their connections, shared by all balancer clones and tasks.
+pub(crate) struct Core {
+    pub subchannels: RwLock<Vec<Arc<Subchannel>>>,
+    /// What calls see: READY, not ejected endpoints, and a picker built for them.
+    pub snapshot: arc_swap::ArcSwap<Snapshot>,
+    pub policy: Arc<dyn BuildPicker>,
+    /// Serialises `publish` (a snapshot from older states must never be stored after
+    /// one from newer states) and holds the RNG pickers are built with.
+    publishing: Mutex<SmallRng>,
+    /// Serialises ejection decisions, so that the ejection limit holds.
+    ejecting: Mutex<()>,
+    /// Bumped after every change, to wake calls waiting for a READY endpoint.
+    pub changes: watch::Sender<u64>,
+    pub settings: Settings,
+    /// Closed when the last balancer clone is dropped: every task ends.
+    pub stopped: watch::Receiver<()>,
+    /// Counts subchannels ever made, to seed each one's backoff jitter differently.
+    made: AtomicU64,
+}
+
+/// The READY endpoints and their picker: one consistent view for a call.
+pub(crate) struct Snapshot {
+    pub picker: Arc<dyn Picker>,
+    pub ready: Vec<EndpointState>,
+    pub routes: Vec<SnapshotRoute>,
+}
+
+pub(crate) struct SnapshotRoute {
+    pub sub: Arc<Subchannel>,
+    pub channel: Channel,
+    pub generation: u64,
+}
+
+/// One endpoint, its connection and its counters.
+pub(crate) struct Subchannel {
+    pub state: EndpointState,
+    target: tonic::transport::Endpoint,
+    /// The connection while connected, with its generation (connections made so far),
+    /// so that a failure seen on an old connection cannot tear down a newer one.
+    connection: Mutex<Option<(Channel, u64)>>,
+    last_error: Mutex<Option<String>>,
+    /// Signalled by a call that saw this connection fail.
+    broken: Notify,
+    /// Set when the endpoint leaves the balancer: its task ends.
+    removed: watch::Sender<bool>,
+    // Outlier detection.
+    successes: AtomicU64,
+    failures: AtomicU64,
+    consecutive_failures: AtomicU32,
+    /// When it was ejected (clock nanoseconds); 0 = not ejected.
+    ejected_at: AtomicU64,
+    times_ejected: AtomicU32,
+    pub ejections: AtomicU64,
+    /// Calls sent here, and calls retried elsewhere after failing here.
+    pub calls: AtomicU64,
+    pub retries: AtomicU64,
+}
+
+/// One endpoint's state, as `Balancer::endpoints` reports it.
+#[derive(Clone, Debug)]
+pub struct EndpointStatus {
+    /// The address.
+    pub endpoint: Endpoint,
+    /// Its connectivity state (TRANSIENT_FAILURE also while its health is NOT_SERVING).
+    pub connectivity: Connectivity,
+    /// Whether outlier detection has it ejected now.
+    pub ejected: bool,
+    /// How many times it was ejected.
+    pub ejections: u64,
+    /// Calls in flight to it now.
+    pub in_flight: usize,
+    /// Calls sent to it (attempts, retries included).
+    pub calls: u64,
+    /// Calls that failed on it before any answer and were retried elsewhere.
+    pub retries: u64,
+    /// Why it last failed (to connect, its health, a call), if it did.
+    pub last_error: Option<String>,
+}
+
+impl Core {
+    pub fn new(
+        policy: Arc<dyn BuildPicker>,
+        settings: Settings,
+        stopped: watch::Receiver<()>,
+        build_rng: SmallRng,
+    ) -> Arc<Self> {
+        let mut rng = build_rng;
+        let snapshot = Snapshot {
+            picker: policy.build(&[], &mut rng),
+            ready: Vec::new(),
+            routes: Vec::new(),
+        };
+        Arc::new(Self {
+            subchannels: RwLock::new(Vec::new()),
+            snapshot: arc_swap::ArcSwap::from_pointee(snapshot),
+            policy,
+            publishing: Mutex::new(rng),
+            ejecting: Mutex::new(()),
+            changes: watch::Sender::new(0),
+            settings,
+            stopped,
+            made: AtomicU64::new(0),
+        })
+    }
+
+    /// Adds `endpoint` and starts connecting to it; `false` if it is already here.
+    pub fn add(self: &Arc<Self>, endpoint: Endpoint) -> Result<bool, crate::Error> {
+        if self.find(&endpoint).is_some() {
+            return Ok(false);
+        }
+        let target = tonic::transport::Endpoint::from_shared(endpoint.uri())
+            .map_err(|source| crate::Error::Transport {
+                endpoint: endpoint.to_string(),
+                source,
+            })?
+            .connect_timeout(self.settings.connect_timeout)
+            .tcp_nodelay(true);
+        let sub = Arc::new(Subchannel {
+            state: EndpointState::with_decay(endpoint, self.settings.latency_decay),
+            target,
+            connection: Mutex::new(None),
+            last_error: Mutex::new(None),
+            broken: Notify::new(),
+            removed: watch::Sender::new(false),
+            successes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_at: AtomicU64::new(0),
+            times_ejected: AtomicU32::new(0),
+            ejections: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        });
+        write(&self.subchannels).push(sub.clone());
+        let n = self.made.fetch_add(1, Ordering::Relaxed);
+        let jitter_seed = self.settings.seed ^ (n + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        tokio::spawn(ConnectionTask::new(self.clone(), sub, jitter_seed).run());
+        Ok(true)
+    }
+
+    /// Removes `endpoint`: no new call picks it; calls in flight finish on their own
+    /// connection. `false` if it was not here.
+    pub fn remove(&self, endpoint: &Endpoint) -> bool {
+        let removed = {
+            let mut subs = write(&self.subchannels);
+            let position = subs.iter().position(|s| s.state.endpoint() == endpoint);
+            position.map(|i| subs.remove(i))
+        };
+        let Some(sub) = removed else {
+            return false;
+        };
+        sub.removed.send_replace(true);
+        sub.state.set_connectivity(Connectivity::Idle);
+        info!(endpoint = %endpoint, "removed: no new calls; calls in flight finish");
+        self.publish();
+        true
+    }
+
+    fn find(&self, endpoint: &Endpoint) -> Option<Arc<Subchannel>> {
+        read(&self.subchannels)
+            .iter()
+            .find(|s| s.state.endpoint() == endpoint)
+            .cloned()
+    }
+
+    /// Rebuilds the snapshot of usable endpoints and wakes waiting calls.
+    pub fn publish(&self) {
+        let mut build_rng = lock(&self.publishing);
+        let mut ready = Vec::new();
+        let mut routes = Vec::new();
+        for sub in read(&self.subchannels).iter() {
+            if !sub.state.is_ready() || sub.is_ejected() {
+                continue;
+            }
+            if let Some((channel, generation)) = lock(&sub.connection).clone() {
+                ready.push(sub.state.clone());
+                routes.push(SnapshotRoute {
+                    sub: sub.clone(),
+                    channel,
+                    generation,
+                });
+            }
+        }
+        // A new picker only when the usable set changed: that keeps policies with
+        // tables (rings, Maglev, weights) in step with the set, and round robin's turn
+        // where it was when something unrelated changed.
+        let current = self.snapshot.load();
+        let same_set = current.ready.len() == ready.len()
+            && current.ready.iter().zip(&ready).all(|(a, b)| a.same_as(b));
+        let picker = if same_set {
+            current.picker.clone()
+        } else {
+            self.policy.build(&ready, &mut *build_rng)
+        };
+        self.snapshot.store(Arc::new(Snapshot {
+            picker,
+            ready,
+            routes,
+        }));
+        self.changes.send_modify(|version| *version += 1);
+    }
+
+    pub fn any_connecting(&self) -> bool {
+        read(&self.subchannels).iter().any(|s| {
+            matches!(
+                s.state.connectivity(),
+                Connectivity::Idle | Connectivity::Connecting
+            )
+        })
+    }
+
+    pub fn statuses(&self) -> Vec<EndpointStatus> {
+        read(&self.subchannels)
+            .iter()
+            .map(|s| EndpointStatus {
+                endpoint: s.state.endpoint().clone(),
+                connectivity: s.state.connectivity(),
+                ejected: s.is_ejected(),
+                ejections: s.ejections.load(Ordering::Relaxed),
+                in_flight: s.state.in_flight(),
+                calls: s.calls.load(Ordering::Relaxed),
+                retries: s.retries.load(Ordering::Relaxed),
+                last_error: lock(&s.last_error).clone(),
+            })
+            .collect()
+    }
+
+    /// A call on connection `generation` of `sub` could not connect.
+    pub fn report_broken(&self, sub: &Subchannel, generation: u64, error: &str) {
+        let current = lock(&sub.connection).as_ref().map(|(_, g)| *g);
+        if current != Some(generation) {
+            return; // An older connection; the current one may be fine.
+        }
+        // Only the first report moves READY -> TRANSIENT_FAILURE and wakes the task.
+        if sub
+            .state
+            .transition(Connectivity::Ready, Connectivity::TransientFailure)
+        {
+            *lock(&sub.last_error) = Some(error.to_string());
+            info!(endpoint = %sub.state.endpoint(), %error, "TRANSIENT_FAILURE: a call could not connect");
+            self.publish();
+            sub.broken.notify_one();
+        }
+    }
+
+    /// Counts a finished call for outlier detection; may eject `sub` at once after too
+    /// many consecutive failures.
+    pub fn record_outcome(&self, sub: &Subchannel, success: bool) {
+        let Some(config) = &self.settings.outlier else {
+            return;
+        };
+        if success {
+            sub.successes.fetch_add(1, Ordering::Relaxed);
+            sub.consecutive_failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        sub.failures.fetch_add(1, Ordering::Relaxed);
+        let streak = sub.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(limit) = config.consecutive_failures
+            && streak >= limit
+            && !sub.is_ejected()
+        {
+            let reason = format!("{streak} consecutive failures");
+            if self.try_eject(sub, config, &reason) {
+                self.publish();
+            }
+        }
+    }
+
+    /// Ejects `sub` if the ejection limit allows; says so in the log.
+    fn try_eject(&self, sub: &Subchannel, config: &OutlierDetection, reason: &str) -> bool {
+        let _one_at_a_time = lock(&self.ejecting);
+        if sub.is_ejected() {
+            return false;
+        }
+        let (ejected, total) = {
+            let subs = read(&self.subchannels);
+            (subs.iter().filter(|s| s.is_ejected()).count(), subs.len())
+        };
+        if !config.may_eject(ejected, total) {
+            warn!(endpoint = %sub.state.endpoint(), %reason, ejected, total,
+                "not ejected: max_ejection_percent {}% reached", config.max_ejection_percent);
+            return false;
+        }
+        let times = sub.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
+        sub.ejected_at.store(clock::now_nanos(), Ordering::Relaxed);
+        sub.ejections.fetch_add(1, Ordering::Relaxed);
+        sub.consecutive_failures.store(0, Ordering::Relaxed);
+        info!(endpoint = %sub.state.endpoint(), %reason, duration = ?config.ejection_time(times),
+            "ejected by outlier detection");
+        true
+    }
+
+    /// One outlier-detection interval: the success-rate detector, then returns.
+    pub fn outlier_interval(&self, config: &OutlierDetection) {
+        let subs: Vec<Arc<Subchannel>> = read(&self.subchannels).clone();
+        let stats: Vec<(u64, u64)> = subs
+            .iter()
+            .map(|s| {
+                (
+                    s.successes.swap(0, Ordering::Relaxed),
+                    s.failures.swap(0, Ordering::Relaxed),
+                )
+            })
+            .collect();
+        let mut changed = false;
+        let mut judged_now = Vec::new();
+        for i in config.success_rate_outliers(&stats) {
+            let (ok, failed) = stats[i];
+            let rate = 100.0 * ok as f64 / (ok + failed) as f64;
+            let reason = format!("success rate {rate:.1}%, far below its peers'");
+            if self.try_eject(&subs[i], config, &reason) {
+                changed = true;
+                judged_now.push(i);
+            }
+        }
+        let now = clock::now_nanos();
+        for (i, sub) in subs.iter().enumerate() {
+            let at = sub.ejected_at.load(Ordering::Relaxed);
+            let times = sub.times_ejected.load(Ordering::Relaxed);
+            if at != 0 {
+                let until = at.saturating_add(config.ejection_time(times).as_nanos() as u64);
+                if now >= until {
+                    sub.ejected_at.store(0, Ordering::Relaxed);
+                    info!(endpoint = %sub.state.endpoint(), "returned from ejection");
+                    changed = true;
+                }
+            } else if times > 0 && !judged_now.contains(&i) {
+                // A50: each clean interval forgives one past ejection.
+                sub.times_ejected.store(times - 1, Ordering::Relaxed);
+            }
+        }
+        if changed {
+            self.publish();
+        }
+    }
+}
+
+impl Subchannel {
+    pub fn is_ejected(&self) -> bool {
+        self.ejected_at.load(Ordering::Relaxed) != 0
+    }
+}
+
+/// Keeps one endpoint connected (and health-checked) until it is removed or the
+/// balancer is dropped.
+struct ConnectionTask {
+    core: Arc<Core>,
+    sub: Arc<Subchannel>,
+    rng: SmallRng,
+    stopped: watch::Receiver<()>,
+    removed: watch::Receiver<bool>,
+}
+
+/// Why a connection ended.
+enum Ended {
+    Stop,
+    Lost(String),
+}
+
+impl ConnectionTask {
+    fn new(core: Arc<Core>, sub: Arc<Subchannel>, seed: u64) -> Self {
+        use rand::SeedableRng;
+        Self {
+            stopped: core.stopped.clone(),
+            removed: sub.removed.subscribe(),
+            rng: SmallRng::seed_from_u64(seed),
+            core,
+            sub,
+        }
+    }
+
+    /// Resolves when the balancer is dropped or this endpoint removed.
+    async fn stop(stopped: &mut watch::Receiver<()>, removed: &mut watch::Receiver<bool>) {
+        tokio::select! {
+            _ = stopped.changed() => {}
+            _ = removed.wait_for(|&gone| gone) => {}
+        }
+    }
+
+    fn set(&self, state: Connectivity, reason: Option<String>) {
+        let previous = self.sub.state.set_connectivity(state);
+        if let Some(reason) = &reason {
+            *lock(&self.sub.last_error) = Some(reason.clone());
+        }
+        if previous != state {
+            let endpoint = self.sub.state.endpoint();
+            match &reason {
+                Some(reason) => info!(%endpoint, %reason, "{previous} -> {state}"),
+                None => info!(%endpoint, "{previous} -> {state}"),
+            }
+        }
+        self.core.publish();
+    }
+
+    async fn run(mut self) {
+        let mut failures = 0u32;
+        let mut generation = 0u64;
+        let backoff = self.core.settings.backoff;
+        loop {
+            if *self.removed.borrow() {
+                return;
+            }
+            self.set(Connectivity::Connecting, None);
+            let attempt = tokio::select! {
+                attempt = self.sub.target.connect() => attempt,
+                _ = Self::stop(&mut self.stopped, &mut self.removed) => return,
+            };
+            let reason = match attempt {
+                Ok(channel) => {
+                    generation += 1;
+                    *lock(&self.sub.connection) = Some((channel.clone(), generation));
+                    let connected_at = tokio::time::Instant::now();
+                    let ended = self.serve(channel).await;
+                    *lock(&self.sub.connection) = None;
+                    match ended {
+                        Ended::Stop => return,
+                        Ended::Lost(reason) => {
+                            // A connection that lasted is a fresh start; one lost at
+                            // once counts as a failure, so a flapping server backs off.
+                            if connected_at.elapsed() >= backoff.initial {
+                                failures = 0;
+                            }
+                            if failures == 0 {
+                                failures = 1;
+                                self.set(Connectivity::TransientFailure, Some(reason));
+                                continue; // Reconnect at once, as gRPC does.
+                            }
+                            reason
+                        }
+                    }
+                }
+                Err(err) => describe(&err),
+            };
+            let delay = backoff.delay(failures.saturating_sub(1), &mut self.rng);
+            failures = failures.saturating_add(1);
+            let endpoint = self.sub.state.endpoint().clone();
+            warn!(%endpoint, error = %reason, retry_in = ?delay, "connect failed");
+            self.set(Connectivity::TransientFailure, Some(reason));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = Self::stop(&mut self.stopped, &mut self.removed) => return,
+            }
+        }
+    }
+
+    /// While connected: READY (or as the health check says) until the connection is
+    /// lost, a call reports it broken, or the task must stop.
+    async fn serve(&mut self, channel: Channel) -> Ended {
+        let Some(service) = self.core.settings.health_service.clone() else {
+            self.set(Connectivity::Ready, None);
+            return tokio::select! {
+                _ = self.sub.broken.notified() => Ended::Lost(self.last_error()),
+                _ = Self::stop(&mut self.stopped, &mut self.removed) => Ended::Stop,
+            };
+        };
+        let mut health = HealthClient::new(channel);
+        let request = HealthCheckRequest { service };
+        let stream = tokio::select! {
+            stream = health.watch(request) => stream,
+            _ = Self::stop(&mut self.stopped, &mut self.removed) => return Ended::Stop,
+        };
+        let mut stream = match stream {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                // gRFC A17: a server without the health service is taken as healthy.
+                info!(endpoint = %self.sub.state.endpoint(), "no health service: treated as SERVING");
+                self.set(Connectivity::Ready, None);
+                return tokio::select! {
+                    _ = self.sub.broken.notified() => Ended::Lost(self.last_error()),
+                    _ = Self::stop(&mut self.stopped, &mut self.removed) => Ended::Stop,
+                };
+            }
+            Err(status) => {
+                return Ended::Lost(format!(
+                    "health check failed: {:?}: {}",
+                    status.code(),
+                    status.message()
+                ));
+            }
+        };
+        loop {
+            tokio::select! {
+                message = stream.message() => match message {
+                    Ok(Some(answer)) => match answer.status() {
+                        ServingStatus::Serving => self.set(Connectivity::Ready, None),
+                        other => self.set(
+                            Connectivity::TransientFailure,
+                            Some(format!("health: {}", other.as_str_name())),
+                        ),
+                    },
+                    Ok(None) => return Ended::Lost("health stream ended by the server".into()),
+                    Err(status) => return Ended::Lost(format!(
+                        "connection lost: {}",
+                        status.message()
+                    )),
+                },
+                _ = self.sub.broken.notified() => return Ended::Lost(self.last_error()),
+                _ = Self::stop(&mut self.stopped, &mut self.removed) => return Ended::Stop,
+            }
+        }
+    }
+
+    fn last_error(&self) -> String {
+        lock(&self.sub.last_error)
+            .clone()
+            .unwrap_or_else(|| "connection broken".into())
+    }
+}
+
+/// Locks a mutex that guards plain data, ignoring poisoning: a panic elsewhere cannot
+/// leave an `Option<Channel>` half-written.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
