@@ -7,11 +7,13 @@
 //!   the side-by-side table of several policies (`compare`, `simulate`).
 //! - [`simulate`]: a seeded discrete-event simulation in virtual time, with the same
 //!   pickers as the real balancer.
+//! - [`live`]: a view refreshed every second while a run goes on (`--live`).
 //! - [`health`]: asks servers' `grpc.health.v1.Health` whether they are SERVING (the
 //!   scripts use it to wait for servers to come up).
 #![forbid(unsafe_code)]
 
 pub mod health;
+pub mod live;
 pub mod load;
 pub mod report;
 pub mod simulate;

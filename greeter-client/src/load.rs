@@ -15,7 +15,10 @@ use std::{
 
 use greeter_proto::{HelloRequest, MyServiceClient};
 use hdrhistogram::Histogram;
-use lb_core::{Balancer, Connectivity, Endpoint, EndpointStatus, PickedEndpoint, Policy};
+use lb_core::{
+    Balancer, Connectivity, Endpoint, EndpointStatus, OutlierDetection, PickedEndpoint, Policy,
+    RetryPolicy,
+};
 use tokio::time::Instant;
 use tonic::{Code, Request};
 
@@ -48,6 +51,16 @@ pub struct LoadSpec {
     pub keys: u64,
     /// Log why each of the first this many picks was made.
     pub explain: u64,
+    /// Send for this long instead of a number of calls.
+    pub duration: Option<Duration>,
+    /// Retries of calls that failed before reaching a server.
+    pub retry: RetryPolicy,
+    /// Watch each server's `grpc.health.v1.Health`.
+    pub health_check: bool,
+    /// Eject servers whose calls keep failing.
+    pub outlier: Option<OutlierDetection>,
+    /// Print one line (or, in a terminal, a fresh table) per second while running.
+    pub live: bool,
 }
 
 impl LoadSpec {
@@ -65,6 +78,11 @@ impl LoadSpec {
             connect_wait: Duration::from_secs(5),
             keys: 0,
             explain: 0,
+            duration: None,
+            retry: RetryPolicy::default(),
+            health_check: true,
+            outlier: None,
+            live: false,
         }
     }
 
@@ -123,7 +141,10 @@ impl Tally {
 pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
     let mut builder = Balancer::builder(spec.servers.clone())
         .policy(spec.policy.clone())
-        .explain(spec.explain);
+        .explain(spec.explain)
+        .retry(spec.retry.clone())
+        .health_check(spec.health_check.then_some(""))
+        .outlier_detection(spec.outlier.clone());
     if let Some(seed) = spec.seed {
         builder = builder.seed(seed);
     }
@@ -133,9 +154,20 @@ pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
     balancer.wait_settled(spec.connect_wait).await;
 
     let client = MyServiceClient::new(balancer.clone());
-    let budget = Arc::new(AtomicU64::new(spec.requests));
+    // With a duration, the number of calls is open: the clock ends the run.
+    let requests = if spec.duration.is_some() {
+        u64::MAX / 2
+    } else {
+        spec.requests
+    };
+    let budget = Arc::new(AtomicU64::new(requests));
     let expected = format!("Hello, {}!", spec.name);
     let started = Instant::now();
+    let until = spec.duration.map(|d| started + d);
+    let progress = Arc::new(Progress::default());
+    let live = spec
+        .live
+        .then(|| tokio::spawn(crate::live::show(balancer.clone(), progress.clone())));
     let workers: Vec<_> = (0..spec.concurrency.max(1))
         .map(|_| {
             let client = client.clone();
@@ -146,7 +178,9 @@ pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
                 timeout: spec.timeout,
                 keys: spec.keys,
                 key_header: spec.key_header(),
-                requests: spec.requests,
+                requests,
+                until,
+                progress: progress.clone(),
             };
             tokio::spawn(worker(client, budget, call))
         })
@@ -167,7 +201,19 @@ pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
         }
     }
     let elapsed = started.elapsed();
-    Ok(build_report(spec, total, elapsed, &balancer.endpoints()))
+    if let Some(live) = live {
+        live.abort();
+    }
+    Ok(build_report(spec, total, elapsed, &balancer.endpoints()).with_retries(balancer.retries()))
+}
+
+/// Calls finished so far, for the live view.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Calls answered OK.
+    pub ok: AtomicU64,
+    /// Calls that failed.
+    pub failed: AtomicU64,
 }
 
 /// What every call of a worker looks like.
@@ -178,6 +224,8 @@ struct CallSpec {
     keys: u64,
     key_header: String,
     requests: u64,
+    until: Option<Instant>,
+    progress: Arc<Progress>,
 }
 
 /// Runs the same workload once per policy, one after the other, against the same
@@ -205,6 +253,9 @@ async fn worker(
     while let Ok(left) =
         budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
     {
+        if call.until.is_some_and(|until| Instant::now() >= until) {
+            break;
+        }
         let mut request = Request::new(HelloRequest {
             name: call.name.clone(),
         });
@@ -234,6 +285,7 @@ async fn worker(
                     tally.picked.insert(endpoint.clone(), server.clone());
                 }
                 tally.served.entry(server).or_default().0 += 1;
+                call.progress.ok.fetch_add(1, Ordering::Relaxed);
                 if response.into_inner().message != call.expected {
                     tally.replies_ok = false;
                 }
@@ -242,6 +294,7 @@ async fn worker(
                 if let Some(server) = served_by(status.metadata()) {
                     tally.served.entry(server).or_default().1 += 1;
                 }
+                call.progress.failed.fetch_add(1, Ordering::Relaxed);
                 tally
                     .errors
                     .entry(status.code())
@@ -281,10 +334,13 @@ fn build_report(
         let (ok, err) = tally.served.remove(&name).unwrap_or_default();
         if !backends.iter().any(|b: &Backend| b.address == name) {
             let mut backend = Backend::new(name, ok, err);
-            if status.connectivity != Connectivity::Ready {
+            backend.ejections = status.ejections;
+            backend.retries = status.retries;
+            if status.connectivity != Connectivity::Ready || status.ejected {
+                let ejected = if status.ejected { ", ejected" } else { "" };
                 backend.state = Some(match &status.last_error {
-                    Some(reason) => format!("{} ({reason})", status.connectivity),
-                    None => status.connectivity.to_string(),
+                    Some(reason) => format!("{}{ejected} ({reason})", status.connectivity),
+                    None => format!("{}{ejected}", status.connectivity),
                 });
             }
             backends.push(backend);
@@ -296,7 +352,7 @@ fn build_report(
         backends.push(Backend::new(name, ok, err));
     }
 
-    let errors = tally
+    let errors: Vec<ErrorCount> = tally
         .errors
         .into_iter()
         .map(|(code, (count, example))| ErrorCount {
@@ -305,9 +361,17 @@ fn build_report(
             example,
         })
         .collect();
+    // A timed run's number of calls is what the time allowed.
+    let requests = match spec.duration {
+        Some(_) => {
+            backends.iter().map(|b| b.calls).sum::<u64>()
+                + errors.iter().map(|e: &ErrorCount| e.count).sum::<u64>()
+        }
+        None => spec.requests,
+    };
     Report::new(
         spec.policy.name(),
-        spec.requests,
+        requests,
         spec.concurrency,
         elapsed.as_secs_f64(),
         backends,

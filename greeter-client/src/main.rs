@@ -19,7 +19,7 @@ use greeter_client::{
     report::comparison_table,
     simulate::{BackendSpec, Event, Scenario, simulate},
 };
-use lb_core::{Endpoint, Policy};
+use lb_core::{Endpoint, OutlierDetection, Policy, RetryPolicy, balancer::SuccessRate};
 
 /// Calls example.MyService/SayHello through a client-side load balancer and shows
 /// which server answered each call.
@@ -90,6 +90,29 @@ struct Workload {
     #[arg(long, default_value_t = 0)]
     keys: u64,
 
+    /// Send for this long (e.g. 30s) instead of --requests calls.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+
+    /// Attempts per call: a call that fails before reaching a server (refused, reset,
+    /// GOAWAY) is retried on another one, within a retry budget. 1 turns retries off.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=5))]
+    max_attempts: u32,
+
+    /// Do not watch the servers' grpc.health.v1.Health.
+    #[arg(long)]
+    no_health_check: bool,
+
+    /// Eject servers whose calls keep failing (5 in a row, or a success rate far
+    /// below the others'), for 5 s, then 10 s, ... at most 30 s; never more than half.
+    #[arg(long)]
+    outlier_detection: bool,
+
+    /// Show where calls go every second while running (a table in a terminal, one
+    /// line per second otherwise).
+    #[arg(long)]
+    live: bool,
+
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -108,7 +131,32 @@ impl Workload {
             connect_wait: Duration::from_secs(5),
             keys: self.keys,
             explain: 0,
+            duration: self.duration,
+            retry: RetryPolicy {
+                max_attempts: self.max_attempts,
+                ..RetryPolicy::default()
+            },
+            health_check: !self.no_health_check,
+            outlier: self.outlier_detection.then(demo_outlier_detection),
+            live: self.live,
         }
+    }
+}
+
+/// Outlier detection tuned for a demo: gRFC A50's logic, with times in seconds rather
+/// than minutes, and judging from 3 servers up.
+fn demo_outlier_detection() -> OutlierDetection {
+    OutlierDetection {
+        interval: Duration::from_secs(1),
+        base_ejection_time: Duration::from_secs(5),
+        max_ejection_time: Duration::from_secs(30),
+        max_ejection_percent: 50,
+        consecutive_failures: Some(5),
+        success_rate: Some(SuccessRate {
+            stdev_factor: 1900,
+            request_volume: 20,
+            minimum_hosts: 3,
+        }),
     }
 }
 

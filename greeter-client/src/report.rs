@@ -34,6 +34,8 @@ pub struct Report {
     pub latency_ms: Latency,
     /// Failures by gRPC code, most frequent first.
     pub errors: Vec<ErrorCount>,
+    /// Calls retried on another server after failing before any answer.
+    pub retries: u64,
 }
 
 /// One server's part of the calls.
@@ -47,6 +49,10 @@ pub struct Backend {
     pub share: f64,
     /// Calls it answered with an error.
     pub errors: u64,
+    /// Times outlier detection ejected it.
+    pub ejections: u64,
+    /// Calls that failed on it before any answer and were retried elsewhere.
+    pub retries: u64,
     /// Its connectivity at the end of the run when not READY, with the reason, e.g.
     /// `TRANSIENT_FAILURE (tcp connect error: Connection refused)`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -61,6 +67,8 @@ impl Backend {
             calls,
             share: 0.0,
             errors,
+            ejections: 0,
+            retries: 0,
             state: None,
         }
     }
@@ -173,7 +181,14 @@ impl Report {
             backends,
             latency_ms,
             errors,
+            retries: 0,
         }
+    }
+
+    /// The same, with the number of retries.
+    pub fn with_retries(mut self, retries: u64) -> Self {
+        self.retries = retries;
+        self
     }
 
     /// The same, noting whether every reply was the expected greeting.
@@ -223,6 +238,12 @@ impl Report {
             if b.errors > 0 {
                 let _ = write!(out, "  ({} errors)", b.errors);
             }
+            if b.retries > 0 {
+                let _ = write!(out, "  ({} retried elsewhere)", b.retries);
+            }
+            if b.ejections > 0 {
+                let _ = write!(out, "  (ejected {}×)", b.ejections);
+            }
             if let Some(state) = &b.state {
                 let _ = write!(out, "  {state}");
             }
@@ -238,6 +259,9 @@ impl Report {
                 "  latency   p50 {:.2} ms   p90 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
                 l.p50, l.p90, l.p99, l.max
             );
+        }
+        if self.retries > 0 {
+            let _ = writeln!(out, "  retries   {}", self.retries);
         }
         if self.errors.is_empty() {
             let _ = writeln!(out, "  errors    none");

@@ -68,6 +68,9 @@ pub struct Config {
     pub error_rate: f64,
     /// Seeds the choice of which calls fail (each instance adds its index).
     pub seed: u64,
+    /// Close each connection after this long (GOAWAY, then the calls in flight finish),
+    /// so that clients reconnect: how servers spread load after a fleet grows.
+    pub max_connection_age: Option<Duration>,
 }
 
 impl Config {
@@ -79,7 +82,14 @@ impl Config {
             latency: Duration::ZERO,
             error_rate: 0.0,
             seed: 0,
+            max_connection_age: None,
         }
+    }
+
+    /// The same, recycling connections after `age`.
+    pub fn with_max_connection_age(mut self, age: Duration) -> Self {
+        self.max_connection_age = Some(age);
+        self
     }
 
     /// The same, with `latency` added to every call.
@@ -223,6 +233,29 @@ impl Servers {
         self.instances.get(index).map(|i| &i.health)
     }
 
+    /// Sets every instance's health (for `""` and `example.MyService`) to SERVING or
+    /// NOT_SERVING. Clients that health-check stop or resume sending calls.
+    pub async fn set_serving(&self, serving: bool) {
+        for index in 0..self.instances.len() {
+            self.set_instance_serving(index, serving).await;
+        }
+    }
+
+    /// The same, for instance `index` only.
+    pub async fn set_instance_serving(&self, index: usize, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if let Some(instance) = self.instances.get(index) {
+            for service in ["", greeter_proto::SERVICE_NAME] {
+                instance.health.set_service_status(service, status).await;
+            }
+            info!(addr = %instance.addr, "health: {status}");
+        }
+    }
+
     /// Watches the number of `SayHello` calls received by all instances.
     pub fn calls(&self) -> watch::Receiver<u64> {
         self.calls.clone()
@@ -320,7 +353,14 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
         let greeter = MyServiceServer::from_arc(Arc::new(greeter))
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
-        let router = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(age) = config.max_connection_age {
+            // After GOAWAY, calls in flight get this long to finish.
+            builder = builder
+                .max_connection_age(age)
+                .max_connection_age_grace(Duration::from_secs(10));
+        }
+        let router = builder
             .concurrency_limit_per_connection(MAX_CONCURRENT_CALLS_PER_CONNECTION)
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .add_service(greeter)

@@ -4,6 +4,8 @@
 //! greeter-server                          # one instance on 127.0.0.1:50051
 //! greeter-server --port 50051-50053       # three instances in one process
 //! greeter-server --port 50053 --latency 20ms --error-rate 0.1
+//! kill -USR1 <pid>    # report NOT_SERVING (health), keep serving calls
+//! kill -USR2 <pid>    # report SERVING again
 //! ```
 
 use std::{net::IpAddr, process::ExitCode, time::Duration};
@@ -38,6 +40,11 @@ struct Args {
     /// Seed for the --error-rate choices (each instance adds its index).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+
+    /// Close each client connection after this long (e.g. 30s), with GOAWAY: clients
+    /// reconnect, which spreads load onto new servers.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_connection_age: Option<Duration>,
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -57,6 +64,7 @@ async fn main() -> ExitCode {
         latency: args.latency,
         error_rate: args.error_rate,
         seed: args.seed,
+        max_connection_age: args.max_connection_age,
     };
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -71,21 +79,44 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // Listen for the signals *before* announcing that we serve: a script that sends
     // SIGTERM as soon as it reads "serving" must get a graceful shutdown, not the
     // default action (an abrupt kill).
-    let signals = ShutdownSignals::listen()?;
+    let mut signals = ShutdownSignals::listen()?;
     let servers = greeter_server::spawn(config).await?;
-    let signal = signals.next().await;
-    info!("{signal}: shutting down gracefully");
+    loop {
+        match signals.next().await {
+            // For scripts: flip health without stopping (scripts/chaos.sh uses these).
+            Signal::NotServing => servers.set_serving(false).await,
+            Signal::Serving => servers.set_serving(true).await,
+            Signal::Stop(name) => {
+                info!("{name}: shutting down gracefully");
+                break;
+            }
+        }
+    }
     servers.shutdown().await?;
     info!("stopped");
     Ok(())
 }
 
-/// Ctrl-C (SIGINT) and SIGTERM, listened for from creation on.
+/// What a signal asks for.
+enum Signal {
+    /// SIGINT (Ctrl-C) or SIGTERM: shut down gracefully.
+    Stop(&'static str),
+    /// SIGUSR1: report NOT_SERVING.
+    NotServing,
+    /// SIGUSR2: report SERVING again.
+    Serving,
+}
+
+/// The signals the server obeys, listened for from creation on.
 struct ShutdownSignals {
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    user1: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    user2: tokio::signal::unix::Signal,
 }
 
 impl ShutdownSignals {
@@ -96,25 +127,29 @@ impl ShutdownSignals {
             Ok(Self {
                 interrupt: signal(SignalKind::interrupt())?,
                 terminate: signal(SignalKind::terminate())?,
+                user1: signal(SignalKind::user_defined1())?,
+                user2: signal(SignalKind::user_defined2())?,
             })
         }
         #[cfg(not(unix))]
         Ok(Self {})
     }
 
-    /// Resolves with the name of the first signal that arrives.
-    async fn next(mut self) -> &'static str {
+    /// Resolves with the next signal that arrives.
+    async fn next(&mut self) -> Signal {
         #[cfg(unix)]
         {
             tokio::select! {
-                _ = self.interrupt.recv() => "SIGINT",
-                _ = self.terminate.recv() => "SIGTERM",
+                _ = self.interrupt.recv() => Signal::Stop("SIGINT"),
+                _ = self.terminate.recv() => Signal::Stop("SIGTERM"),
+                _ = self.user1.recv() => Signal::NotServing,
+                _ = self.user2.recv() => Signal::Serving,
             }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
-            "Ctrl-C"
+            Signal::Stop("Ctrl-C")
         }
     }
 }

@@ -167,7 +167,10 @@ async fn a_server_that_shuts_down_is_left_without_a_failed_call() {
     balancer.wait_settled(Duration::from_secs(5)).await;
     let mut client = MyServiceClient::new(balancer.clone());
     let hello = || HelloRequest { name: "x".into() };
-    let response = client.say_hello(hello()).await.expect("first server answers");
+    let response = client
+        .say_hello(hello())
+        .await
+        .expect("first server answers");
     assert_eq!(served_by(&response), Some(endpoints[0].to_string()));
 
     // A graceful shutdown says NOT_SERVING first: the balancer leaves the server before

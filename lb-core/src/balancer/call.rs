@@ -59,7 +59,8 @@ impl Route {
                 // is over, and its outcome known, already.
                 let outcome = match header_status(&parts.headers) {
                     Some(code) => {
-                        self.core.record_outcome(&self.sub, !is_endpoint_failure(code));
+                        self.core
+                            .record_outcome(&self.sub, !is_endpoint_failure(code));
                         None
                     }
                     None => Some((self.sub.clone(), self.core.clone())),
@@ -77,7 +78,8 @@ impl Route {
                 let (mut status, retryable) = if has_cause::<tonic::TimeoutExpired>(&err) {
                     // The call's own deadline ran out: the endpoint may be fine, only
                     // slower than the caller allows. Not retried: no time is left.
-                    let status = Status::deadline_exceeded(format!("endpoint {endpoint}: {reason}"));
+                    let status =
+                        Status::deadline_exceeded(format!("endpoint {endpoint}: {reason}"));
                     (status, false)
                 } else {
                     // A connection that could not be made takes the endpoint out of the
@@ -89,7 +91,10 @@ impl Route {
                         self.core.report_broken(&self.sub, self.generation, &reason);
                     }
                     self.core.record_outcome(&self.sub, false);
-                    (Status::unavailable(format!("endpoint {endpoint}: {reason}")), true)
+                    (
+                        Status::unavailable(format!("endpoint {endpoint}: {reason}")),
+                        true,
+                    )
                 };
                 status.set_source(Arc::new(err));
                 Err(Failure { status, retryable })

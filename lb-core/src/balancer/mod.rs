@@ -365,12 +365,15 @@ impl Service<http::Request<Body>> for Balancer {
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         // The common case picks right here, synchronously, with this clone's RNG.
-        let first = self.shared.try_pick(&mut self.rng, request.headers(), &[]).ok();
+        let first = self
+            .shared
+            .try_pick(&mut self.rng, request.headers(), &[])
+            .ok();
         let shared = self.shared.clone();
-        if shared.retry.max_attempts <= 1 {
-            if let Some(route) = first {
-                return Box::pin(async move { route.send(request).await.map_err(|f| f.status) });
-            }
+        if shared.retry.max_attempts <= 1
+            && let Some(route) = first
+        {
+            return Box::pin(async move { route.send(request).await.map_err(|f| f.status) });
         }
         let rng = SmallRng::seed_from_u64(self.rng.next_u64());
         Box::pin(async move { shared.call(request, first, rng).await })
@@ -397,7 +400,10 @@ impl Shared {
     /// number, so a seeded program gets the same streams every run.
     fn next_rng(&self) -> SmallRng {
         let n = self.clones.fetch_add(1, Ordering::Relaxed);
-        SmallRng::seed_from_u64(self.seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+        SmallRng::seed_from_u64(
+            self.seed
+                .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        )
     }
 
     /// One call: pick, send, and retry elsewhere while the policy allows.
@@ -425,14 +431,19 @@ impl Shared {
                         return Err(Status::deadline_exceeded("deadline passed while retrying"));
                     }
                     Some(left) => {
-                        parts.headers.insert("grpc-timeout", grpc_timeout_value(left));
+                        parts
+                            .headers
+                            .insert("grpc-timeout", grpc_timeout_value(left));
                     }
                     None => {}
                 }
             }
             let route = match route.take() {
                 Some(route) => route,
-                None => self.pick_when_ready(&mut rng, &parts.headers, &tried, left).await?,
+                None => {
+                    self.pick_when_ready(&mut rng, &parts.headers, &tried, left)
+                        .await?
+                }
             };
             let sub = route.sub.clone();
             let Some(attempt_body) = body.attempt() else {
@@ -445,8 +456,8 @@ impl Shared {
             match result {
                 Ok(response) => {
                     let answered = header_status(response.headers());
-                    let retry_code = answered
-                        .filter(|code| self.retry.retryable_codes.contains(code));
+                    let retry_code =
+                        answered.filter(|code| self.retry.retryable_codes.contains(code));
                     match retry_code {
                         Some(code) if retry_allowed && self.budget.allows_retry() => {
                             self.budget.on_failure();
@@ -615,13 +626,13 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::call::{grpc_timeout, grpc_timeout_value, has_cause};
-    use crate::EndpointState;
     use super::*;
+    use crate::EndpointState;
     use bytes::Bytes;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
     use http_body::{Body as _, Frame};
     use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
 
     /// A body that yields its frames one poll at a time.
     struct Frames(VecDeque<Frame<Bytes>>);
@@ -697,7 +708,10 @@ mod tests {
     fn grpc_timeout_values_round_trip() {
         for ms in [1u64, 250, 10_000] {
             let mut headers = http::HeaderMap::new();
-            headers.insert("grpc-timeout", grpc_timeout_value(Duration::from_millis(ms)));
+            headers.insert(
+                "grpc-timeout",
+                grpc_timeout_value(Duration::from_millis(ms)),
+            );
             assert_eq!(grpc_timeout(&headers), Some(Duration::from_millis(ms)));
         }
     }

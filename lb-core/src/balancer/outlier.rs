@@ -132,7 +132,11 @@ mod tests {
             max_ejection_time: Duration::from_secs(1),
             ..config
         };
-        assert_eq!(short_max.ejection_time(3), Duration::from_secs(30), "never below base");
+        assert_eq!(
+            short_max.ejection_time(3),
+            Duration::from_secs(30),
+            "never below base"
+        );
     }
 
     #[test]
@@ -141,7 +145,10 @@ mod tests {
         assert!(config.may_eject(0, 3));
         assert!(!config.may_eject(1, 3), "2 of 3 is 67 %");
         assert!(config.may_eject(4, 10) && !config.may_eject(5, 10));
-        assert!(!config.may_eject(0, 1), "a lone endpoint is never ejected at 50 %");
+        assert!(
+            !config.may_eject(0, 1),
+            "a lone endpoint is never ejected at 50 %"
+        );
         let none = OutlierDetection {
             max_ejection_percent: 0,
             ..config
@@ -161,7 +168,11 @@ mod tests {
         stats[5] = (1, 50);
         assert!(config.success_rate_outliers(&stats).is_empty());
         // Too few hosts with enough calls: nobody is judged.
-        assert!(config.success_rate_outliers(&[healthy, healthy, (0, 500)]).is_empty());
+        assert!(
+            config
+                .success_rate_outliers(&[healthy, healthy, (0, 500)])
+                .is_empty()
+        );
     }
 
     #[test]

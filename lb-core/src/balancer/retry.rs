@@ -7,10 +7,12 @@
 //!
 //! - **A cap on attempts** per call (default 3 in all).
 //! - **A retry budget** shared by all calls (gRFC A6 "retry throttling"): a token
-//!   bucket of `max_tokens` (default 10). Each failed attempt takes a token, each
+//!   bucket of `max_tokens` (default 100). Each failed attempt takes a token, each
 //!   success gives back `token_ratio` (default 0.1); retries are allowed only while
-//!   more than half the tokens are left. When most calls fail, retries stop, so a
-//!   struggling fleet sees at most a few percent more calls, not three times as many.
+//!   more than half the tokens are left. A server dying under load fails a burst of
+//!   calls at once (all those in flight to it), which the 50 spare tokens absorb; when
+//!   most calls keep failing, retries stop, so a struggling fleet sees at most about
+//!   one retry per ten successes, not three times as many calls.
 //! - **The call's deadline**: a retry only goes out if time is left, and carries what is
 //!   left as its `grpc-timeout`.
 //!
@@ -50,7 +52,7 @@ impl Default for RetryPolicy {
         Self {
             max_attempts: 3,
             retryable_codes: Vec::new(),
-            max_tokens: 10,
+            max_tokens: 100,
             token_ratio: 0.1,
             max_replay_bytes: 4 * 1024 * 1024,
         }
@@ -122,7 +124,9 @@ impl RequestBody {
         let mut chunks = Vec::new();
         let mut size = 0;
         loop {
-            let next = futures::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+            let next =
+                futures::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)))
+                    .await;
             match next {
                 Poll::Ready(None) => return Ok(Self::Replayable(chunks, None)),
                 Poll::Ready(Some(Err(status))) => return Err(status),
@@ -150,11 +154,9 @@ impl RequestBody {
     /// The body for one attempt: a copy if replayable, else the stream (once).
     pub(crate) fn attempt(&mut self) -> Option<Body> {
         match self {
-            Self::Replayable(chunks, trailers) => Some(prefixed(
-                chunks.clone(),
-                trailers.clone(),
-                Body::empty(),
-            )),
+            Self::Replayable(chunks, trailers) => {
+                Some(prefixed(chunks.clone(), trailers.clone(), Body::empty()))
+            }
             Self::Streaming(body) => Some(std::mem::take(body)),
         }
     }
@@ -203,12 +205,21 @@ mod tests {
 
     #[test]
     fn the_budget_stops_retries_when_most_calls_fail() {
-        let budget = RetryBudget::new(&RetryPolicy::default()); // 10 tokens
+        let policy = RetryPolicy {
+            max_tokens: 10,
+            ..RetryPolicy::default()
+        };
+        let budget = RetryBudget::new(&policy);
         assert!(budget.allows_retry());
-        for _ in 0..5 {
+        for _ in 0..4 {
             budget.on_failure();
         }
-        assert!(!budget.allows_retry(), "5 tokens left is not more than half");
+        assert!(budget.allows_retry(), "6 tokens left is more than half");
+        budget.on_failure();
+        assert!(
+            !budget.allows_retry(),
+            "5 tokens left is not more than half"
+        );
         // Ten successes give one token back.
         for _ in 0..10 {
             budget.on_success();
@@ -217,7 +228,11 @@ mod tests {
         for _ in 0..1000 {
             budget.on_success();
         }
-        assert_eq!(budget.tokens.load(Ordering::Relaxed), 10_000, "capped at the size");
+        assert_eq!(
+            budget.tokens.load(Ordering::Relaxed),
+            10_000,
+            "capped at the size"
+        );
     }
 
     #[tokio::test]
@@ -240,7 +255,9 @@ mod tests {
     }
 
     /// A one-chunk body, ready at once, as a unary tonic request is.
-    fn http_body_util_full(bytes: &'static [u8]) -> impl http_body::Body<Data = Bytes, Error = Status> {
+    fn http_body_util_full(
+        bytes: &'static [u8],
+    ) -> impl http_body::Body<Data = Bytes, Error = Status> {
         Prefixed {
             frames: VecDeque::from([Frame::data(Bytes::from_static(bytes))]),
             rest: Body::empty(),

@@ -38,7 +38,8 @@ use tracing::{info, warn};
 
 use super::outlier::OutlierDetection;
 use crate::{
-    Backoff, Connectivity, Endpoint, EndpointState, clock, error::describe,
+    Backoff, Connectivity, Endpoint, EndpointState, clock,
+    error::describe,
     policy::{BuildPicker, Picker},
 };
 
@@ -438,6 +439,8 @@ impl ConnectionTask {
         let previous = self.sub.state.set_connectivity(state);
         if let Some(reason) = &reason {
             *lock(&self.sub.last_error) = Some(reason.clone());
+        } else if state == Connectivity::Ready {
+            *lock(&self.sub.last_error) = None; // Past troubles are past.
         }
         if previous != state {
             let endpoint = self.sub.state.endpoint();

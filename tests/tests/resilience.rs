@@ -1,0 +1,491 @@
+//! Resilience, end to end: servers die, restart, drain, sicken and recycle their
+//! connections under load, and the balancer keeps every call alive.
+//!
+//! "Killing" a server here drops the Tokio runtime it runs on: its listener and every
+//! connection close at once, without a goodbye, as when a process is SIGKILLed.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use greeter_proto::{HelloRequest, MyServiceClient};
+use greeter_server::{Config, Servers};
+use lb_core::{Balancer, Connectivity, Endpoint, OutlierDetection, Policy, RetryPolicy};
+use tokio::{runtime::Runtime, time::Instant};
+use tonic::Status;
+
+/// A server on its own runtime, so that it can be killed abruptly.
+struct Killable {
+    runtime: Option<Runtime>,
+    servers: Option<Servers>,
+    addr: SocketAddr,
+}
+
+impl Killable {
+    async fn start(config: Config) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let servers = runtime
+            .spawn(greeter_server::spawn(config))
+            .await
+            .expect("spawned")
+            .expect("the server starts");
+        Self {
+            addr: servers.addrs()[0],
+            runtime: Some(runtime),
+            servers: Some(servers),
+        }
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        self.addr.to_string().parse().expect("valid")
+    }
+
+    /// Like SIGKILL: everything closes now.
+    fn kill(&mut self) {
+        self.servers.take();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Killable {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What a closed-loop load saw.
+#[derive(Default)]
+struct Seen {
+    ok: AtomicU64,
+    failures: std::sync::Mutex<Vec<Status>>,
+}
+
+/// `concurrency` callers, each calling again as soon as its call returns, until
+/// `stop` is set or `until` passes.
+fn load(
+    balancer: &Balancer,
+    concurrency: usize,
+    until: Instant,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Seen>, Vec<tokio::task::JoinHandle<()>>) {
+    let seen = Arc::new(Seen::default());
+    let tasks = (0..concurrency)
+        .map(|_| {
+            let mut client = MyServiceClient::new(balancer.clone());
+            let (seen, stop) = (seen.clone(), stop.clone());
+            tokio::spawn(async move {
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    let mut request = tonic::Request::new(HelloRequest { name: "x".into() });
+                    request.set_timeout(Duration::from_secs(5));
+                    match client.say_hello(request).await {
+                        Ok(_) => {
+                            seen.ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(status) => seen.failures.lock().expect("not poisoned").push(status),
+                    }
+                }
+            })
+        })
+        .collect();
+    (seen, tasks)
+}
+
+async fn finish(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for task in tasks {
+        task.await.expect("no panic");
+    }
+}
+
+/// Waits until `check` holds for the balancer's endpoints, or fails after `within`.
+async fn wait_until(
+    balancer: &Balancer,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&[lb_core::EndpointStatus]) -> bool,
+) {
+    let mut changes = balancer.changes();
+    let waited = tokio::time::timeout(within, async {
+        while !check(&balancer.endpoints()) {
+            changes.changed().await.expect("balancer alive");
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "not {what} within {within:?}: {:?}",
+        balancer.endpoints()
+    );
+}
+
+fn calls_to(balancer: &Balancer, endpoint: &Endpoint) -> u64 {
+    balancer
+        .endpoints()
+        .iter()
+        .find(|s| &s.endpoint == endpoint)
+        .map_or(0, |s| s.calls)
+}
+
+fn fast_reconnects(builder: lb_core::BalancerBuilder) -> lb_core::BalancerBuilder {
+    builder.backoff(lb_core::Backoff {
+        initial: Duration::from_millis(100),
+        multiplier: 1.6,
+        jitter: 0.2,
+        max: Duration::from_millis(500),
+    })
+}
+
+async fn three_killable() -> Vec<Killable> {
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(Killable::start(Config::on_ports(&[0])).await);
+    }
+    servers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_costs_no_call_and_a_restarted_one_gets_calls_again() {
+    let mut servers = three_killable().await;
+    let endpoints: Vec<Endpoint> = servers.iter().map(Killable::endpoint).collect();
+    let victim = endpoints[1].clone();
+    let balancer = fast_reconnects(Balancer::builder(endpoints.clone()))
+        .seed(11)
+        .build()
+        .expect("builds");
+    balancer.wait_settled(Duration::from_secs(5)).await;
+
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, tasks) = load(&balancer, 16, start + Duration::from_secs(6), stop);
+
+    tokio::time::sleep_until(start + Duration::from_secs(2)).await;
+    servers[1].kill();
+    wait_until(&balancer, Duration::from_secs(1), "noticed dead", |s| {
+        s[1].connectivity != Connectivity::Ready
+    })
+    .await;
+    let calls_at_death = calls_to(&balancer, &victim);
+
+    tokio::time::sleep_until(start + Duration::from_secs(4)).await;
+    assert_eq!(
+        calls_to(&balancer, &victim),
+        calls_at_death,
+        "no call went to the dead server after its death was noticed"
+    );
+    let port = victim.port();
+    servers[1] = Killable::start(Config::on_ports(&[port])).await;
+    wait_until(&balancer, Duration::from_secs(2), "READY again", |s| {
+        s[1].connectivity == Connectivity::Ready
+    })
+    .await;
+    finish(tasks).await;
+
+    let failures = seen.failures.lock().expect("not poisoned");
+    assert!(
+        failures.is_empty(),
+        "{} calls failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert!(
+        calls_to(&balancer, &victim) > calls_at_death,
+        "the restarted server got calls again"
+    );
+    println!(
+        "{} calls ok, {} retried, {:?}",
+        seen.ok.load(Ordering::Relaxed),
+        balancer.retries(),
+        balancer.endpoints()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_retries_the_failures_are_reported_and_name_the_server() {
+    let mut servers = three_killable().await;
+    let endpoints: Vec<Endpoint> = servers.iter().map(Killable::endpoint).collect();
+    let balancer = fast_reconnects(Balancer::builder(endpoints.clone()))
+        .retry(RetryPolicy::disabled())
+        .seed(12)
+        .build()
+        .expect("builds");
+    balancer.wait_settled(Duration::from_secs(5)).await;
+
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, tasks) = load(&balancer, 16, start + Duration::from_secs(2), stop);
+    tokio::time::sleep_until(start + Duration::from_secs(1)).await;
+    servers[1].kill();
+    finish(tasks).await;
+
+    let failures = seen.failures.lock().expect("not poisoned");
+    println!("{} failures, first {:?}", failures.len(), failures.first());
+    assert!(
+        !failures.is_empty(),
+        "calls in flight to the killed server failed"
+    );
+    let named = format!("endpoint {}", endpoints[1]);
+    for status in failures.iter() {
+        assert!(status.message().contains(&named), "{status:?}");
+    }
+    assert_eq!(balancer.retries(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_says_not_serving_gets_no_calls_until_it_is_serving_again() {
+    let servers = greeter_server::spawn(Config::on_ports(&[0, 0, 0]))
+        .await
+        .expect("start");
+    let endpoints: Vec<Endpoint> = servers
+        .addrs()
+        .iter()
+        .map(|a| a.to_string().parse().expect("valid"))
+        .collect();
+    let balancer = Balancer::builder(endpoints.clone())
+        .seed(13)
+        .build()
+        .expect("builds");
+    balancer.wait_settled(Duration::from_secs(5)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, tasks) = load(
+        &balancer,
+        8,
+        Instant::now() + Duration::from_secs(20),
+        stop.clone(),
+    );
+
+    servers.set_instance_serving(0, false).await;
+    wait_until(&balancer, Duration::from_secs(1), "out within 1 s", |s| {
+        s[0].connectivity == Connectivity::TransientFailure
+    })
+    .await;
+    let calls = calls_to(&balancer, &endpoints[0]);
+    let others = calls_to(&balancer, &endpoints[1]);
+    // Half a second of load goes elsewhere.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        calls_to(&balancer, &endpoints[0]),
+        calls,
+        "NOT_SERVING got calls"
+    );
+    assert!(
+        calls_to(&balancer, &endpoints[1]) > others,
+        "the load went on"
+    );
+
+    servers.set_instance_serving(0, true).await;
+    wait_until(&balancer, Duration::from_secs(1), "back within 1 s", |s| {
+        s[0].connectivity == Connectivity::Ready
+    })
+    .await;
+    let mut changes = balancer.changes();
+    while calls_to(&balancer, &endpoints[0]) == calls {
+        // Calls land on it again within a few picks; any state change or a short
+        // while is a chance to look again.
+        let _ = tokio::time::timeout(Duration::from_millis(50), changes.changed()).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    finish(tasks).await;
+    assert!(seen.failures.lock().expect("not poisoned").is_empty());
+    servers.shutdown().await.expect("clean shutdown");
+}
+
+fn quick_outlier_detection() -> OutlierDetection {
+    OutlierDetection {
+        interval: Duration::from_millis(200),
+        base_ejection_time: Duration::from_secs(3),
+        max_ejection_time: Duration::from_secs(10),
+        max_ejection_percent: 50,
+        consecutive_failures: Some(5),
+        success_rate: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_server_is_ejected_but_never_more_than_half_the_fleet() {
+    let good = greeter_server::spawn(Config::on_ports(&[0, 0]))
+        .await
+        .expect("start");
+    let bad = greeter_server::spawn(Config::on_ports(&[0]).with_error_rate(0.5))
+        .await
+        .expect("start");
+    let mut endpoints: Vec<Endpoint> = good
+        .addrs()
+        .iter()
+        .map(|a| a.to_string().parse().expect("valid"))
+        .collect();
+    endpoints.push(bad.addrs()[0].to_string().parse().expect("valid"));
+    let balancer = Balancer::builder(endpoints.clone())
+        .outlier_detection(Some(quick_outlier_detection()))
+        .seed(14)
+        .build()
+        .expect("builds");
+    balancer.wait_settled(Duration::from_secs(5)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, tasks) = load(&balancer, 8, Instant::now() + Duration::from_secs(2), stop);
+    finish(tasks).await;
+    let status = balancer.endpoints();
+    let ok = seen.ok.load(Ordering::Relaxed);
+    let bad_calls = status[2].calls;
+    println!(
+        "{ok} ok, {} failed; {status:?}",
+        seen.failures.lock().expect("not poisoned").len()
+    );
+    assert!(status[2].ejections >= 1, "the failing server was ejected");
+    assert!(
+        status[..2].iter().all(|s| s.ejections == 0),
+        "the good ones were not"
+    );
+    assert!(
+        bad_calls * 20 < ok,
+        "while ejected it got (almost) no calls: {bad_calls} of {ok}"
+    );
+    good.shutdown().await.expect("clean shutdown");
+    bad.shutdown().await.expect("clean shutdown");
+
+    // All three failing: at most half (rounded down: 1 of 3) is ever ejected.
+    let all_bad = greeter_server::spawn(Config::on_ports(&[0, 0, 0]).with_error_rate(1.0))
+        .await
+        .expect("start");
+    let endpoints: Vec<Endpoint> = all_bad
+        .addrs()
+        .iter()
+        .map(|a| a.to_string().parse().expect("valid"))
+        .collect();
+    let balancer = Balancer::builder(endpoints)
+        .outlier_detection(Some(quick_outlier_detection()))
+        .seed(15)
+        .build()
+        .expect("builds");
+    balancer.wait_settled(Duration::from_secs(5)).await;
+    let most_ejected = Arc::new(AtomicU64::new(0));
+    let watcher = {
+        let (balancer, most) = (balancer.clone(), most_ejected.clone());
+        tokio::spawn(async move {
+            let mut changes = balancer.changes();
+            while changes.changed().await.is_ok() {
+                let ejected = balancer.endpoints().iter().filter(|s| s.ejected).count();
+                most.fetch_max(ejected as u64, Ordering::Relaxed);
+            }
+        })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (_, tasks) = load(&balancer, 8, Instant::now() + Duration::from_secs(1), stop);
+    finish(tasks).await;
+    watcher.abort();
+    let ejections: u64 = balancer.endpoints().iter().map(|s| s.ejections).sum();
+    assert!(ejections >= 1, "failing servers were ejected");
+    assert_eq!(
+        most_ejected.load(Ordering::Relaxed),
+        1,
+        "never more than 1 of 3 at once"
+    );
+    all_bad.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_server_lets_its_calls_finish_and_an_added_one_gets_calls_at_once() {
+    let slow =
+        greeter_server::spawn(Config::on_ports(&[0]).with_latency(Duration::from_millis(500)))
+            .await
+            .expect("start");
+    let endpoint: Endpoint = slow.addrs()[0].to_string().parse().expect("valid");
+    let balancer = Balancer::builder([endpoint.clone()])
+        .seed(16)
+        .build()
+        .expect("builds");
+    balancer.wait_settled(Duration::from_secs(5)).await;
+
+    let calls: Vec<_> = (0..100)
+        .map(|i| {
+            let mut client = MyServiceClient::new(balancer.clone());
+            tokio::spawn(async move {
+                client
+                    .say_hello(HelloRequest {
+                        name: format!("{i}"),
+                    })
+                    .await
+            })
+        })
+        .collect();
+    slow.calls()
+        .wait_for(|&n| n >= 100)
+        .await
+        .expect("the server is up");
+    assert!(balancer.remove_endpoint(&endpoint));
+    for call in calls {
+        call.await
+            .expect("no panic")
+            .expect("a call in flight finishes after removal");
+    }
+    assert!(balancer.endpoints().is_empty());
+
+    // Add a server while nothing is being sent: the next call reaches it.
+    let fresh = greeter_server::spawn(Config::on_ports(&[0]))
+        .await
+        .expect("start");
+    let fresh_endpoint: Endpoint = fresh.addrs()[0].to_string().parse().expect("valid");
+    assert!(
+        balancer
+            .add_endpoint(fresh_endpoint.clone())
+            .expect("valid")
+    );
+    wait_until(&balancer, Duration::from_secs(5), "READY", |s| {
+        s.first()
+            .is_some_and(|s| s.connectivity == Connectivity::Ready)
+    })
+    .await;
+    let mut client = MyServiceClient::new(balancer.clone());
+    let response = client
+        .say_hello(HelloRequest { name: "new".into() })
+        .await
+        .expect("the added server answers");
+    let served_by = response.metadata().get("x-served-by").cloned();
+    assert_eq!(
+        served_by.and_then(|v| v.to_str().ok().map(String::from)),
+        Some(fresh_endpoint.to_string())
+    );
+    slow.shutdown().await.expect("clean shutdown");
+    fresh.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_recycling_connections_every_500_ms_cost_no_call() {
+    let servers = greeter_server::spawn(
+        Config::on_ports(&[0, 0, 0]).with_max_connection_age(Duration::from_millis(500)),
+    )
+    .await
+    .expect("start");
+    let endpoints: Vec<Endpoint> = servers
+        .addrs()
+        .iter()
+        .map(|a| a.to_string().parse().expect("valid"))
+        .collect();
+    let balancer = fast_reconnects(Balancer::builder(endpoints))
+        .policy(Policy::RoundRobin)
+        .seed(17)
+        .build()
+        .expect("builds");
+    balancer.wait_settled(Duration::from_secs(5)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, tasks) = load(&balancer, 16, Instant::now() + Duration::from_secs(3), stop);
+    finish(tasks).await;
+    let failures = seen.failures.lock().expect("not poisoned");
+    println!(
+        "{} ok, {} retried, {} failed",
+        seen.ok.load(Ordering::Relaxed),
+        balancer.retries(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{:?}", failures.first());
+    assert!(seen.ok.load(Ordering::Relaxed) > 0);
+}
