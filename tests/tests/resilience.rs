@@ -489,3 +489,43 @@ async fn servers_recycling_connections_every_500_ms_cost_no_call() {
     assert!(failures.is_empty(), "{:?}", failures.first());
     assert!(seen.ok.load(Ordering::Relaxed) > 0);
 }
+
+/// Reconnects follow gRPC's backoff exactly, in virtual time: with jitter 0, attempts
+/// at 0 s, then 1, 2, 4, 4 s apart (initial 1 s, ×2, at most 4 s).
+#[tokio::test(start_paused = true)]
+async fn reconnect_attempts_follow_the_backoff_in_paused_time() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead: Endpoint = listener
+        .local_addr()
+        .expect("addr")
+        .to_string()
+        .parse()
+        .expect("valid");
+    drop(listener);
+    let balancer = Balancer::builder([dead])
+        .backoff(lb_core::Backoff {
+            initial: Duration::from_secs(1),
+            multiplier: 2.0,
+            jitter: 0.0,
+            max: Duration::from_secs(4),
+        })
+        .health_check(None)
+        .seed(18)
+        .build()
+        .expect("builds");
+    let start = Instant::now();
+    let mut changes = balancer.changes();
+    let mut attempts = Vec::new();
+    let mut last = None;
+    while attempts.len() < 5 {
+        let state = balancer.endpoints()[0].connectivity;
+        if state == Connectivity::Connecting && last != Some(Connectivity::Connecting) {
+            attempts.push(start.elapsed().as_millis());
+        }
+        last = Some(state);
+        changes.changed().await.expect("balancer alive");
+    }
+    // Milliseconds, rounded: the refused connects themselves take no virtual time.
+    let seconds: Vec<u128> = attempts.iter().map(|ms| (ms + 50) / 1000).collect();
+    assert_eq!(seconds, [0, 1, 3, 7, 11], "attempt times {attempts:?} ms");
+}

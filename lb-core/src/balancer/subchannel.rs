@@ -475,15 +475,13 @@ impl ConnectionTask {
                     match ended {
                         Ended::Stop => return,
                         Ended::Lost(reason) => {
-                            // A connection that lasted is a fresh start; one lost at
-                            // once counts as a failure, so a flapping server backs off.
+                            // A connection that lasted is a fresh start: reconnect at
+                            // once, as gRPC does. One lost at once counts as a failed
+                            // attempt, so that a flapping server is backed off from.
                             if connected_at.elapsed() >= backoff.initial {
                                 failures = 0;
-                            }
-                            if failures == 0 {
-                                failures = 1;
                                 self.set(Connectivity::TransientFailure, Some(reason));
-                                continue; // Reconnect at once, as gRPC does.
+                                continue;
                             }
                             reason
                         }
@@ -491,7 +489,7 @@ impl ConnectionTask {
                 }
                 Err(err) => describe(&err),
             };
-            let delay = backoff.delay(failures.saturating_sub(1), &mut self.rng);
+            let delay = backoff.delay(failures, &mut self.rng);
             failures = failures.saturating_add(1);
             let endpoint = self.sub.state.endpoint().clone();
             warn!(%endpoint, error = %reason, retry_in = ?delay, "connect failed");
