@@ -320,7 +320,7 @@ impl Balancer {
         let deadline = deadline_after(timeout);
         let mut changes = self.changes();
         loop {
-            if !self.shared.core.any_connecting()
+            if self.shared.core.settled()
                 || tokio::time::timeout_at(deadline, changes.changed())
                     .await
                     .is_err()

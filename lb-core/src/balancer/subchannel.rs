@@ -257,6 +257,22 @@ impl Core {
         self.changes.send_modify(|version| *version += 1);
     }
 
+    /// Whether every endpoint has finished connecting and the snapshot shows it: each
+    /// is in TRANSIENT_FAILURE, ejected, or READY *and published* (a state is set just
+    /// before its snapshot is stored, so the states alone can run ahead).
+    pub fn settled(&self) -> bool {
+        let snapshot = self.snapshot.load();
+        read(&self.subchannels)
+            .iter()
+            .all(|s| match s.state.connectivity() {
+                Connectivity::TransientFailure => true,
+                Connectivity::Ready => {
+                    s.is_ejected() || snapshot.ready.iter().any(|r| r.same_as(&s.state))
+                }
+                Connectivity::Idle | Connectivity::Connecting => false,
+            })
+    }
+
     pub fn any_connecting(&self) -> bool {
         read(&self.subchannels).iter().any(|s| {
             matches!(
