@@ -128,6 +128,15 @@ async fn wait_until(
     );
 }
 
+/// The addresses of in-process servers, as endpoints.
+fn endpoints_of(servers: &Servers) -> Vec<Endpoint> {
+    servers
+        .addrs()
+        .iter()
+        .map(|a| a.to_string().parse().expect("valid"))
+        .collect()
+}
+
 fn calls_to(balancer: &Balancer, endpoint: &Endpoint) -> u64 {
     balancer
         .endpoints()
@@ -245,11 +254,7 @@ async fn a_server_that_says_not_serving_gets_no_calls_until_it_is_serving_again(
     let servers = greeter_server::spawn(Config::on_ports(&[0, 0, 0]))
         .await
         .expect("start");
-    let endpoints: Vec<Endpoint> = servers
-        .addrs()
-        .iter()
-        .map(|a| a.to_string().parse().expect("valid"))
-        .collect();
+    let endpoints: Vec<Endpoint> = endpoints_of(&servers);
     let balancer = Balancer::builder(endpoints.clone())
         .seed(13)
         .build()
@@ -318,11 +323,7 @@ async fn a_failing_server_is_ejected_but_never_more_than_half_the_fleet() {
     let bad = greeter_server::spawn(Config::on_ports(&[0]).with_error_rate(0.5))
         .await
         .expect("start");
-    let mut endpoints: Vec<Endpoint> = good
-        .addrs()
-        .iter()
-        .map(|a| a.to_string().parse().expect("valid"))
-        .collect();
+    let mut endpoints: Vec<Endpoint> = endpoints_of(&good);
     endpoints.push(bad.addrs()[0].to_string().parse().expect("valid"));
     let balancer = Balancer::builder(endpoints.clone())
         .outlier_detection(Some(quick_outlier_detection()))
@@ -356,11 +357,7 @@ async fn a_failing_server_is_ejected_but_never_more_than_half_the_fleet() {
     let all_bad = greeter_server::spawn(Config::on_ports(&[0, 0, 0]).with_error_rate(1.0))
         .await
         .expect("start");
-    let endpoints: Vec<Endpoint> = all_bad
-        .addrs()
-        .iter()
-        .map(|a| a.to_string().parse().expect("valid"))
-        .collect();
+    let endpoints: Vec<Endpoint> = endpoints_of(&all_bad);
     let balancer = Balancer::builder(endpoints)
         .outlier_detection(Some(quick_outlier_detection()))
         .seed(15)
@@ -465,11 +462,7 @@ async fn servers_recycling_connections_every_500_ms_cost_no_call() {
     )
     .await
     .expect("start");
-    let endpoints: Vec<Endpoint> = servers
-        .addrs()
-        .iter()
-        .map(|a| a.to_string().parse().expect("valid"))
-        .collect();
+    let endpoints: Vec<Endpoint> = endpoints_of(&servers);
     let balancer = fast_reconnects(Balancer::builder(endpoints))
         .policy(Policy::RoundRobin)
         .seed(17)

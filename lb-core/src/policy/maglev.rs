@@ -147,14 +147,6 @@ impl Picker for Maglev {
 mod tests {
     use super::*;
     use crate::policy::testing::*;
-    use rand::{SeedableRng, rngs::SmallRng};
-
-    fn owner(picker: &Maglev, endpoints: &[EndpointState], key: &str) -> usize {
-        let headers = keyed(key);
-        let mut rng = SmallRng::seed_from_u64(0);
-        let mut ctx = PickContext::new(&mut rng).with_headers(&headers);
-        picker.pick(endpoints, &mut ctx).unwrap()
-    }
 
     #[test]
     fn equal_weights_get_equal_slots_within_two_percent() {
@@ -180,12 +172,10 @@ mod tests {
     #[test]
     fn the_same_key_always_reaches_the_same_endpoint() {
         let endpoints = ready(5);
-        let picker = Maglev::new(&endpoints, &MaglevConfig::default());
-        for key in 0..200 {
-            let key = format!("user-{key}");
-            let first = owner(&picker, &endpoints, &key);
-            assert!((0..5).all(|_| owner(&picker, &endpoints, &key) == first));
-        }
+        assert_keys_stick(
+            &Maglev::new(&endpoints, &MaglevConfig::default()),
+            &endpoints,
+        );
     }
 
     #[test]

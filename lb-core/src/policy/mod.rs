@@ -457,6 +457,26 @@ pub(crate) mod testing {
         headers.insert("x-lb-key", key.parse().unwrap());
         headers
     }
+
+    /// The endpoint a call keyed `key` goes to.
+    pub fn owner(picker: &dyn Picker, endpoints: &[EndpointState], key: &str) -> usize {
+        let headers = keyed(key);
+        let mut rng = SmallRng::seed_from_u64(0);
+        let mut ctx = PickContext::new(&mut rng).with_headers(&headers);
+        picker.pick(endpoints, &mut ctx).unwrap()
+    }
+
+    /// Asserts that 200 keys each reach the same endpoint every time.
+    pub fn assert_keys_stick(picker: &dyn Picker, endpoints: &[EndpointState]) {
+        for key in 0..200 {
+            let key = format!("user-{key}");
+            let first = owner(picker, endpoints, &key);
+            assert!(
+                (0..5).all(|_| owner(picker, endpoints, &key) == first),
+                "{key}"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

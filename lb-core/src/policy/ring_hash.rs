@@ -131,14 +131,6 @@ mod tests {
     use super::*;
     use crate::Connectivity;
     use crate::policy::testing::*;
-    use rand::{SeedableRng, rngs::SmallRng};
-
-    fn owner(picker: &RingHash, endpoints: &[EndpointState], key: &str) -> usize {
-        let headers = keyed(key);
-        let mut rng = SmallRng::seed_from_u64(0);
-        let mut ctx = PickContext::new(&mut rng).with_headers(&headers);
-        picker.pick(endpoints, &mut ctx).unwrap()
-    }
 
     #[test]
     fn the_ring_has_at_least_the_minimum_points_by_weight() {
@@ -151,12 +143,10 @@ mod tests {
     #[test]
     fn the_same_key_always_reaches_the_same_endpoint() {
         let endpoints = ready(5);
-        let picker = RingHash::new(&endpoints, &RingHashConfig::default());
-        for key in 0..200 {
-            let key = format!("user-{key}");
-            let first = owner(&picker, &endpoints, &key);
-            assert!((0..5).all(|_| owner(&picker, &endpoints, &key) == first));
-        }
+        assert_keys_stick(
+            &RingHash::new(&endpoints, &RingHashConfig::default()),
+            &endpoints,
+        );
     }
 
     #[test]
