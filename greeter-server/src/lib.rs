@@ -200,8 +200,8 @@ impl MyService for Greeter {
     }
 }
 
-/// Running instances. Dropping this handle shuts them down gracefully too, but only
-/// [`shutdown`](Self::shutdown) waits until they have stopped.
+/// Running instances. Stop them with [`shutdown`](Self::shutdown): it drains them and
+/// waits until they have stopped.
 #[derive(Debug)]
 pub struct Servers {
     instances: Vec<Instance>,
@@ -355,10 +355,10 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
         let mut builder = Server::builder();
         if let Some(age) = config.max_connection_age {
-            // After GOAWAY, calls in flight get this long to finish.
-            builder = builder
-                .max_connection_age(age)
-                .max_connection_age_grace(Duration::from_secs(10));
+            // No grace period on purpose: with one, tonic 0.14 waits out the age and
+            // the grace and then drops the connection without a GOAWAY, cutting calls
+            // off; without one, it sends GOAWAY at the age and lets calls finish.
+            builder = builder.max_connection_age(age);
         }
         let router = builder
             .concurrency_limit_per_connection(MAX_CONCURRENT_CALLS_PER_CONNECTION)

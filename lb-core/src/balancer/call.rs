@@ -36,8 +36,20 @@ pub(crate) struct Route {
 /// Why an attempt failed, and whether another endpoint may try.
 pub(crate) struct Failure {
     pub status: Status,
-    /// No server saw the call: it can go elsewhere without doing anything twice.
-    pub retryable: bool,
+    pub kind: FailureKind,
+}
+
+/// What a failed attempt means for a retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    /// The request never reached a server (no connection, refused stream, never
+    /// sent): sending it elsewhere cannot do anything twice.
+    Unsent,
+    /// The connection broke while the call was out (reset, GOAWAY error, closed): a
+    /// server may have run it. Retried only if the policy says so.
+    Cut,
+    /// The call's own deadline passed: no time is left for another attempt.
+    Deadline,
 }
 
 impl Route {
@@ -75,32 +87,64 @@ impl Route {
             Err(err) => {
                 // No response arrived. Say which endpoint, and why, in gRPC's terms.
                 let reason = describe(&err);
-                let (mut status, retryable) = if has_cause::<tonic::TimeoutExpired>(&err) {
+                let (mut status, kind) = if has_cause::<tonic::TimeoutExpired>(&err) {
                     // The call's own deadline ran out: the endpoint may be fine, only
                     // slower than the caller allows. Not retried: no time is left.
                     let status =
                         Status::deadline_exceeded(format!("endpoint {endpoint}: {reason}"));
-                    (status, false)
+                    (status, FailureKind::Deadline)
                 } else {
                     // A connection that could not be made takes the endpoint out of the
                     // snapshot until its task has reconnected it. Other failures (a
                     // connection closed under the call, GOAWAY) leave it in: tonic's
                     // channel reconnects by itself, and the health stream notices a
                     // dead server.
-                    if has_cause::<tonic::ConnectError>(&err) {
+                    let could_not_connect = has_cause::<tonic::ConnectError>(&err);
+                    if could_not_connect {
                         self.core.report_broken(&self.sub, self.generation, &reason);
                     }
-                    self.core.record_outcome(&self.sub, false);
-                    (
-                        Status::unavailable(format!("endpoint {endpoint}: {reason}")),
-                        true,
-                    )
+                    let kind = if never_reached_a_server(&err) {
+                        FailureKind::Unsent
+                    } else {
+                        FailureKind::Cut
+                    };
+                    // A stream refused by a connection closing with GOAWAY is routine
+                    // (a server recycling connections), not a sign of a bad server.
+                    if could_not_connect || kind == FailureKind::Cut {
+                        self.core.record_outcome(&self.sub, false);
+                    }
+                    let status = Status::unavailable(format!("endpoint {endpoint}: {reason}"));
+                    (status, kind)
                 };
                 status.set_source(Arc::new(err));
-                Err(Failure { status, retryable })
+                Err(Failure { status, kind })
             }
         }
     }
+}
+
+/// Whether a transport error proves that no server saw the request: the connection
+/// could not be made, the server refused the stream (as after GOAWAY, for streams it
+/// will not process), or the request was cancelled before it was sent.
+fn never_reached_a_server(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        if let Some(e) = e.downcast_ref::<hyper::Error>()
+            && e.is_canceled()
+        {
+            return true;
+        }
+        if let Some(e) = e.downcast_ref::<h2::Error>()
+            && e.reason() == Some(h2::Reason::REFUSED_STREAM)
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// The `grpc-status` in response headers (a trailers-only response), if any.

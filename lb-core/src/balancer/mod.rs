@@ -53,7 +53,9 @@ pub use outlier::{OutlierDetection, SuccessRate};
 pub use retry::RetryPolicy;
 pub use subchannel::EndpointStatus;
 
-use call::{Failure, Route, deadline_after, grpc_timeout, grpc_timeout_value, header_status};
+use call::{
+    Failure, FailureKind, Route, deadline_after, grpc_timeout, grpc_timeout_value, header_status,
+};
 use retry::{RequestBody, RetryBudget};
 use subchannel::{Core, Settings, Subchannel};
 
@@ -169,7 +171,9 @@ impl BalancerBuilder {
         for endpoint in self.endpoints {
             core.add(endpoint)?;
         }
-        if let Some(config) = self.settings.outlier.clone() {
+        if let Some(mut config) = self.settings.outlier.clone() {
+            // A zero interval would make `tokio::time::interval` panic.
+            config.interval = config.interval.max(Duration::from_millis(1));
             tokio::spawn(outlier_task(core.clone(), config, stopped));
         }
         let shared = Arc::new(Shared {
@@ -380,6 +384,10 @@ impl Service<http::Request<Body>> for Balancer {
     }
 }
 
+/// Transparent retries per call (of calls that never reached a server), on top of
+/// `RetryPolicy::max_attempts`.
+const MAX_TRANSPARENT_RETRIES: u32 = 5;
+
 /// What every clone of a balancer shares.
 struct Shared {
     core: Arc<Core>,
@@ -423,21 +431,9 @@ impl Shared {
         let deadline = timeout.map(deadline_after);
         let mut tried: Vec<Arc<Subchannel>> = Vec::new();
         let mut attempt = 1;
+        let mut transparent = 0;
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if attempt > 1 {
-                match left {
-                    Some(left) if left.is_zero() => {
-                        return Err(Status::deadline_exceeded("deadline passed while retrying"));
-                    }
-                    Some(left) => {
-                        parts
-                            .headers
-                            .insert("grpc-timeout", grpc_timeout_value(left));
-                    }
-                    None => {}
-                }
-            }
             let route = match route.take() {
                 Some(route) => route,
                 None => {
@@ -445,13 +441,38 @@ impl Shared {
                         .await?
                 }
             };
+            // Each attempt carries what is left of the call's deadline, not all of it.
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Status::deadline_exceeded(format!(
+                        "deadline passed after {} attempt(s)",
+                        attempt - 1
+                    )));
+                }
+                parts
+                    .headers
+                    .insert("grpc-timeout", grpc_timeout_value(left));
+            }
             let sub = route.sub.clone();
+            let endpoint = route.state.endpoint().clone();
             let Some(attempt_body) = body.attempt() else {
                 return Err(Status::internal("request body already sent"));
             };
-            let result = route
-                .send(http::Request::from_parts(parts.clone(), attempt_body))
-                .await;
+            let send = route.send(http::Request::from_parts(parts.clone(), attempt_body));
+            // tonic's own timer starts only once a connection is ready; this one also
+            // covers a wait for a reconnect.
+            let result = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, send).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        return Err(Status::deadline_exceeded(format!(
+                            "endpoint {endpoint}: deadline exceeded"
+                        )));
+                    }
+                },
+                None => send.await,
+            };
             let retry_allowed = attempt < self.retry.max_attempts && body.is_replayable();
             match result {
                 Ok(response) => {
@@ -463,14 +484,37 @@ impl Shared {
                             self.budget.on_failure();
                             self.note_retry(&sub, &format!("{code:?} from the server"));
                         }
-                        _ => {
+                        Some(_) => {
+                            // A failure all the same, only not retried this time.
+                            self.budget.on_failure();
+                            return Ok(response);
+                        }
+                        None => {
                             self.budget.on_success();
                             return Ok(response);
                         }
                     }
                 }
-                Err(Failure { status, retryable }) => {
+                Err(Failure { status, kind })
+                    if kind == FailureKind::Unsent
+                        && transparent < MAX_TRANSPARENT_RETRIES
+                        && body.is_replayable() =>
+                {
+                    // No server saw it (as gRFC A6's transparent retries): it costs
+                    // neither an attempt nor budget, within its own small cap. A
+                    // connection closing with GOAWAY refuses calls this way.
+                    transparent += 1;
+                    self.note_retry(&sub, status.message());
+                    tried.push(sub);
+                    continue;
+                }
+                Err(Failure { status, kind }) => {
                     self.budget.on_failure();
+                    let retryable = match kind {
+                        FailureKind::Unsent => true,
+                        FailureKind::Cut => self.retry.retry_cut_calls,
+                        FailureKind::Deadline => false,
+                    };
                     if !(retryable && retry_allowed && self.budget.allows_retry()) {
                         return Err(status);
                     }

@@ -1,11 +1,17 @@
 //! Retrying a call on another endpoint, safely.
 //!
-//! A call that failed *before it reached the application* (the connection was refused
-//! or reset, the server said GOAWAY, the endpoint was draining) can be sent again to
-//! another endpoint without doing anything twice. Three things keep retries from
-//! making an outage worse:
+//! A call that failed *before it reached a server* (the connection was refused, the
+//! server refused the stream after GOAWAY, the request was never sent) can be sent again
+//! to another endpoint without doing anything twice. A call *cut off* by a dying
+//! connection (reset, closed) may have run on the server already; it is retried too by
+//! default, as the greeting is safe to repeat, but a method that must not run twice
+//! should set [`RetryPolicy::retry_cut_calls`] to `false`. Three things keep retries
+//! from making an outage worse:
 //!
-//! - **A cap on attempts** per call (default 3 in all).
+//! - **A cap on attempts** per call (default 3 in all). A call that never reached a
+//!   server is retried *transparently* (gRFC A6): without counting as an attempt or
+//!   spending budget, up to 5 times, since nothing was done and nothing can be done
+//!   twice.
 //! - **A retry budget** shared by all calls (gRFC A6 "retry throttling"): a token
 //!   bucket of `max_tokens` (default 100). Each failed attempt takes a token, each
 //!   success gives back `token_ratio` (default 0.1); retries are allowed only while
@@ -36,9 +42,13 @@ pub struct RetryPolicy {
     /// Attempts per call in all, first one included (1 = no retries).
     pub max_attempts: u32,
     /// Status codes answered *by a server* that are retried too (default none: an
-    /// application's error is its answer). Failures before any answer are always
+    /// application's error is its answer). Calls that never reached a server are always
     /// retried.
     pub retryable_codes: Vec<Code>,
+    /// Whether calls cut off by a broken connection are retried (default `true`). Such a
+    /// call may have run on the server: turn this off for methods that are not safe to
+    /// repeat.
+    pub retry_cut_calls: bool,
     /// The budget's size, in tokens.
     pub max_tokens: u32,
     /// Tokens given back per success.
@@ -52,6 +62,7 @@ impl Default for RetryPolicy {
         Self {
             max_attempts: 3,
             retryable_codes: Vec::new(),
+            retry_cut_calls: true,
             max_tokens: 100,
             token_ratio: 0.1,
             max_replay_bytes: 4 * 1024 * 1024,

@@ -29,7 +29,7 @@ use std::{
 };
 
 use rand::rngs::SmallRng;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -42,6 +42,10 @@ use crate::{
     error::describe,
     policy::{BuildPicker, Picker},
 };
+
+/// How often an idle connection is pinged, and how long a ping may go unanswered.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Settings every subchannel shares.
 #[derive(Clone, Debug)]
@@ -96,8 +100,9 @@ pub(crate) struct Subchannel {
     /// so that a failure seen on an old connection cannot tear down a newer one.
     connection: Mutex<Option<(Channel, u64)>>,
     last_error: Mutex<Option<String>>,
-    /// Signalled by a call that saw this connection fail.
-    broken: Notify,
+    /// The generation of the connection a call saw fail to connect. A value, not a
+    /// one-shot signal: a report about an older connection must not tear down a newer.
+    broken: watch::Sender<u64>,
     /// Set when the endpoint leaves the balancer: its task ends.
     removed: watch::Sender<bool>,
     // Outlier detection.
@@ -162,22 +167,24 @@ impl Core {
 
     /// Adds `endpoint` and starts connecting to it; `false` if it is already here.
     pub fn add(self: &Arc<Self>, endpoint: Endpoint) -> Result<bool, crate::Error> {
-        if self.find(&endpoint).is_some() {
-            return Ok(false);
-        }
         let target = tonic::transport::Endpoint::from_shared(endpoint.uri())
             .map_err(|source| crate::Error::Transport {
                 endpoint: endpoint.to_string(),
                 source,
             })?
             .connect_timeout(self.settings.connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // HTTP/2 pings find a peer that vanished without closing the connection
+            // (power loss, a partition), which no call or health stream would notice.
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         let sub = Arc::new(Subchannel {
             state: EndpointState::with_decay(endpoint, self.settings.latency_decay),
             target,
             connection: Mutex::new(None),
             last_error: Mutex::new(None),
-            broken: Notify::new(),
+            broken: watch::Sender::new(0),
             removed: watch::Sender::new(false),
             successes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -188,7 +195,17 @@ impl Core {
             calls: AtomicU64::new(0),
             retries: AtomicU64::new(0),
         });
-        write(&self.subchannels).push(sub.clone());
+        {
+            // Checked and added under one lock: two racing adds make one subchannel.
+            let mut subs = write(&self.subchannels);
+            if subs
+                .iter()
+                .any(|s| s.state.endpoint() == sub.state.endpoint())
+            {
+                return Ok(false);
+            }
+            subs.push(sub.clone());
+        }
         let n = self.made.fetch_add(1, Ordering::Relaxed);
         let jitter_seed = self.settings.seed ^ (n + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         tokio::spawn(ConnectionTask::new(self.clone(), sub, jitter_seed).run());
@@ -209,15 +226,30 @@ impl Core {
         sub.removed.send_replace(true);
         sub.state.set_connectivity(Connectivity::Idle);
         info!(endpoint = %endpoint, "removed: no new calls; calls in flight finish");
+        self.keep_ejections_within_limit();
         self.publish();
         true
     }
 
-    fn find(&self, endpoint: &Endpoint) -> Option<Arc<Subchannel>> {
-        read(&self.subchannels)
-            .iter()
-            .find(|s| s.state.endpoint() == endpoint)
-            .cloned()
+    /// After a removal, fewer endpoints may leave too many ejected: let the
+    /// longest-ejected ones return until the limit holds again.
+    fn keep_ejections_within_limit(&self) {
+        let Some(config) = &self.settings.outlier else {
+            return;
+        };
+        let _one_at_a_time = lock(&self.ejecting);
+        let subs = read(&self.subchannels);
+        let mut ejected: Vec<&Arc<Subchannel>> = subs.iter().filter(|s| s.is_ejected()).collect();
+        ejected.sort_by_key(|s| s.ejected_at.load(Ordering::Relaxed));
+        let mut count = ejected.len();
+        for sub in ejected {
+            if count == 0 || config.may_eject(count - 1, subs.len()) {
+                break;
+            }
+            sub.ejected_at.store(0, Ordering::Relaxed);
+            info!(endpoint = %sub.state.endpoint(), "returned early: too many ejected after a removal");
+            count -= 1;
+        }
     }
 
     /// Rebuilds the snapshot of usable endpoints and wakes waiting calls.
@@ -312,7 +344,7 @@ impl Core {
             *lock(&sub.last_error) = Some(error.to_string());
             info!(endpoint = %sub.state.endpoint(), %error, "TRANSIENT_FAILURE: a call could not connect");
             self.publish();
-            sub.broken.notify_one();
+            sub.broken.send_replace(generation);
         }
     }
 
@@ -423,6 +455,7 @@ struct ConnectionTask {
     rng: SmallRng,
     stopped: watch::Receiver<()>,
     removed: watch::Receiver<bool>,
+    broken: watch::Receiver<u64>,
 }
 
 /// Why a connection ended.
@@ -437,6 +470,7 @@ impl ConnectionTask {
         Self {
             stopped: core.stopped.clone(),
             removed: sub.removed.subscribe(),
+            broken: sub.broken.subscribe(),
             rng: SmallRng::seed_from_u64(seed),
             core,
             sub,
@@ -449,6 +483,11 @@ impl ConnectionTask {
             _ = stopped.changed() => {}
             _ = removed.wait_for(|&gone| gone) => {}
         }
+    }
+
+    /// Resolves when a call reports connection `generation` broken.
+    async fn broken(broken: &mut watch::Receiver<u64>, generation: u64) {
+        let _ = broken.wait_for(|&g| g == generation).await;
     }
 
     fn set(&self, state: Connectivity, reason: Option<String>) {
@@ -486,7 +525,7 @@ impl ConnectionTask {
                     generation += 1;
                     *lock(&self.sub.connection) = Some((channel.clone(), generation));
                     let connected_at = tokio::time::Instant::now();
-                    let ended = self.serve(channel).await;
+                    let ended = self.serve(channel, generation).await;
                     *lock(&self.sub.connection) = None;
                     match ended {
                         Ended::Stop => return,
@@ -519,18 +558,24 @@ impl ConnectionTask {
 
     /// While connected: READY (or as the health check says) until the connection is
     /// lost, a call reports it broken, or the task must stop.
-    async fn serve(&mut self, channel: Channel) -> Ended {
+    async fn serve(&mut self, channel: Channel, generation: u64) -> Ended {
         let Some(service) = self.core.settings.health_service.clone() else {
             self.set(Connectivity::Ready, None);
             return tokio::select! {
-                _ = self.sub.broken.notified() => Ended::Lost(self.last_error()),
+                _ = Self::broken(&mut self.broken, generation) => Ended::Lost(self.last_error()),
                 _ = Self::stop(&mut self.stopped, &mut self.removed) => Ended::Stop,
             };
         };
         let mut health = HealthClient::new(channel);
         let request = HealthCheckRequest { service };
+        // A server that accepted the connection but never answers its health check
+        // must not keep the endpoint CONNECTING forever.
+        let answer_within = self.core.settings.connect_timeout;
         let stream = tokio::select! {
-            stream = health.watch(request) => stream,
+            stream = tokio::time::timeout(answer_within, health.watch(request)) => match stream {
+                Ok(stream) => stream,
+                Err(_) => return Ended::Lost(format!("no health answer within {answer_within:?}")),
+            },
             _ = Self::stop(&mut self.stopped, &mut self.removed) => return Ended::Stop,
         };
         let mut stream = match stream {
@@ -540,7 +585,7 @@ impl ConnectionTask {
                 info!(endpoint = %self.sub.state.endpoint(), "no health service: treated as SERVING");
                 self.set(Connectivity::Ready, None);
                 return tokio::select! {
-                    _ = self.sub.broken.notified() => Ended::Lost(self.last_error()),
+                    _ = Self::broken(&mut self.broken, generation) => Ended::Lost(self.last_error()),
                     _ = Self::stop(&mut self.stopped, &mut self.removed) => Ended::Stop,
                 };
             }
@@ -568,7 +613,7 @@ impl ConnectionTask {
                         status.message()
                     )),
                 },
-                _ = self.sub.broken.notified() => return Ended::Lost(self.last_error()),
+                _ = Self::broken(&mut self.broken, generation) => return Ended::Lost(self.last_error()),
                 _ = Self::stop(&mut self.stopped, &mut self.removed) => return Ended::Stop,
             }
         }
