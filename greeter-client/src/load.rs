@@ -61,6 +61,8 @@ pub struct LoadSpec {
     pub outlier: Option<OutlierDetection>,
     /// Print one line (or, in a terminal, a fresh table) per second while running.
     pub live: bool,
+    /// Changes to the server list while running (from a resolver), if any.
+    pub updates: Option<tokio::sync::watch::Receiver<Vec<Endpoint>>>,
 }
 
 impl LoadSpec {
@@ -83,6 +85,7 @@ impl LoadSpec {
             health_check: true,
             outlier: None,
             live: false,
+            updates: None,
         }
     }
 
@@ -149,6 +152,9 @@ pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
         builder = builder.seed(seed);
     }
     let balancer = builder.build()?;
+    if let Some(updates) = &spec.updates {
+        balancer.follow(updates.clone());
+    }
     // Let every endpoint finish connecting, so that the first calls are not all sent to
     // whichever server happened to answer first.
     balancer.wait_settled(spec.connect_wait).await;
@@ -321,11 +327,13 @@ fn build_report(
     elapsed: Duration,
     states: &[EndpointStatus],
 ) -> Report {
-    // One row per server, in the order the servers were given; a configured server
-    // that answered nothing still gets its row (with 0), which is the point of
-    // pick_first. Servers are matched by what they call themselves (x-served-by).
+    // One row per server the balancer has, in order; one that answered nothing still
+    // gets its row (with 0), which is the point of pick_first. Servers are matched by
+    // what they call themselves (x-served-by); servers removed during the run come
+    // after, from what they answered.
     let mut backends = Vec::new();
-    for (endpoint, status) in spec.servers.iter().zip(states) {
+    for status in states {
+        let endpoint = &status.endpoint;
         let name = tally
             .picked
             .get(endpoint)

@@ -19,7 +19,10 @@ use greeter_client::{
     report::comparison_table,
     simulate::{BackendSpec, Event, Scenario, simulate},
 };
-use lb_core::{Endpoint, OutlierDetection, Policy, RetryPolicy, balancer::SuccessRate};
+use lb_core::{
+    Endpoint, OutlierDetection, Policy, RetryPolicy, balancer::SuccessRate, resolver::Target,
+};
+use tokio::sync::watch;
 
 /// Calls example.MyService/SayHello through a client-side load balancer and shows
 /// which server answered each call.
@@ -52,14 +55,25 @@ enum Command {
 /// `--servers`, shared by every subcommand.
 #[derive(Args, Debug)]
 struct Servers {
-    /// Servers to call, comma-separated host:port[=weight] (IPv6 as [::1]:50051).
+    /// Servers to call: comma-separated host:port[=weight] (IPv6 as [::1]:50051), or
+    /// file:///path/endpoints.json, a JSON list that is watched for changes.
     #[arg(
         long = "servers",
         required = true,
-        value_delimiter = ',',
-        value_name = "HOST:PORT[=W],..."
+        value_name = "HOST:PORT[=W],...|file:///PATH"
     )]
-    list: Vec<Endpoint>,
+    target: Target,
+}
+
+impl Servers {
+    /// The endpoints now, and their changes (for a watched file).
+    fn resolve(&self) -> anyhow::Result<(Vec<Endpoint>, Option<watch::Receiver<Vec<Endpoint>>>)> {
+        // A file that cannot be read is a mistake in the arguments: exit code 2.
+        let updates = self.target.resolve().map_err(|e| usage(e.to_string()))?;
+        let now = updates.borrow().clone();
+        let follow = matches!(self.target, Target::File(_)).then_some(updates);
+        Ok((now, follow))
+    }
 }
 
 /// What each call looks like and how many: shared by `run` and `compare`.
@@ -139,6 +153,7 @@ impl Workload {
             health_check: !self.no_health_check,
             outlier: self.outlier_detection.then(demo_outlier_detection),
             live: self.live,
+            updates: None,
         }
     }
 }
@@ -289,8 +304,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
-    let mut spec = args.workload.spec(args.servers.list, args.policy);
+    let (servers, updates) = args.servers.resolve()?;
+    let mut spec = args.workload.spec(servers, args.policy);
     spec.explain = args.explain;
+    spec.updates = updates;
     let report = greeter_client::run(&spec).await?;
     if args.workload.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -306,7 +323,9 @@ async fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.policies
     };
-    let spec = args.workload.spec(args.servers.list, Policy::RoundRobin);
+    let (servers, updates) = args.servers.resolve()?;
+    let mut spec = args.workload.spec(servers, Policy::RoundRobin);
+    spec.updates = updates;
     let reports = greeter_client::load::compare(&spec, &policies).await?;
     if args.workload.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
@@ -408,7 +427,7 @@ fn exit_code(ok: bool) -> ExitCode {
 
 async fn run_health(args: HealthArgs) -> anyhow::Result<ExitCode> {
     // Concurrently, so that --wait bounds the whole command, not each server in turn.
-    let servers = args.servers.list;
+    let (servers, _) = args.servers.resolve()?;
     let checks = servers
         .iter()
         .map(|endpoint| health::wait_serving(endpoint, args.wait));

@@ -32,6 +32,22 @@ pub enum Error {
         /// What is wrong, naming the policy or field.
         reason: String,
     },
+    /// A target URI that names no resolver, or a bad one.
+    #[error("invalid target `{target}`: {reason}")]
+    InvalidTarget {
+        /// The target as the user wrote it.
+        target: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An endpoints file that could not be read or parsed.
+    #[error("endpoints file {}: {reason}", path.display())]
+    EndpointsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong, with the line where it can tell.
+        reason: String,
+    },
     /// The address could not be turned into a tonic endpoint.
     #[error("endpoint {endpoint}: {source}")]
     Transport {

@@ -24,6 +24,8 @@
 //!   runs on. It connects to every endpoint, asks the picker for each call, counts
 //!   the call in flight until its response body ends, and names the endpoint in errors.
 //! - [`backoff`]: gRPC's connection backoff, used when reconnecting.
+//! - [`resolver`]: target URIs (`host:port` lists, watched files) and the endpoint
+//!   changes they produce, which the balancer follows.
 //!
 //! # Example: a balanced client
 //! Three real servers on loopback, one tonic client on top of the balancer:
@@ -67,6 +69,7 @@ pub mod endpoint;
 pub mod error;
 pub mod latency;
 pub mod policy;
+pub mod resolver;
 pub mod state;
 
 pub use backoff::Backoff;
