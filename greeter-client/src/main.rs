@@ -62,16 +62,24 @@ struct Servers {
         required = true,
         value_name = "HOST:PORT[=W],...|file:///PATH"
     )]
-    target: Target,
+    // An Option only for clap's sake: the top-level arguments are built even when a
+    // subcommand is used, and then there is no target to build. Parsing requires it.
+    target: Option<Target>,
 }
+
+/// The endpoints now, and their later changes if the target is watched.
+type Resolved = (Vec<Endpoint>, Option<watch::Receiver<Vec<Endpoint>>>);
 
 impl Servers {
     /// The endpoints now, and their changes (for a watched file).
-    fn resolve(&self) -> anyhow::Result<(Vec<Endpoint>, Option<watch::Receiver<Vec<Endpoint>>>)> {
+    fn resolve(&self) -> anyhow::Result<Resolved> {
+        let Some(target) = &self.target else {
+            return Err(usage("--servers is required".into()));
+        };
         // A file that cannot be read is a mistake in the arguments: exit code 2.
-        let updates = self.target.resolve().map_err(|e| usage(e.to_string()))?;
+        let updates = target.resolve().map_err(|e| usage(e.to_string()))?;
         let now = updates.borrow().clone();
-        let follow = matches!(self.target, Target::File(_)).then_some(updates);
+        let follow = matches!(target, Target::File(_)).then_some(updates);
         Ok((now, follow))
     }
 }
