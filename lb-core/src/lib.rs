@@ -9,10 +9,10 @@
 //! A call flows through three layers, as in gRPC itself:
 //!
 //! ```text
-//!  endpoint list ──▶ Balancer ──(snapshot of READY endpoints)──▶ Picker
-//!  (endpoint.rs)     (balancer.rs)                               (policy/*.rs)
-//!                    one connection per endpoint,                pure and synchronous:
-//!                    in-flight counts, reconnects                pick(&endpoints, ctx) -> index
+//!  resolver ──────▶ Balancer ──(snapshot of READY endpoints)──▶ Picker
+//!  (resolver.rs)     (balancer/)                                 (policy/*.rs)
+//!  list or file      one connection per endpoint, health,        pure and synchronous:
+//!                    in-flight counts, retries, ejection         pick(&endpoints, ctx) -> index
 //! ```
 //!
 //! - [`endpoint`]: `host:port` addresses and `--servers` lists, with clear errors.
@@ -21,8 +21,11 @@
 //! - [`policy`]: the [`Picker`] trait and one file per policy. Pickers do no I/O, so they
 //!   are unit-tested with hand-made endpoint states and a seeded RNG.
 //! - [`balancer`]: the [`Balancer`], a `tower::Service` that any tonic-generated client
-//!   runs on. It connects to every endpoint, asks the picker for each call, counts
-//!   the call in flight until its response body ends, and names the endpoint in errors.
+//!   runs on. It connects to every endpoint and watches its health, asks the picker for
+//!   each call, counts the call in flight until its response body ends, retries calls
+//!   that never reached a server, ejects endpoints that keep failing, and names the
+//!   endpoint in errors.
+//! - [`latency`] and [`clock`]: the peak-EWMA latency estimate `peak_ewma` reads.
 //! - [`backoff`]: gRPC's connection backoff, used when reconnecting.
 //! - [`resolver`]: target URIs (`host:port` lists, watched files) and the endpoint
 //!   changes they produce, which the balancer follows.

@@ -20,7 +20,7 @@
 //! Balancing", IEEE TPDS 2001; gRPC's `least_request_experimental` (gRFC A48), whose
 //! `choiceCount` this reads (2 to 10); Envoy's LEAST_REQUEST.
 
-use super::{PickContext, PickError, Picker, label, sample_distinct};
+use super::{PickContext, PickError, Picker, best_of_sample, label};
 use crate::EndpointState;
 
 /// The name users type.
@@ -54,41 +54,14 @@ impl Picker for LeastRequest {
         endpoints: &[EndpointState],
         ctx: &mut PickContext<'_>,
     ) -> Result<usize, PickError> {
-        if endpoints.is_empty() {
-            return Err(PickError::NoEndpoints);
-        }
-        let mut buffer = [0; MAX_CHOICES];
-        let sample = sample_distinct(endpoints.len(), self.choices, ctx, &mut buffer);
-        let best = sample
-            .iter()
-            .copied()
-            .filter(|&i| endpoints[i].is_ready())
-            .min_by_key(|&i| endpoints[i].in_flight());
-        let i = match best {
-            Some(i) => i,
-            // Every sampled endpoint went down since the snapshot: use any ready one.
-            None => super::random::random_ready(endpoints, ctx)?,
-        };
-        if ctx.explaining() {
-            let sampled: Vec<String> = sample
-                .iter()
-                .map(|&s| {
-                    format!(
-                        "{}: {} in flight",
-                        label(&endpoints[s]),
-                        endpoints[s].in_flight()
-                    )
-                })
-                .collect();
-            ctx.explain(|| {
-                format!(
-                    "{NAME} sampled {{{}}} -> {}",
-                    sampled.join(", "),
-                    label(&endpoints[i])
-                )
-            });
-        }
-        Ok(i)
+        best_of_sample(
+            NAME,
+            endpoints,
+            ctx,
+            self.choices,
+            |e| e.in_flight() as f64,
+            |e| format!("{}: {} in flight", label(e), e.in_flight()),
+        )
     }
 }
 

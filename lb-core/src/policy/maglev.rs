@@ -25,7 +25,9 @@
 
 use xxhash_rust::xxh64::xxh64;
 
-use super::{MaglevConfig, PickContext, PickError, Picker, label, random::random_ready};
+use super::{
+    Keyed, MaglevConfig, PickContext, PickError, Picker, first_ready, key_or_random, label,
+};
 use crate::EndpointState;
 
 /// The name users type.
@@ -114,24 +116,15 @@ impl Picker for Maglev {
         if endpoints.is_empty() || self.table.is_empty() {
             return Err(PickError::none_ready(endpoints));
         }
-        let Some(key) = ctx.header(&self.header) else {
-            let i = random_ready(endpoints, ctx)?;
-            ctx.explain(|| {
-                format!(
-                    "{NAME}: no `{}` header, random -> {}",
-                    self.header,
-                    label(&endpoints[i])
-                )
-            });
-            return Ok(i);
+        let key = match key_or_random(NAME, &self.header, endpoints, ctx)? {
+            Keyed::Key(key) => key,
+            Keyed::Random(i) => return Ok(i),
         };
         let len = self.table.len();
         let slot = (xxh64(key, 0) % len as u64) as usize;
         // Almost always the first slot; the walk only matters while an owner is down.
-        let i = (0..len)
-            .map(|step| self.table[(slot + step) % len] as usize)
-            .find(|&i| i < endpoints.len() && endpoints[i].is_ready())
-            .ok_or_else(|| PickError::none_ready(endpoints))?;
+        let owners = (0..len).map(|step| self.table[(slot + step) % len] as usize);
+        let i = first_ready(owners, endpoints)?;
         ctx.explain(|| {
             let key = String::from_utf8_lossy(key);
             format!(

@@ -384,6 +384,85 @@ pub(crate) fn sample_distinct<'s>(
     &out[..len]
 }
 
+/// The power-of-k-choices step shared by `least_request` and `peak_ewma`: draws `k`
+/// distinct endpoints, keeps the ready one with the lowest `cost`, and explains the
+/// sample with `describe` (`"b: 3 in flight"`). If every sampled endpoint went down
+/// since the snapshot, any ready one is taken instead.
+pub(crate) fn best_of_sample(
+    name: &str,
+    endpoints: &[EndpointState],
+    ctx: &mut PickContext<'_>,
+    k: usize,
+    cost: impl Fn(&EndpointState) -> f64,
+    describe: impl Fn(&EndpointState) -> String,
+) -> Result<usize, PickError> {
+    if endpoints.is_empty() {
+        return Err(PickError::NoEndpoints);
+    }
+    let mut buffer = [0; least_request::MAX_CHOICES];
+    let sample = sample_distinct(endpoints.len(), k, ctx, &mut buffer);
+    let best = sample
+        .iter()
+        .copied()
+        .filter(|&i| endpoints[i].is_ready())
+        .min_by(|&a, &b| cost(&endpoints[a]).total_cmp(&cost(&endpoints[b])));
+    let i = match best {
+        Some(i) => i,
+        None => random::random_ready(endpoints, ctx)?,
+    };
+    if ctx.explaining() {
+        let sampled: Vec<String> = sample.iter().map(|&s| describe(&endpoints[s])).collect();
+        ctx.explain(|| {
+            format!(
+                "{name} sampled {{{}}} -> {}",
+                sampled.join(", "),
+                label(&endpoints[i])
+            )
+        });
+    }
+    Ok(i)
+}
+
+/// The step shared by the hashing policies: the call's key, or, for a call without
+/// one, a random ready endpoint (explained as such).
+pub(crate) enum Keyed<'a> {
+    /// The value of the key header.
+    Key(&'a [u8]),
+    /// No key: this endpoint was drawn at random.
+    Random(usize),
+}
+
+pub(crate) fn key_or_random<'a>(
+    name: &str,
+    header: &str,
+    endpoints: &[EndpointState],
+    ctx: &mut PickContext<'a>,
+) -> Result<Keyed<'a>, PickError> {
+    if let Some(key) = ctx.header(header) {
+        return Ok(Keyed::Key(key));
+    }
+    let i = random::random_ready(endpoints, ctx)?;
+    ctx.explain(|| {
+        format!(
+            "{name}: no `{header}` header, random -> {}",
+            label(&endpoints[i])
+        )
+    });
+    Ok(Keyed::Random(i))
+}
+
+/// The first of `candidates` (owners in ring or table order) that is a ready endpoint:
+/// while an owner is down, its keys go to the next one along.
+pub(crate) fn first_ready(
+    candidates: impl Iterator<Item = usize>,
+    endpoints: &[EndpointState],
+) -> Result<usize, PickError> {
+    candidates
+        .into_iter()
+        .find(|&i| i < endpoints.len() && endpoints[i].is_ready())
+        .ok_or_else(|| PickError::none_ready(endpoints))
+}
+
 /// A short name for an endpoint in explanations: its address.
 pub(crate) fn label(endpoint: &EndpointState) -> String {
     endpoint.endpoint().to_string()

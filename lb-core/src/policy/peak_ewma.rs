@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use super::{PickContext, PickError, Picker, label, least_request::MAX_CHOICES, sample_distinct};
+use super::{PickContext, PickError, Picker, best_of_sample, label};
 use crate::EndpointState;
 
 /// The name users type.
@@ -61,47 +61,23 @@ impl Picker for PeakEwma {
         endpoints: &[EndpointState],
         ctx: &mut PickContext<'_>,
     ) -> Result<usize, PickError> {
-        if endpoints.is_empty() {
-            return Err(PickError::NoEndpoints);
-        }
         let now = ctx.now();
-        let mut buffer = [0; MAX_CHOICES];
-        let sample = sample_distinct(endpoints.len(), 2, ctx, &mut buffer);
-        let best = sample
-            .iter()
-            .copied()
-            .filter(|&i| endpoints[i].is_ready())
-            .min_by(|&a, &b| {
-                let (ca, cb) = (self.cost(&endpoints[a], now), self.cost(&endpoints[b], now));
-                ca.total_cmp(&cb)
-            });
-        let i = match best {
-            Some(i) => i,
-            None => super::random::random_ready(endpoints, ctx)?,
-        };
-        if ctx.explaining() {
-            let sampled: Vec<String> = sample
-                .iter()
-                .map(|&s| {
-                    let e = &endpoints[s];
-                    let ms = e.latency_estimate(now).unwrap_or(self.default_latency_ns) / 1e6;
-                    format!(
-                        "{}: {ms:.2} ms × ({} + 1) = {:.2}",
-                        label(e),
-                        e.in_flight(),
-                        self.cost(e, now) / 1e6
-                    )
-                })
-                .collect();
-            ctx.explain(|| {
+        best_of_sample(
+            NAME,
+            endpoints,
+            ctx,
+            2,
+            |e| self.cost(e, now),
+            |e| {
+                let ms = e.latency_estimate(now).unwrap_or(self.default_latency_ns) / 1e6;
+                let cost = self.cost(e, now) / 1e6;
                 format!(
-                    "{NAME} sampled {{{}}} -> {}",
-                    sampled.join(", "),
-                    label(&endpoints[i])
+                    "{}: {ms:.2} ms × ({} + 1) = {cost:.2}",
+                    label(e),
+                    e.in_flight()
                 )
-            });
-        }
-        Ok(i)
+            },
+        )
     }
 }
 

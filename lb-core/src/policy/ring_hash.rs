@@ -29,7 +29,9 @@
 
 use xxhash_rust::xxh64::xxh64;
 
-use super::{PickContext, PickError, Picker, RingHashConfig, label, random::random_ready};
+use super::{
+    Keyed, PickContext, PickError, Picker, RingHashConfig, first_ready, key_or_random, label,
+};
 use crate::EndpointState;
 
 /// The name users type.
@@ -96,24 +98,15 @@ impl Picker for RingHash {
         if endpoints.is_empty() || self.ring.is_empty() {
             return Err(PickError::none_ready(endpoints));
         }
-        let Some(key) = ctx.header(&self.header) else {
-            let i = random_ready(endpoints, ctx)?;
-            ctx.explain(|| {
-                format!(
-                    "{NAME}: no `{}` header, random -> {}",
-                    self.header,
-                    label(&endpoints[i])
-                )
-            });
-            return Ok(i);
+        let key = match key_or_random(NAME, &self.header, endpoints, ctx)? {
+            Keyed::Key(key) => key,
+            Keyed::Random(i) => return Ok(i),
         };
         let hash = xxh64(key, 0);
         let start = self.ring.partition_point(|&(point, _)| point < hash);
         let len = self.ring.len();
-        let i = (0..len)
-            .map(|step| self.ring[(start + step) % len].1)
-            .find(|&i| i < endpoints.len() && endpoints[i].is_ready())
-            .ok_or_else(|| PickError::none_ready(endpoints))?;
+        let owners = (0..len).map(|step| self.ring[(start + step) % len].1);
+        let i = first_ready(owners, endpoints)?;
         ctx.explain(|| {
             let key = String::from_utf8_lossy(key);
             format!(
