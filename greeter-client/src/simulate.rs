@@ -10,7 +10,7 @@
 //!   average rate, whether or not earlier calls have finished, as from many
 //!   independent users. The rate is given directly, or as a *utilisation* of the
 //!   fleet's total capacity (`Σ capacity / mean service time`).
-//! - **Each call is picked** by the policy's [`Picker`](lb_core::Picker), reading real
+//! - **Each call is picked** by the policy's [`Picker`], reading real
 //!   [`EndpointState`]s: the in-flight count rises at the pick and falls when the call
 //!   completes, and the latency estimate is fed with the call's full latency (queueing
 //!   included), all in virtual time.

@@ -1,5 +1,5 @@
 //! The balancer: a `tower::Service` that sends each gRPC call to the endpoint a
-//! [`Picker`](crate::Picker) chooses, and keeps calls alive while endpoints come and go.
+//! [`Picker`] chooses, and keeps calls alive while endpoints come and go.
 //!
 //! # How a call flows
 //! 1. A tonic client (`MyServiceClient<Balancer>`) hands the balancer an

@@ -1,6 +1,6 @@
 //! One connection per endpoint, and the shared state every call reads.
 //!
-//! Each endpoint is a [`Subchannel`] with a task that keeps it connected:
+//! Each endpoint is a `Subchannel` with a task that keeps it connected:
 //!
 //! ```text
 //!        ┌──────────── backoff ◀─────────────┐
@@ -17,7 +17,7 @@
 //! connection, a server that dies is noticed at once, without waiting for a call to
 //! fail.
 //!
-//! Every change rebuilds the [`Snapshot`] (READY, not ejected endpoints and their
+//! Every change rebuilds the `Snapshot` (READY, not ejected endpoints and their
 //! picker) and wakes calls waiting for one.
 
 use std::{
