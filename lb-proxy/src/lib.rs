@@ -1,0 +1,196 @@
+//! lb-proxy: one address in front, per-call balancing behind.
+//!
+//! A client that knows a single address (the article's Python client, `grpcurl`, a
+//! service outside your control) gets no client-side balancing: its one HTTP/2
+//! connection pins every call to one server, and a TCP (L4) balancer in between cannot
+//! help, because it balances *connections*. This proxy speaks HTTP/2 on both sides and
+//! balances *calls*: every call it receives is handed, as it is, to an
+//! [`lb_core::Balancer`], which picks a backend per call with any policy.
+//!
+//! Nothing is decoded: the request and response bodies stream through, so unary and
+//! streaming calls, metadata, trailers (the gRPC status) and deadlines (`grpc-timeout`)
+//! all pass unchanged. The proxy answers `grpc.health.v1.Health` itself (SERVING), so
+//! that it can be health-checked like any gRPC server.
+//!
+//! ```text
+//!  client ──one connection──▶ lb-proxy ──per call──▶ Balancer ──▶ backend 1, 2, 3
+//! ```
+#![forbid(unsafe_code)]
+
+use std::{
+    net::SocketAddr,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use lb_core::Balancer;
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tonic::{
+    body::Body,
+    transport::{Server, server::TcpIncoming},
+};
+use tower::Service;
+use tracing::info;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The listen address is taken or not allowed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The proxy failed while serving.
+    #[error("proxy on {addr} failed: {source}")]
+    Serve {
+        /// The proxy's address.
+        addr: SocketAddr,
+        /// What tonic said.
+        source: tonic::transport::Error,
+    },
+}
+
+/// The proxy as a `tower::Service`: its own health service for
+/// `/grpc.health.v1.Health/*`, the balancer for everything else.
+#[derive(Clone)]
+pub struct Proxy<H> {
+    balancer: Balancer,
+    health: H,
+}
+
+impl<H> Proxy<H> {
+    /// A proxy forwarding to `balancer` and answering health with `health`.
+    pub fn new(balancer: Balancer, health: H) -> Self {
+        Self { balancer, health }
+    }
+}
+
+/// The path prefix of the health service, which the proxy answers itself.
+const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
+
+impl<H> Service<http::Request<Body>> for Proxy<H>
+where
+    H: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    H::Future: Send + 'static,
+    H::Error: Send,
+{
+    type Response = http::Response<Body>;
+    type Error = H::Error;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, H::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), H::Error>> {
+        // Both inner services are always ready (the balancer by design, tonic's
+        // generated servers likewise); readiness is checked per call below.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if request.uri().path().starts_with(HEALTH_PREFIX) {
+            let mut health = self.health.clone();
+            return Box::pin(async move {
+                futures::future::poll_fn(|cx| health.poll_ready(cx)).await?;
+                health.call(request).await
+            });
+        }
+        let call = self.balancer.call(request);
+        Box::pin(async move {
+            Ok(match call.await {
+                // The backend's answer, streamed through as it is.
+                Ok(response) => response.map(Body::new),
+                // No backend could take it: a gRPC error naming why, as a
+                // trailers-only response, so the client sees a proper status.
+                Err(status) => status.into_http(),
+            })
+        })
+    }
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Running {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    /// The address the proxy listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets calls in flight finish, and returns.
+    pub async fn shutdown(self) -> Result<(), ProxyError> {
+        self.stop.send_replace(true);
+        self.wait().await
+    }
+
+    /// Waits until the proxy stops.
+    pub async fn wait(self) -> Result<(), ProxyError> {
+        match self.task.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(ProxyError::Serve {
+                addr: self.addr,
+                source,
+            }),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Listens on `addr` (port 0: any free port) and forwards every call through
+/// `balancer`.
+pub async fn spawn(addr: SocketAddr, balancer: Balancer) -> Result<Running, ProxyError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ProxyError::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ProxyError::Bind { addr, source })?;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let health = tonic::service::Routes::new(health);
+    let proxy = Proxy::new(balancer, RoutesBody(health));
+    let (stop, mut stopped) = watch::channel(false);
+    info!(%addr, "lb-proxy listening: every call is balanced over the backends");
+    let task = tokio::spawn(async move {
+        let _reporter = reporter; // Keeps the health status alive while serving.
+        Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .serve_with_incoming_shutdown(
+                proxy,
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async move {
+                    let _ = stopped.wait_for(|&stop| stop).await;
+                },
+            )
+            .await
+    });
+    Ok(Running { addr, stop, task })
+}
+
+/// tonic's `Routes` (here: the health service) with its error type made concrete.
+#[derive(Clone)]
+pub struct RoutesBody(tonic::service::Routes);
+
+impl Service<http::Request<Body>> for RoutesBody {
+    type Response = http::Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        <tonic::service::Routes as Service<http::Request<Body>>>::poll_ready(&mut self.0, cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let call =
+            <tonic::service::Routes as Service<http::Request<Body>>>::call(&mut self.0, request);
+        Box::pin(call)
+    }
+}

@@ -1,0 +1,92 @@
+//! `lb-proxy`: a gRPC proxy that balances every call it receives over the backends.
+//!
+//! ```text
+//! lb-proxy --listen 127.0.0.1:50050 --backends 127.0.0.1:50051,127.0.0.1:50052 --policy least_request
+//! python client.py   # pointed at 127.0.0.1:50050: its calls now spread over both servers
+//! ```
+//!
+//! Exit codes: 0 after Ctrl-C/SIGTERM, 1 on a runtime failure, 2 for a usage error.
+
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
+
+use clap::Parser;
+use lb_core::{Balancer, Policy, RetryPolicy, resolver::Target};
+use tracing::info;
+
+/// Accepts any gRPC call on one address and forwards it, unchanged, to one of the
+/// backends, picked per call by a load-balancing policy.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address to listen on (loopback unless told otherwise).
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    listen: SocketAddr,
+
+    /// Backends: comma-separated host:port[=weight], or file:///path/endpoints.json.
+    #[arg(long, value_name = "HOST:PORT[=W],...|file:///PATH")]
+    backends: Target,
+
+    /// Policy name (round_robin, least_request, peak_ewma, ...) or service-config JSON.
+    #[arg(long, default_value = "round_robin")]
+    policy: Policy,
+
+    /// Attempts per call for calls that failed before reaching a backend (1 = none).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=5))]
+    max_attempts: u32,
+
+    /// Do not watch the backends' grpc.health.v1.Health.
+    #[arg(long)]
+    no_health_check: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("lb-proxy: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let updates = match args.backends.resolve() {
+        Ok(updates) => updates,
+        Err(err) => {
+            eprintln!("error: {err}");
+            std::process::exit(2);
+        }
+    };
+    let initial = updates.borrow().clone();
+    let balancer = Balancer::builder(initial)
+        .policy(args.policy)
+        .retry(RetryPolicy {
+            max_attempts: args.max_attempts,
+            ..RetryPolicy::default()
+        })
+        .health_check((!args.no_health_check).then_some(""))
+        .build()?;
+    if matches!(args.backends, Target::File(_)) {
+        balancer.follow(updates);
+    }
+    balancer.wait_settled(Duration::from_secs(5)).await;
+    let proxy = lb_proxy::spawn(args.listen, balancer).await?;
+    tokio::signal::ctrl_c().await?;
+    info!("shutting down: no new connections, finishing calls in flight");
+    proxy.shutdown().await?;
+    Ok(())
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,138 @@
+//! The proxy end to end: a plain tonic client with one channel to the proxy, real
+//! backends behind it.
+
+use std::time::Duration;
+
+use greeter_proto::{HelloRequest, MyServiceClient};
+use greeter_server::Config;
+use lb_core::{Balancer, Endpoint, Policy};
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+async fn proxy_over(endpoints: Vec<Endpoint>, policy: Policy) -> (lb_proxy::Running, Channel) {
+    let balancer = Balancer::builder(endpoints)
+        .policy(policy)
+        .seed(31)
+        .build()
+        .expect("builds");
+    balancer.wait_settled(Duration::from_secs(5)).await;
+    let proxy = lb_proxy::spawn("127.0.0.1:0".parse().expect("addr"), balancer)
+        .await
+        .expect("the proxy starts");
+    let channel = Channel::from_shared(format!("http://{}", proxy.addr()))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connects");
+    (proxy, channel)
+}
+
+fn endpoints_of(servers: &greeter_server::Servers) -> Vec<Endpoint> {
+    servers
+        .addrs()
+        .iter()
+        .map(|a| a.to_string().parse().expect("valid"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_channel_to_the_proxy_is_balanced_per_call() {
+    let servers = greeter_server::spawn(Config::on_ports(&[0, 0, 0]))
+        .await
+        .expect("start");
+    let endpoints = endpoints_of(&servers);
+    let (proxy, channel) = proxy_over(endpoints.clone(), Policy::RoundRobin).await;
+    let mut client = MyServiceClient::new(channel.clone());
+    let mut counts = std::collections::HashMap::new();
+    for i in 0..300 {
+        let response = client
+            .say_hello(HelloRequest {
+                name: format!("{i}"),
+            })
+            .await
+            .expect("answered through the proxy");
+        let served_by = response.metadata().get("x-served-by").cloned();
+        let served_by = served_by
+            .and_then(|v| v.to_str().ok().map(String::from))
+            .unwrap_or_default();
+        assert_eq!(response.into_inner().message, format!("Hello, {i}!"));
+        *counts.entry(served_by).or_insert(0) += 1;
+    }
+    for endpoint in &endpoints {
+        assert_eq!(counts.get(&endpoint.to_string()), Some(&100), "{counts:?}");
+    }
+
+    // The proxy answers its own health, streaming Watch included.
+    let mut health = HealthClient::new(channel);
+    let status = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health answers")
+        .into_inner()
+        .status();
+    assert_eq!(status, ServingStatus::Serving);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch opens")
+        .into_inner();
+    let first = watch
+        .message()
+        .await
+        .expect("a message")
+        .expect("not the end");
+    assert_eq!(first.status(), ServingStatus::Serving);
+    drop(watch);
+
+    proxy.shutdown().await.expect("clean shutdown");
+    servers.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_and_errors_pass_through_unchanged() {
+    let failing = greeter_server::spawn(Config::on_ports(&[0]).with_error_rate(1.0))
+        .await
+        .expect("start");
+    let (proxy, channel) = proxy_over(endpoints_of(&failing), Policy::RoundRobin).await;
+
+    // A backend's error status and message reach the caller as they were.
+    let status = MyServiceClient::new(channel.clone())
+        .say_hello(HelloRequest { name: "x".into() })
+        .await
+        .expect_err("the backend fails every call");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(status.message(), "injected failure (--error-rate 1)");
+
+    // A bidirectional stream (server reflection) goes through to the backend.
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .expect("a message")
+        .expect("not the end");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("expected a service list");
+    };
+    assert!(list.service.iter().any(|s| s.name == "example.MyService"));
+
+    proxy.shutdown().await.expect("clean shutdown");
+    failing.shutdown().await.expect("clean shutdown");
+}
