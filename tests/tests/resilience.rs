@@ -522,3 +522,56 @@ async fn reconnect_attempts_follow_the_backoff_in_paused_time() {
     let seconds: Vec<u128> = attempts.iter().map(|ms| (ms + 50) / 1000).collect();
     assert_eq!(seconds, [0, 1, 3, 7, 11], "attempt times {attempts:?} ms");
 }
+
+/// The same through lb-proxy: a client with one plain channel to the proxy loses no
+/// call when a backend behind it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_killed_behind_the_proxy_costs_no_call() {
+    let mut servers = three_killable().await;
+    let endpoints: Vec<Endpoint> = servers.iter().map(Killable::endpoint).collect();
+    let balancer = fast_reconnects(Balancer::builder(endpoints))
+        .seed(19)
+        .build()
+        .expect("builds");
+    balancer.wait_settled(Duration::from_secs(5)).await;
+    let proxy = lb_proxy::spawn("127.0.0.1:0".parse().expect("addr"), balancer.clone())
+        .await
+        .expect("the proxy starts");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", proxy.addr()))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connects");
+
+    let start = Instant::now();
+    let failures = Arc::new(AtomicU64::new(0));
+    let ok = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let mut client = MyServiceClient::new(channel.clone());
+            let (failures, ok) = (failures.clone(), ok.clone());
+            tokio::spawn(async move {
+                while start.elapsed() < Duration::from_secs(3) {
+                    match client.say_hello(HelloRequest { name: "p".into() }).await {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(status) => {
+                            println!("failed: {status:?}");
+                            failures.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep_until(start + Duration::from_secs(1)).await;
+    servers[2].kill();
+    finish(tasks).await;
+    println!(
+        "{} ok through the proxy, {} retried",
+        ok.load(Ordering::Relaxed),
+        balancer.retries()
+    );
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    assert!(ok.load(Ordering::Relaxed) > 0);
+    proxy.shutdown().await.expect("clean shutdown");
+}
