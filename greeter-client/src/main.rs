@@ -55,8 +55,9 @@ enum Command {
 /// `--servers`, shared by every subcommand.
 #[derive(Args, Debug)]
 struct Servers {
-    /// Servers to call: comma-separated host:port[=weight] (IPv6 as [::1]:50051), or
-    /// file:///path/endpoints.json, a JSON list that is watched for changes.
+    /// Servers to call: comma-separated host:port[=weight] (IPv6 as [::1]:50051);
+    /// file:///path/endpoints.json, a JSON list that is watched for changes; or
+    /// dns:///name:port (dns://dns-server:port/name:port), re-resolved every 30 s.
     #[arg(
         long = "servers",
         required = true,
@@ -71,15 +72,15 @@ struct Servers {
 type Resolved = (Vec<Endpoint>, Option<watch::Receiver<Vec<Endpoint>>>);
 
 impl Servers {
-    /// The endpoints now, and their changes (for a watched file).
-    fn resolve(&self) -> anyhow::Result<Resolved> {
+    /// The endpoints now, and their changes (for a watched file or DNS).
+    async fn resolve(&self) -> anyhow::Result<Resolved> {
         let Some(target) = &self.target else {
             return Err(usage("--servers is required".into()));
         };
         // A file that cannot be read is a mistake in the arguments: exit code 2.
-        let updates = target.resolve().map_err(|e| usage(e.to_string()))?;
+        let updates = target.resolve().await.map_err(|e| usage(e.to_string()))?;
         let now = updates.borrow().clone();
-        let follow = matches!(target, Target::File(_)).then_some(updates);
+        let follow = (!matches!(target, Target::Static(_))).then_some(updates);
         Ok((now, follow))
     }
 }
@@ -312,7 +313,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
-    let (servers, updates) = args.servers.resolve()?;
+    let (servers, updates) = args.servers.resolve().await?;
     let mut spec = args.workload.spec(servers, args.policy);
     spec.explain = args.explain;
     spec.updates = updates;
@@ -331,7 +332,7 @@ async fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.policies
     };
-    let (servers, updates) = args.servers.resolve()?;
+    let (servers, updates) = args.servers.resolve().await?;
     let mut spec = args.workload.spec(servers, Policy::RoundRobin);
     spec.updates = updates;
     let reports = greeter_client::load::compare(&spec, &policies).await?;
@@ -435,7 +436,7 @@ fn exit_code(ok: bool) -> ExitCode {
 
 async fn run_health(args: HealthArgs) -> anyhow::Result<ExitCode> {
     // Concurrently, so that --wait bounds the whole command, not each server in turn.
-    let (servers, _) = args.servers.resolve()?;
+    let (servers, _) = args.servers.resolve().await?;
     let checks = servers
         .iter()
         .map(|endpoint| health::wait_serving(endpoint, args.wait));

@@ -9,6 +9,12 @@
 //! |---|---|
 //! | `127.0.0.1:50051,127.0.0.1:50052` or `static:127.0.0.1:50051,...` | a fixed list |
 //! | `file:///etc/greeter/endpoints.json` | a JSON file, watched: edits apply within a second |
+//! | `dns:///greeter.default.svc:50051` | the name's A/AAAA records, re-resolved every 30 s |
+//! | `dns://127.0.0.1:5353/greeter.test:50051` | the same, asking that DNS server |
+//!
+//! DNS is how a Kubernetes *headless* Service is balanced: its name resolves to every
+//! ready pod's address, and re-resolving picks up pods as they come and go. Add
+//! `?refresh=5s` to re-resolve more often (never more often than once a second).
 //!
 //! The file holds `{"endpoints": ["127.0.0.1:50051", "127.0.0.1:50052=3"]}` (or just the
 //! list). A malformed edit is logged with the file's name and the line of the mistake,
@@ -21,10 +27,13 @@
 //! assert!(matches!(target, Target::Static(ref list) if list.len() == 2));
 //! let target: Target = "file:///etc/greeter/endpoints.json".parse().unwrap();
 //! assert!(matches!(target, Target::File(_)));
-//! assert!("dns:///greeter:50051".parse::<Target>().is_err()); // not yet
+//! let target: Target = "dns:///greeter.local:50051".parse().unwrap();
+//! assert!(matches!(target, Target::Dns { port: 50051, .. }));
+//! assert!("etcd://127.0.0.1:2379/greeter".parse::<Target>().is_err()); // not yet
 //! ```
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     str::FromStr,
     time::{Duration, SystemTime},
@@ -45,7 +54,24 @@ pub enum Target {
     Static(Vec<Endpoint>),
     /// A JSON file, re-read whenever it changes.
     File(PathBuf),
+    /// A DNS name's addresses, with one port, re-resolved every `refresh`.
+    Dns {
+        /// The name to resolve.
+        host: String,
+        /// The port every address serves on.
+        port: u16,
+        /// The DNS server to ask (`None`: the system's).
+        server: Option<SocketAddr>,
+        /// How often to resolve again.
+        refresh: Duration,
+    },
 }
+
+/// How often a DNS target is re-resolved unless told otherwise (as gRPC does).
+pub const DNS_REFRESH: Duration = Duration::from_secs(30);
+/// The shortest re-resolution interval allowed, so that a fleet of clients cannot
+/// flood its DNS server. (Tests use their own resolver settings, not this.)
+pub const DNS_MIN_REFRESH: Duration = Duration::from_millis(100);
 
 impl FromStr for Target {
     type Err = Error;
@@ -67,13 +93,50 @@ impl FromStr for Target {
             }
             return Ok(Self::File(PathBuf::from(rest)));
         }
+        if let Some(rest) = text.strip_prefix("dns://") {
+            return parse_dns(rest).map_err(invalid);
+        }
         if let Some((scheme, _)) = text.split_once("://") {
             return Err(invalid(format!(
-                "no resolver for `{scheme}:` (supported: a host:port list, static:, file://)"
+                "no resolver for `{scheme}:` (supported: a host:port list, static:, file://, dns://)"
             )));
         }
         Ok(Self::Static(parse_endpoint_list(text)?))
     }
+}
+
+/// `[server]/host:port[?refresh=DURATION]`, after `dns://`.
+fn parse_dns(rest: &str) -> Result<Target, String> {
+    let usage = "expected dns:///host:port or dns://dns-server:port/host:port";
+    let (authority, name) = rest.split_once('/').ok_or(usage)?;
+    let (name, query) = name.split_once('?').unwrap_or((name, ""));
+    let server = if authority.is_empty() {
+        None
+    } else {
+        Some(
+            authority
+                .parse::<SocketAddr>()
+                .map_err(|_| format!("DNS server `{authority}` is not ip:port"))?,
+        )
+    };
+    let endpoint: Endpoint = name.parse().map_err(|e: Error| e.to_string())?;
+    let mut refresh = DNS_REFRESH;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("refresh", value)) => {
+                refresh = humantime::parse_duration(value)
+                    .map_err(|e| format!("refresh `{value}`: {e}"))?
+                    .max(DNS_MIN_REFRESH);
+            }
+            _ => return Err(format!("unknown option `{pair}` (known: refresh=DURATION)")),
+        }
+    }
+    Ok(Target::Dns {
+        host: endpoint.host().to_string(),
+        port: endpoint.port(),
+        server,
+        refresh,
+    })
 }
 
 impl Target {
@@ -81,7 +144,7 @@ impl Target {
     /// change (a background task watches a file). Fails if the first read fails.
     ///
     /// Must be called inside a Tokio runtime when the target is a file.
-    pub fn resolve(&self) -> Result<watch::Receiver<Vec<Endpoint>>, Error> {
+    pub async fn resolve(&self) -> Result<watch::Receiver<Vec<Endpoint>>, Error> {
         match self {
             Self::Static(list) => Ok(watch::channel(list.clone()).1),
             Self::File(path) => {
@@ -90,6 +153,101 @@ impl Target {
                 tokio::spawn(watch_file(path.clone(), tx));
                 Ok(rx)
             }
+            Self::Dns {
+                host,
+                port,
+                server,
+                refresh,
+            } => {
+                let resolver = dns_resolver(*server).map_err(|reason| Error::InvalidTarget {
+                    target: format!("dns:///{host}:{port}"),
+                    reason,
+                })?;
+                let endpoints = lookup(&resolver, host, *port).await?;
+                let (tx, rx) = watch::channel(endpoints);
+                tokio::spawn(watch_dns(resolver, host.clone(), *port, *refresh, tx));
+                Ok(rx)
+            }
+        }
+    }
+}
+
+type DnsResolver = hickory_resolver::Resolver<hickory_resolver::net::runtime::TokioRuntimeProvider>;
+
+/// A resolver asking `server` (or the system's servers), without a cache: every
+/// re-resolution must see the records as they are now.
+fn dns_resolver(server: Option<SocketAddr>) -> Result<DnsResolver, String> {
+    use hickory_resolver::{
+        Resolver,
+        config::{NameServerConfig, ResolverConfig},
+        net::runtime::TokioRuntimeProvider,
+    };
+    let mut builder = match server {
+        Some(server) => {
+            let mut name_server = NameServerConfig::udp(server.ip());
+            for connection in &mut name_server.connections {
+                connection.port = server.port();
+            }
+            Resolver::builder_with_config(
+                ResolverConfig::from_name_servers(vec![name_server]),
+                TokioRuntimeProvider::new(),
+            )
+        }
+        None => Resolver::builder_tokio().map_err(|e| e.to_string())?,
+    };
+    builder.options_mut().cache_size = 0;
+    builder.options_mut().timeout = Duration::from_secs(2);
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// The addresses of `host`, as endpoints on `port`, sorted so that the order does not
+/// depend on the DNS server's.
+async fn lookup(resolver: &DnsResolver, host: &str, port: u16) -> Result<Vec<Endpoint>, Error> {
+    let failed = |reason: String| Error::InvalidTarget {
+        target: format!("dns:///{host}:{port}"),
+        reason,
+    };
+    let ips = resolver
+        .lookup_ip(host)
+        .await
+        .map_err(|e| failed(format!("cannot resolve: {e}")))?;
+    let mut endpoints: Vec<Endpoint> = ips
+        .iter()
+        .filter_map(|ip| SocketAddr::new(ip, port).to_string().parse().ok())
+        .collect();
+    endpoints.sort();
+    endpoints.dedup();
+    Ok(endpoints)
+}
+
+/// Resolves `host` again every `refresh`, until nobody listens any more. A failed
+/// lookup keeps the last answer (a DNS hiccup must not empty the fleet).
+async fn watch_dns(
+    resolver: DnsResolver,
+    host: String,
+    port: u16,
+    refresh: Duration,
+    tx: watch::Sender<Vec<Endpoint>>,
+) {
+    let mut ticks = tokio::time::interval(refresh);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = tx.closed() => return,
+        }
+        match lookup(&resolver, &host, port).await {
+            Ok(endpoints) => {
+                if tx.send_if_modified(|current| {
+                    let changed = *current != endpoints;
+                    *current = endpoints.clone();
+                    changed
+                }) {
+                    let list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+                    info!(%host, endpoints = %list.join(","), "DNS answer changed");
+                }
+            }
+            Err(err) => warn!("{err}; keeping the last answer"),
         }
     }
 }
@@ -181,6 +339,21 @@ mod tests {
             "static:127.0.0.1:1".parse::<Target>().unwrap(),
             Target::Static(vec!["127.0.0.1:1".parse().unwrap()])
         );
+        assert_eq!(
+            "dns://127.0.0.1:5353/greeter.test:50051?refresh=200ms"
+                .parse::<Target>()
+                .unwrap(),
+            Target::Dns {
+                host: "greeter.test".into(),
+                port: 50051,
+                server: Some("127.0.0.1:5353".parse().unwrap()),
+                refresh: Duration::from_millis(200),
+            }
+        );
+        let err = "dns:///greeter".parse::<Target>().unwrap_err();
+        assert!(err.to_string().contains("missing port"), "{err}");
+        let err = "dns://nope/greeter:1".parse::<Target>().unwrap_err();
+        assert!(err.to_string().contains("DNS server `nope`"), "{err}");
         let err = "etcd://127.0.0.1:2379/greeter"
             .parse::<Target>()
             .unwrap_err();

@@ -22,7 +22,8 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:50050")]
     listen: SocketAddr,
 
-    /// Backends: comma-separated host:port[=weight], or file:///path/endpoints.json.
+    /// Backends: comma-separated host:port[=weight], file:///path/endpoints.json, or
+    /// dns:///name:port.
     #[arg(long, value_name = "HOST:PORT[=W],...|file:///PATH")]
     backends: Target,
 
@@ -53,7 +54,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let updates = match args.backends.resolve() {
+    let updates = match args.backends.resolve().await {
         Ok(updates) => updates,
         Err(err) => {
             eprintln!("error: {err}");
@@ -69,7 +70,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })
         .health_check((!args.no_health_check).then_some(""))
         .build()?;
-    if matches!(args.backends, Target::File(_)) {
+    if !matches!(args.backends, Target::Static(_)) {
         balancer.follow(updates);
     }
     balancer.wait_settled(Duration::from_secs(5)).await;

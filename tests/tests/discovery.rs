@@ -43,7 +43,7 @@ async fn a_watched_file_adds_and_removes_servers_and_a_broken_edit_changes_nothi
     std::fs::write(&path, json(&[&endpoints[0], &endpoints[1]])).expect("written");
 
     let target: Target = format!("file://{}", path.display()).parse().expect("valid");
-    let updates = target.resolve().expect("the file reads");
+    let updates = target.resolve().await.expect("the file reads");
     let balancer = Balancer::builder(updates.borrow().clone())
         .seed(21)
         .build()
@@ -94,4 +94,115 @@ async fn a_watched_file_adds_and_removes_servers_and_a_broken_edit_changes_nothi
     }
     servers.shutdown().await.expect("clean shutdown");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A tiny DNS server on loopback for tests: answers A queries for any name with the
+/// addresses in `answer` (AAAA and everything else: no records).
+async fn dns_server(
+    answer: std::sync::Arc<std::sync::Mutex<Vec<std::net::Ipv4Addr>>>,
+) -> std::net::SocketAddr {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+            let query = &buf[..len];
+            // Header (12 bytes), then the question: labels up to a 0, type, class.
+            let Some(end) = query[12..].iter().position(|&b| b == 0).map(|z| 12 + z + 5) else {
+                continue;
+            };
+            if end > len {
+                continue;
+            }
+            let qtype = u16::from_be_bytes([query[end - 4], query[end - 3]]);
+            let addresses = if qtype == 1 {
+                answer.lock().expect("not poisoned").clone()
+            } else {
+                Vec::new()
+            };
+            let mut reply = Vec::with_capacity(512);
+            reply.extend_from_slice(&query[..2]); // the query's id
+            reply.extend_from_slice(&[0x81, 0x80]); // a response, recursion available
+            reply.extend_from_slice(&[0, 1]); // one question
+            reply.extend_from_slice(&(addresses.len() as u16).to_be_bytes());
+            reply.extend_from_slice(&[0, 0, 0, 0]); // no authority, no additional
+            reply.extend_from_slice(&query[12..end]);
+            for ip in addresses {
+                reply.extend_from_slice(&[0xC0, 0x0C, 0, 1, 0, 1]); // the name, A, IN
+                reply.extend_from_slice(&0u32.to_be_bytes()); // TTL 0: ask again
+                reply.extend_from_slice(&[0, 4]);
+                reply.extend_from_slice(&ip.octets());
+            }
+            let _ = socket.send_to(&reply, from).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_re_resolution_adds_and_removes_servers_without_a_restart() {
+    use std::net::{IpAddr, Ipv4Addr};
+    // Three servers on the same port of three loopback addresses, as pods behind a
+    // headless Service would be.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let ips = [
+        Ipv4Addr::new(127, 0, 0, 1),
+        Ipv4Addr::new(127, 0, 0, 2),
+        Ipv4Addr::new(127, 0, 0, 3),
+    ];
+    let mut servers = Vec::new();
+    for ip in ips {
+        let mut config = Config::on_ports(&[port]);
+        config.host = IpAddr::V4(ip);
+        servers.push(greeter_server::spawn(config).await.expect("start"));
+    }
+    let answer = std::sync::Arc::new(std::sync::Mutex::new(vec![ips[0], ips[1]]));
+    let dns = dns_server(answer.clone()).await;
+
+    let target: Target = format!("dns://{dns}/greeter.test:{port}?refresh=200ms")
+        .parse()
+        .expect("valid");
+    let updates = target.resolve().await.expect("resolves");
+    assert_eq!(updates.borrow().len(), 2);
+    let balancer = Balancer::builder(updates.borrow().clone())
+        .seed(22)
+        .build()
+        .expect("builds");
+    balancer.follow(updates);
+    balancer.wait_settled(Duration::from_secs(5)).await;
+    let mut client = MyServiceClient::new(balancer.clone());
+    let third = format!("127.0.0.3:{port}");
+
+    // The name now has a third address: calls reach it after re-resolution.
+    answer.lock().expect("not poisoned").push(ips[2]);
+    let changed = Instant::now();
+    while served_by(&mut client).await != third {
+        assert!(
+            changed.elapsed() < Duration::from_secs(3),
+            "not reached within 3 s"
+        );
+        tokio::task::yield_now().await;
+    }
+
+    // The first address leaves DNS: it gets no new calls.
+    answer.lock().expect("not poisoned").remove(0);
+    let mut changes = balancer.changes();
+    while balancer.endpoints().len() != 2 {
+        tokio::time::timeout(Duration::from_secs(3), changes.changed())
+            .await
+            .expect("removed within 3 s")
+            .expect("balancer alive");
+    }
+    let first = format!("127.0.0.1:{port}");
+    for _ in 0..20 {
+        assert_ne!(served_by(&mut client).await, first);
+    }
+    for server in servers {
+        server.shutdown().await.expect("clean shutdown");
+    }
 }
