@@ -11,7 +11,7 @@
 //! ```text
 //!  resolver ──────▶ Balancer ──(snapshot of READY endpoints)──▶ Picker
 //!  (resolver.rs)     (balancer/)                                 (policy/*.rs)
-//!  list or file      one connection per endpoint, health,        pure and synchronous:
+//!  list, file, DNS   one connection per endpoint, health,        pure and synchronous:
 //!                    in-flight counts, retries, ejection         pick(&endpoints, ctx) -> index
 //! ```
 //!
@@ -27,7 +27,7 @@
 //!   endpoint in errors.
 //! - [`latency`] and [`clock`]: the peak-EWMA latency estimate `peak_ewma` reads.
 //! - [`backoff`]: gRPC's connection backoff, used when reconnecting.
-//! - [`resolver`]: target URIs (`host:port` lists, watched files) and the endpoint
+//! - [`resolver`]: target URIs (`host:port` lists, watched files, DNS) and the endpoint
 //!   changes they produce, which the balancer follows.
 //!
 //! # Example: a balanced client

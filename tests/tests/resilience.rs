@@ -381,9 +381,9 @@ async fn a_failing_server_is_ejected_but_never_more_than_half_the_fleet() {
     watcher.abort();
     let ejections: u64 = balancer.endpoints().iter().map(|s| s.ejections).sum();
     assert!(ejections >= 1, "failing servers were ejected");
-    assert_eq!(
-        most_ejected.load(Ordering::Relaxed),
-        1,
+    let ejected_now = balancer.endpoints().iter().filter(|s| s.ejected).count() as u64;
+    assert!(
+        most_ejected.load(Ordering::Relaxed).max(ejected_now) <= 1,
         "never more than 1 of 3 at once"
     );
     all_bad.shutdown().await.expect("clean shutdown");
