@@ -487,10 +487,12 @@ impl Shared {
                         Some(_) => {
                             // A failure all the same, only not retried this time.
                             self.budget.on_failure();
+                            body.commit();
                             return Ok(response);
                         }
                         None => {
                             self.budget.on_success();
+                            body.commit();
                             return Ok(response);
                         }
                     }

@@ -22,13 +22,21 @@
 //! - **The call's deadline**: a retry only goes out if time is left, and carries what is
 //!   left as its `grpc-timeout`.
 //!
-//! Only a request whose body is complete when the call starts (every unary call, and a
-//! client stream already sent) can be replayed; a body still streaming goes out once.
+//! A request whose body is complete when the call starts (every unary call from a
+//! tonic client) is kept whole and each attempt sends a copy. A body still streaming
+//! when the call starts (a client stream, or a call relayed by lb-proxy whose frames
+//! are still arriving) is *recorded* as it is sent, as gRPC's retry buffer does: a
+//! retry sends what was recorded and then goes on reading the caller's stream. Once
+//! the body outgrows [`RetryPolicy::max_replay_bytes`] or a response arrives, the
+//! recording is dropped and the call is committed to its endpoint.
 
 use std::{
     collections::VecDeque,
     pin::Pin,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -120,17 +128,21 @@ impl RetryBudget {
     }
 }
 
-/// A request body, kept whole for replay or passed through once.
+/// A request body, kept for replay or passed through once.
 pub(crate) enum RequestBody {
-    /// Complete: every attempt sends a copy.
+    /// Complete when the call started: every attempt sends a copy.
     Replayable(Vec<Bytes>, Option<http::HeaderMap>),
-    /// Still streaming: sent once, what was read first going first.
+    /// Still streaming when the call started: recorded as it is sent, so that a retry
+    /// can send what was sent before and then go on with the rest.
+    Recording(Arc<Mutex<Recording>>),
+    /// Too big to keep: sent once, what was read first going first.
     Streaming(Body),
 }
 
 impl RequestBody {
     /// Reads what `body` has ready *now*. A body that ends without waiting (and fits
-    /// `limit`) is replayable; one that would have to wait is a stream.
+    /// `limit`) is replayable as it is; one that would have to wait is recorded while
+    /// it streams, up to `limit` bytes.
     pub(crate) async fn read(mut body: Body, limit: usize) -> Result<Self, Status> {
         let mut chunks = Vec::new();
         let mut size = 0;
@@ -157,23 +169,157 @@ impl RequestBody {
                         return Ok(Self::Streaming(prefixed(chunks, trailers, body)));
                     }
                 },
-                Poll::Pending => return Ok(Self::Streaming(prefixed(chunks, None, body))),
+                Poll::Pending => {
+                    return Ok(Self::Recording(Arc::new(Mutex::new(Recording {
+                        source: body,
+                        chunks,
+                        size,
+                        limit,
+                        trailers: None,
+                        ended: false,
+                        kept: true,
+                        attempt: 0,
+                    }))));
+                }
             }
         }
     }
 
-    /// The body for one attempt: a copy if replayable, else the stream (once).
+    /// The body for one attempt: a copy if replayable, a replay of the recording, or
+    /// the stream (once).
     pub(crate) fn attempt(&mut self) -> Option<Body> {
         match self {
             Self::Replayable(chunks, trailers) => {
                 Some(prefixed(chunks.clone(), trailers.clone(), Body::empty()))
+            }
+            Self::Recording(recording) => {
+                let mut r = lock(recording);
+                if r.attempt > 0 && !r.kept {
+                    return None;
+                }
+                // From now on only this attempt reads the rest of the caller's body.
+                r.attempt += 1;
+                Some(Body::new(Replay {
+                    recording: recording.clone(),
+                    attempt: r.attempt,
+                    next: 0,
+                    trailers_sent: false,
+                }))
             }
             Self::Streaming(body) => Some(std::mem::take(body)),
         }
     }
 
     pub(crate) fn is_replayable(&self) -> bool {
-        matches!(self, Self::Replayable(..))
+        match self {
+            Self::Replayable(..) => true,
+            Self::Recording(recording) => lock(recording).kept,
+            Self::Streaming(_) => false,
+        }
+    }
+
+    /// A response has arrived: the call will not be retried, so the recording can go.
+    pub(crate) fn commit(&mut self) {
+        if let Self::Recording(recording) = self {
+            let mut r = lock(recording);
+            r.kept = false;
+            r.chunks = Vec::new();
+            r.trailers = None;
+        }
+    }
+}
+
+/// A streaming request body and what has been read of it, shared by its attempts.
+pub(crate) struct Recording {
+    /// The rest of the caller's body, not read yet.
+    source: Body,
+    /// The data read so far, while `kept`.
+    chunks: Vec<Bytes>,
+    size: usize,
+    limit: usize,
+    trailers: Option<http::HeaderMap>,
+    /// The source has ended.
+    ended: bool,
+    /// Everything read so far is in `chunks`: a new attempt can replay it. Off once
+    /// the body outgrew `limit`, failed, or the call was answered.
+    kept: bool,
+    /// The attempt that reads from the source now; older ones are superseded.
+    attempt: u64,
+}
+
+fn lock(recording: &Mutex<Recording>) -> std::sync::MutexGuard<'_, Recording> {
+    // Nothing in a poll below can panic with the lock held; if it ever did, what
+    // was recorded is still consistent (every update is a single push or flag).
+    recording.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One attempt's view of a [`Recording`]: the recorded chunks first, then the source.
+struct Replay {
+    recording: Arc<Mutex<Recording>>,
+    attempt: u64,
+    /// The next recorded chunk to send.
+    next: usize,
+    trailers_sent: bool,
+}
+
+impl http_body::Body for Replay {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        let mut r = lock(&this.recording);
+        if r.attempt != this.attempt {
+            return Poll::Ready(Some(Err(Status::cancelled(
+                "request superseded by a retry",
+            ))));
+        }
+        if let Some(chunk) = r.chunks.get(this.next) {
+            this.next += 1;
+            return Poll::Ready(Some(Ok(Frame::data(chunk.clone()))));
+        }
+        if r.ended {
+            if !this.trailers_sent
+                && let Some(trailers) = r.trailers.clone()
+            {
+                this.trailers_sent = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
+            return Poll::Ready(None);
+        }
+        let r = &mut *r;
+        match Pin::new(&mut r.source).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                r.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(status))) => {
+                r.kept = false;
+                Poll::Ready(Some(Err(status)))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    r.size += data.len();
+                    if r.kept && r.size <= r.limit {
+                        r.chunks.push(data.clone());
+                        this.next += 1;
+                    } else {
+                        // Too big to keep (or already answered): no more attempts.
+                        r.kept = false;
+                        r.chunks = Vec::new();
+                    }
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    r.trailers = Some(trailers.clone());
+                    r.ended = true;
+                    this.trailers_sent = true;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
     }
 }
 
@@ -263,6 +409,85 @@ mod tests {
         let mut request = RequestBody::read(body, 2).await.unwrap();
         assert!(!request.is_replayable());
         assert_eq!(collect(request.attempt().unwrap()).await, b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_body_still_streaming_is_recorded_and_a_retry_replays_it_then_goes_on() {
+        let (tx, body) = channel_body();
+        let mut request = RequestBody::read(body, 1024).await.unwrap();
+        assert!(matches!(request, RequestBody::Recording(_)));
+        let mut first = request.attempt().unwrap();
+        tx.send(Bytes::from_static(b"one ")).unwrap();
+        assert_eq!(next_data(&mut first).await, b"one ");
+        assert!(request.is_replayable(), "4 bytes are kept");
+
+        // The first attempt fails; the retry sends "one " again, then reads on.
+        let second = request.attempt().unwrap();
+        assert!(
+            futures::future::poll_fn(|cx| Pin::new(&mut first).poll_frame(cx))
+                .await
+                .unwrap()
+                .is_err(),
+            "the superseded attempt reads nothing more"
+        );
+        tx.send(Bytes::from_static(b"two")).unwrap();
+        drop(tx);
+        assert_eq!(collect(second).await, b"one two");
+        let third = request.attempt().unwrap();
+        assert_eq!(
+            collect(third).await,
+            b"one two",
+            "a whole recording replays"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_recording_stops_at_the_limit_and_when_answered() {
+        let (tx, body) = channel_body();
+        let mut request = RequestBody::read(body, 5).await.unwrap();
+        let mut first = request.attempt().unwrap();
+        tx.send(Bytes::from_static(b"abcdef")).unwrap();
+        assert_eq!(next_data(&mut first).await, b"abcdef", "sent all the same");
+        assert!(!request.is_replayable(), "6 bytes are over the limit of 5");
+        assert!(request.attempt().is_none());
+
+        let (tx, body) = channel_body();
+        let mut request = RequestBody::read(body, 1024).await.unwrap();
+        let mut first = request.attempt().unwrap();
+        tx.send(Bytes::from_static(b"abc")).unwrap();
+        assert_eq!(next_data(&mut first).await, b"abc");
+        request.commit();
+        assert!(!request.is_replayable(), "answered: committed");
+        tx.send(Bytes::from_static(b"def")).unwrap();
+        drop(tx);
+        assert_eq!(collect(first).await, b"def", "the stream goes on");
+    }
+
+    /// A body whose chunks arrive when the test sends them, as a relayed stream's do.
+    fn channel_body() -> (tokio::sync::mpsc::UnboundedSender<Bytes>, Body) {
+        struct Channel(tokio::sync::mpsc::UnboundedReceiver<Bytes>);
+        impl http_body::Body for Channel {
+            type Data = Bytes;
+            type Error = Status;
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+                self.0
+                    .poll_recv(cx)
+                    .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+            }
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (tx, Body::new(Channel(rx)))
+    }
+
+    async fn next_data(body: &mut Body) -> Vec<u8> {
+        let frame = futures::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx))
+            .await
+            .unwrap()
+            .unwrap();
+        frame.into_data().unwrap().to_vec()
     }
 
     /// A one-chunk body, ready at once, as a unary tonic request is.
