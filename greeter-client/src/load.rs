@@ -62,7 +62,7 @@ pub struct LoadSpec {
     /// Print one line (or, in a terminal, a fresh table) per second while running.
     pub live: bool,
     /// Changes to the server list while running (from a resolver), if any.
-    pub updates: Option<tokio::sync::watch::Receiver<Vec<Endpoint>>>,
+    pub updates: Option<lb_core::resolver::Resolution>,
 }
 
 impl LoadSpec {

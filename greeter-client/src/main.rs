@@ -20,9 +20,10 @@ use greeter_client::{
     simulate::{BackendSpec, Event, Scenario, simulate},
 };
 use lb_core::{
-    Endpoint, OutlierDetection, Policy, RetryPolicy, balancer::SuccessRate, resolver::Target,
+    Endpoint, OutlierDetection, Policy, RetryPolicy,
+    balancer::SuccessRate,
+    resolver::{Resolution, Target},
 };
-use tokio::sync::watch;
 
 /// Calls example.MyService/SayHello through a client-side load balancer and shows
 /// which server answered each call.
@@ -56,20 +57,26 @@ enum Command {
 #[derive(Args, Debug)]
 struct Servers {
     /// Servers to call: comma-separated host:port[=weight] (IPv6 as [::1]:50051);
-    /// file:///path/endpoints.json, a JSON list that is watched for changes; or
-    /// dns:///name:port (dns://dns-server:port/name:port), re-resolved every 30 s.
+    /// file:///path/endpoints.json, a JSON list that is watched for changes;
+    /// dns:///name:port, re-resolved every 30 s and when a server fails; or
+    /// etcd://host:port/prefix, the servers registered there, watched.
     #[arg(
         long = "servers",
         required = true,
-        value_name = "HOST:PORT[=W],...|file:///PATH"
+        value_name = "HOST:PORT[=W],...|file:///PATH|dns:///NAME:PORT|etcd://HOST:PORT/PREFIX"
     )]
     // An Option only for clap's sake: the top-level arguments are built even when a
     // subcommand is used, and then there is no target to build. Parsing requires it.
     target: Option<Target>,
+
+    /// The DNS server to ask for a dns:/// target (default: the system's), e.g.
+    /// 127.0.0.1:5353.
+    #[arg(long, value_name = "IP:PORT")]
+    dns_server: Option<std::net::SocketAddr>,
 }
 
 /// The endpoints now, and their later changes if the target is watched.
-type Resolved = (Vec<Endpoint>, Option<watch::Receiver<Vec<Endpoint>>>);
+type Resolved = (Vec<Endpoint>, Option<Resolution>);
 
 impl Servers {
     /// The endpoints now, and their changes (for a watched file or DNS).
@@ -77,10 +84,21 @@ impl Servers {
         let Some(target) = &self.target else {
             return Err(usage("--servers is required".into()));
         };
-        // A file that cannot be read is a mistake in the arguments: exit code 2.
-        let updates = target.resolve().await.map_err(|e| usage(e.to_string()))?;
-        let now = updates.borrow().clone();
-        let follow = (!matches!(target, Target::Static(_))).then_some(updates);
+        let target = match self.dns_server {
+            Some(server) => target
+                .clone()
+                .with_dns_server(server)
+                .map_err(|e| usage(e.to_string()))?,
+            None => target.clone(),
+        };
+        let resolution = target.resolve().await.map_err(|e| match e {
+            // etcd out of reach is a failure at run time, not a mistake in the
+            // arguments (a file that cannot be read, a name that does not resolve).
+            lb_core::Error::Discovery { .. } => anyhow::Error::new(e),
+            e => usage(e.to_string()),
+        })?;
+        let now = resolution.endpoints();
+        let follow = (!matches!(target, Target::Static(_))).then_some(resolution);
         Ok((now, follow))
     }
 }

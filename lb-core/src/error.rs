@@ -48,6 +48,14 @@ pub enum Error {
         /// What is wrong, with the line where it can tell.
         reason: String,
     },
+    /// A discovery service (etcd) could not be reached or answered an error.
+    #[error("{target}: {reason}")]
+    Discovery {
+        /// The target, as `etcd://host:port/prefix`.
+        target: String,
+        /// What failed.
+        reason: String,
+    },
     /// The address could not be turned into a tonic endpoint.
     #[error("endpoint {endpoint}: {source}")]
     Transport {

@@ -11,10 +11,17 @@
 //! | `file:///etc/greeter/endpoints.json` | a JSON file, watched: edits apply within a second |
 //! | `dns:///greeter.default.svc:50051` | the name's A/AAAA records, re-resolved every 30 s |
 //! | `dns://127.0.0.1:5353/greeter.test:50051` | the same, asking that DNS server |
+//! | `etcd://127.0.0.1:2379/greeter` | the servers registered under `greeter/` in etcd, watched |
 //!
 //! DNS is how a Kubernetes *headless* Service is balanced: its name resolves to every
 //! ready pod's address, and re-resolving picks up pods as they come and go. Add
-//! `?refresh=5s` to re-resolve more often (never more often than once a second).
+//! `?refresh=5s` to re-resolve more often (at most every 100 ms). A DNS answer can be
+//! stale, so the resolver also looks again *at once* when the balancer sees an
+//! endpoint fail ([`Resolution::resolve_now`], at most once a second): a pod replaced
+//! after a crash is found without waiting for the next refresh.
+//!
+//! etcd pushes instead of being polled: see [`etcd`] for registration with leases and
+//! the watch that follows it.
 //!
 //! The file holds `{"endpoints": ["127.0.0.1:50051", "127.0.0.1:50052=3"]}` (or just the
 //! list). A malformed edit is logged with the file's name and the line of the mistake,
@@ -29,20 +36,25 @@
 //! assert!(matches!(target, Target::File(_)));
 //! let target: Target = "dns:///greeter.local:50051".parse().unwrap();
 //! assert!(matches!(target, Target::Dns { port: 50051, .. }));
-//! assert!("etcd://127.0.0.1:2379/greeter".parse::<Target>().is_err()); // not yet
+//! let target: Target = "etcd://127.0.0.1:2379/greeter".parse().unwrap();
+//! assert!(matches!(target, Target::Etcd(ref etcd) if etcd.prefix == "greeter"));
 //! ```
+
+pub mod etcd;
 
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     str::FromStr,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::{Endpoint, Error, endpoint::parse_endpoint_list};
+pub use etcd::EtcdTarget;
 
 /// How often a watched file is checked for changes.
 pub const FILE_POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -65,7 +77,51 @@ pub enum Target {
         /// How often to resolve again.
         refresh: Duration,
     },
+    /// The servers registered under a prefix in etcd, watched.
+    Etcd(EtcdTarget),
 }
+
+/// What a resolver produces: the endpoints, kept up to date in the background, and a
+/// way to ask it to look again now.
+#[derive(Clone, Debug)]
+pub struct Resolution {
+    endpoints: watch::Receiver<Vec<Endpoint>>,
+    resolve_now: Arc<Notify>,
+}
+
+impl Resolution {
+    /// The endpoints now.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.endpoints.borrow().clone()
+    }
+
+    /// Every change to the endpoints, as a watch channel.
+    pub fn updates(&self) -> watch::Receiver<Vec<Endpoint>> {
+        self.endpoints.clone()
+    }
+
+    /// Asks the resolver to look again now rather than at its next refresh (gRPC's
+    /// `ResolveNow`). The balancer calls it when an endpoint fails. Resolvers that are
+    /// told of changes (a file, etcd) or have none (a static list) ignore it; DNS
+    /// resolves again, at most once a second however often it is asked.
+    pub fn resolve_now(&self) {
+        self.resolve_now.notify_one();
+    }
+}
+
+impl From<watch::Receiver<Vec<Endpoint>>> for Resolution {
+    /// A channel of endpoint lists from elsewhere (your own resolver), with nothing to
+    /// ask again.
+    fn from(endpoints: watch::Receiver<Vec<Endpoint>>) -> Self {
+        Self {
+            endpoints,
+            resolve_now: Arc::new(Notify::new()),
+        }
+    }
+}
+
+/// DNS resolves again on request at most this often.
+pub const DNS_RESOLVE_NOW_MIN: Duration = Duration::from_secs(1);
 
 /// How often a DNS target is re-resolved unless told otherwise (as gRPC does).
 pub const DNS_REFRESH: Duration = Duration::from_secs(30);
@@ -96,9 +152,12 @@ impl FromStr for Target {
         if let Some(rest) = text.strip_prefix("dns://") {
             return parse_dns(rest).map_err(invalid);
         }
+        if let Some(rest) = text.strip_prefix("etcd://") {
+            return EtcdTarget::parse(rest).map(Self::Etcd).map_err(invalid);
+        }
         if let Some((scheme, _)) = text.split_once("://") {
             return Err(invalid(format!(
-                "no resolver for `{scheme}:` (supported: a host:port list, static:, file://, dns://)"
+                "no resolver for `{scheme}:` (supported: a host:port list, static:, file://, dns://, etcd://)"
             )));
         }
         Ok(Self::Static(parse_endpoint_list(text)?))
@@ -140,18 +199,42 @@ fn parse_dns(rest: &str) -> Result<Target, String> {
 }
 
 impl Target {
-    /// Resolves the target: the endpoints now, and a channel carrying every later
-    /// change (a background task watches a file). Fails if the first read fails.
-    ///
-    /// Must be called inside a Tokio runtime when the target is a file.
-    pub async fn resolve(&self) -> Result<watch::Receiver<Vec<Endpoint>>, Error> {
+    /// Points a DNS target at another DNS server (`--dns-server`); an error for other
+    /// targets, which ask no DNS server.
+    pub fn with_dns_server(self, dns_server: SocketAddr) -> Result<Self, Error> {
         match self {
-            Self::Static(list) => Ok(watch::channel(list.clone()).1),
+            Self::Dns {
+                host,
+                port,
+                refresh,
+                ..
+            } => Ok(Self::Dns {
+                host,
+                port,
+                server: Some(dns_server),
+                refresh,
+            }),
+            other => Err(Error::InvalidTarget {
+                target: other.to_string(),
+                reason: "a DNS server applies only to a dns:/// target".into(),
+            }),
+        }
+    }
+
+    /// Resolves the target: the endpoints now, and in the background every later
+    /// change (a file is watched, DNS re-resolved, etcd watched). Fails if the first
+    /// answer cannot be had.
+    ///
+    /// Must be called inside a Tokio runtime.
+    pub async fn resolve(&self) -> Result<Resolution, Error> {
+        let resolve_now = Arc::new(Notify::new());
+        let endpoints = match self {
+            Self::Static(list) => watch::channel(list.clone()).1,
             Self::File(path) => {
                 let endpoints = read_endpoints_file(path)?;
                 let (tx, rx) = watch::channel(endpoints);
                 tokio::spawn(watch_file(path.clone(), tx));
-                Ok(rx)
+                rx
             }
             Self::Dns {
                 host,
@@ -160,14 +243,44 @@ impl Target {
                 refresh,
             } => {
                 let resolver = dns_resolver(*server).map_err(|reason| Error::InvalidTarget {
-                    target: format!("dns:///{host}:{port}"),
+                    target: self.to_string(),
                     reason,
                 })?;
                 let endpoints = lookup(&resolver, host, *port).await?;
                 let (tx, rx) = watch::channel(endpoints);
-                tokio::spawn(watch_dns(resolver, host.clone(), *port, *refresh, tx));
-                Ok(rx)
+                let dns = Dns {
+                    resolver,
+                    host: host.clone(),
+                    port: *port,
+                    refresh: *refresh,
+                };
+                tokio::spawn(dns.watch(tx, resolve_now.clone()));
+                rx
             }
+            Self::Etcd(etcd) => etcd.resolve().await?,
+        };
+        Ok(Resolution {
+            endpoints,
+            resolve_now,
+        })
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Static(list) => {
+                let list: Vec<String> = list.iter().map(ToString::to_string).collect();
+                write!(f, "static:{}", list.join(","))
+            }
+            Self::File(path) => write!(f, "file://{}", path.display()),
+            Self::Dns {
+                host, port, server, ..
+            } => match server {
+                Some(server) => write!(f, "dns://{server}/{host}:{port}"),
+                None => write!(f, "dns:///{host}:{port}"),
+            },
+            Self::Etcd(etcd) => etcd.fmt(f),
         }
     }
 }
@@ -220,34 +333,48 @@ async fn lookup(resolver: &DnsResolver, host: &str, port: u16) -> Result<Vec<End
     Ok(endpoints)
 }
 
-/// Resolves `host` again every `refresh`, until nobody listens any more. A failed
-/// lookup keeps the last answer (a DNS hiccup must not empty the fleet).
-async fn watch_dns(
+/// A DNS name to keep resolving.
+struct Dns {
     resolver: DnsResolver,
     host: String,
     port: u16,
     refresh: Duration,
-    tx: watch::Sender<Vec<Endpoint>>,
-) {
-    let mut ticks = tokio::time::interval(refresh);
-    ticks.tick().await;
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            _ = tx.closed() => return,
-        }
-        match lookup(&resolver, &host, port).await {
-            Ok(endpoints) => {
-                if tx.send_if_modified(|current| {
-                    let changed = *current != endpoints;
-                    *current = endpoints.clone();
-                    changed
-                }) {
-                    let list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
-                    info!(%host, endpoints = %list.join(","), "DNS answer changed");
+}
+
+impl Dns {
+    /// Resolves again every `refresh`, and when asked (at most once a second), until
+    /// nobody listens any more. A failed lookup keeps the last answer (a DNS hiccup must
+    /// not empty the fleet).
+    async fn watch(self, tx: watch::Sender<Vec<Endpoint>>, resolve_now: Arc<Notify>) {
+        let mut ticks = tokio::time::interval(self.refresh);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        let mut last = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = resolve_now.notified() => {
+                    // Asked: look again now, or as soon as the minimum interval allows.
+                    tokio::time::sleep_until(last + DNS_RESOLVE_NOW_MIN).await;
+                    info!(host = %self.host, "resolving again now: an endpoint failed");
+                    ticks.reset();
                 }
+                _ = tx.closed() => return,
             }
-            Err(err) => warn!("{err}; keeping the last answer"),
+            last = tokio::time::Instant::now();
+            match lookup(&self.resolver, &self.host, self.port).await {
+                Ok(endpoints) => {
+                    if tx.send_if_modified(|current| {
+                        let changed = *current != endpoints;
+                        *current = endpoints.clone();
+                        changed
+                    }) {
+                        let list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+                        info!(host = %self.host, endpoints = %list.join(","), "DNS answer changed");
+                    }
+                }
+                Err(err) => warn!("{err}; keeping the last answer"),
+            }
         }
     }
 }
@@ -354,10 +481,15 @@ mod tests {
         assert!(err.to_string().contains("missing port"), "{err}");
         let err = "dns://nope/greeter:1".parse::<Target>().unwrap_err();
         assert!(err.to_string().contains("DNS server `nope`"), "{err}");
-        let err = "etcd://127.0.0.1:2379/greeter"
+        let err = "consul://127.0.0.1:8500/greeter"
             .parse::<Target>()
             .unwrap_err();
-        assert!(err.to_string().contains("no resolver for `etcd:`"), "{err}");
+        assert!(
+            err.to_string().contains("no resolver for `consul:`"),
+            "{err}"
+        );
+        let err = "etcd://127.0.0.1:2379".parse::<Target>().unwrap_err();
+        assert!(err.to_string().contains("etcd://host:port/prefix"), "{err}");
         let err = "file://relative.json".parse::<Target>().unwrap_err();
         assert!(err.to_string().contains("absolute path"), "{err}");
         let err = "127.0.0.1:1,oops".parse::<Target>().unwrap_err();

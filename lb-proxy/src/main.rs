@@ -22,10 +22,17 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:50050")]
     listen: SocketAddr,
 
-    /// Backends: comma-separated host:port[=weight], file:///path/endpoints.json, or
-    /// dns:///name:port.
-    #[arg(long, value_name = "HOST:PORT[=W],...|file:///PATH")]
+    /// Backends: comma-separated host:port[=weight], file:///path/endpoints.json,
+    /// dns:///name:port, or etcd://host:port/prefix.
+    #[arg(
+        long,
+        value_name = "HOST:PORT[=W],...|file:///PATH|dns:///NAME:PORT|etcd://HOST:PORT/PREFIX"
+    )]
     backends: Target,
+
+    /// The DNS server to ask for a dns:/// target (default: the system's).
+    #[arg(long, value_name = "IP:PORT")]
+    dns_server: Option<SocketAddr>,
 
     /// Policy name (round_robin, least_request, peak_ewma, ...) or service-config JSON.
     #[arg(long, default_value = "round_robin")]
@@ -54,15 +61,27 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let updates = match args.backends.resolve().await {
-        Ok(updates) => updates,
+    let target = match args.dns_server {
+        Some(server) => args.backends.clone().with_dns_server(server),
+        None => Ok(args.backends.clone()),
+    };
+    let resolution = match target {
+        Ok(target) => target.resolve().await,
+        Err(err) => Err(err),
+    };
+    let resolution = match resolution {
+        Ok(resolution) => resolution,
+        // etcd out of reach is a failure at run time; anything else is a mistake in
+        // the arguments.
+        Err(err @ lb_core::Error::Discovery { .. }) => return Err(err.into()),
         Err(err) => {
             eprintln!("error: {err}");
             std::process::exit(2);
         }
     };
-    let initial = updates.borrow().clone();
-    let balancer = Balancer::builder(initial)
+    // Backends may be none yet (servers still to register in etcd): calls wait for
+    // them, up to the queue timeout.
+    let balancer = Balancer::following(resolution)
         .policy(args.policy)
         .retry(RetryPolicy {
             max_attempts: args.max_attempts,
@@ -70,12 +89,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })
         .health_check((!args.no_health_check).then_some(""))
         .build()?;
-    if !matches!(args.backends, Target::Static(_)) {
-        balancer.follow(updates);
-    }
     balancer.wait_settled(Duration::from_secs(5)).await;
     let proxy = lb_proxy::spawn(args.listen, balancer).await?;
-    tokio::signal::ctrl_c().await?;
+    shutdown_signal().await?;
     info!("shutting down: no new connections, finishing calls in flight");
     proxy.shutdown().await?;
     Ok(())
@@ -90,4 +106,18 @@ fn init_tracing() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+}
+
+/// Ctrl-C or SIGTERM (as from `kill` or Kubernetes): time to drain.
+async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await
 }

@@ -1,7 +1,10 @@
 //! Discovery: the balancer follows a resolver's changes with no restart and no call
 //! needed to notice them.
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use greeter_proto::{HelloRequest, MyServiceClient};
 use greeter_server::Config;
@@ -43,12 +46,11 @@ async fn a_watched_file_adds_and_removes_servers_and_a_broken_edit_changes_nothi
     std::fs::write(&path, json(&[&endpoints[0], &endpoints[1]])).expect("written");
 
     let target: Target = format!("file://{}", path.display()).parse().expect("valid");
-    let updates = target.resolve().await.expect("the file reads");
-    let balancer = Balancer::builder(updates.borrow().clone())
+    let resolution = target.resolve().await.expect("the file reads");
+    let balancer = Balancer::following(resolution)
         .seed(21)
         .build()
         .expect("builds");
-    balancer.follow(updates);
     balancer.wait_settled(Duration::from_secs(5)).await;
     let mut client = MyServiceClient::new(balancer.clone());
     for _ in 0..6 {
@@ -141,39 +143,44 @@ async fn dns_server(
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dns_re_resolution_adds_and_removes_servers_without_a_restart() {
-    use std::net::{IpAddr, Ipv4Addr};
-    // Three servers on the same port of three loopback addresses, as pods behind a
-    // headless Service would be.
+const IPS: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(127, 0, 0, 1),
+    Ipv4Addr::new(127, 0, 0, 2),
+    Ipv4Addr::new(127, 0, 0, 3),
+];
+
+/// Three servers on the same port of three loopback addresses, as pods behind a
+/// headless Service would be.
+async fn three_pods() -> (u16, Vec<greeter_server::Servers>) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let ips = [
-        Ipv4Addr::new(127, 0, 0, 1),
-        Ipv4Addr::new(127, 0, 0, 2),
-        Ipv4Addr::new(127, 0, 0, 3),
-    ];
     let mut servers = Vec::new();
-    for ip in ips {
+    for ip in IPS {
         let mut config = Config::on_ports(&[port]);
         config.host = IpAddr::V4(ip);
         servers.push(greeter_server::spawn(config).await.expect("start"));
     }
+    (port, servers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_re_resolution_adds_and_removes_servers_without_a_restart() {
+    let ips = IPS;
+    let (port, servers) = three_pods().await;
     let answer = std::sync::Arc::new(std::sync::Mutex::new(vec![ips[0], ips[1]]));
     let dns = dns_server(answer.clone()).await;
 
     let target: Target = format!("dns://{dns}/greeter.test:{port}?refresh=200ms")
         .parse()
         .expect("valid");
-    let updates = target.resolve().await.expect("resolves");
-    assert_eq!(updates.borrow().len(), 2);
-    let balancer = Balancer::builder(updates.borrow().clone())
+    let resolution = target.resolve().await.expect("resolves");
+    assert_eq!(resolution.endpoints().len(), 2);
+    let balancer = Balancer::following(resolution)
         .seed(22)
         .build()
         .expect("builds");
-    balancer.follow(updates);
     balancer.wait_settled(Duration::from_secs(5)).await;
     let mut client = MyServiceClient::new(balancer.clone());
     let third = format!("127.0.0.3:{port}");
@@ -202,6 +209,50 @@ async fn dns_re_resolution_adds_and_removes_servers_without_a_restart() {
     for _ in 0..20 {
         assert_ne!(served_by(&mut client).await, first);
     }
+    for server in servers {
+        server.shutdown().await.expect("clean shutdown");
+    }
+}
+
+/// A pod dies and is replaced by one at another address. DNS is re-resolved only
+/// every hour here, yet the client finds the replacement at once: the failure of an
+/// endpoint makes the balancer ask the resolver to look again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_failure_re_resolves_dns_at_once() {
+    let (port, mut servers) = three_pods().await;
+    let answer = std::sync::Arc::new(std::sync::Mutex::new(vec![IPS[0], IPS[1]]));
+    let dns = dns_server(answer.clone()).await;
+    let target: Target = format!("dns:///greeter.test:{port}?refresh=1h")
+        .parse::<Target>()
+        .expect("valid")
+        .with_dns_server(dns)
+        .expect("a dns target");
+    let balancer = Balancer::following(target.resolve().await.expect("resolves"))
+        .seed(23)
+        .build()
+        .expect("builds");
+    balancer.wait_settled(Duration::from_secs(5)).await;
+    let mut client = MyServiceClient::new(balancer.clone());
+
+    // The first pod goes; DNS now names its replacement, the third.
+    *answer.lock().expect("not poisoned") = vec![IPS[1], IPS[2]];
+    servers.remove(0).shutdown().await.expect("clean shutdown");
+    let replaced = Instant::now();
+    let third = format!("127.0.0.3:{port}");
+    while served_by(&mut client).await != third {
+        assert!(
+            replaced.elapsed() < Duration::from_secs(5),
+            "the replacement not found within 5 s (the refresh is 1 h)"
+        );
+        tokio::task::yield_now().await;
+    }
+    let listed: Vec<String> = balancer
+        .endpoints()
+        .iter()
+        .map(|s| s.endpoint.to_string())
+        .collect();
+    assert_eq!(listed.len(), 2, "the dead pod left the list: {listed:?}");
+    assert!(!listed.contains(&format!("127.0.0.1:{port}")));
     for server in servers {
         server.shutdown().await.expect("clean shutdown");
     }

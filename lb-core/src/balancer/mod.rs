@@ -59,6 +59,7 @@ use call::{
 use retry::{RequestBody, RetryBudget};
 use subchannel::{Core, Settings, Subchannel};
 
+use crate::resolver::Resolution;
 use crate::{
     Backoff, Endpoint, Error,
     policy::{BuildPicker, PickContext, PickError, Picker, Policy},
@@ -67,6 +68,7 @@ use crate::{
 /// Configures and builds a [`Balancer`]. Start with [`Balancer::builder`].
 pub struct BalancerBuilder {
     endpoints: Vec<Endpoint>,
+    following: Option<Resolution>,
     policy: Arc<dyn BuildPicker>,
     explain: u64,
     seed: Option<u64>,
@@ -154,7 +156,7 @@ impl BalancerBuilder {
     /// Must be called inside a Tokio runtime: each endpoint's connection task is spawned
     /// on it.
     pub fn build(mut self) -> Result<Balancer, Error> {
-        if self.endpoints.is_empty() {
+        if self.endpoints.is_empty() && self.following.is_none() {
             return Err(Error::NoEndpoints);
         }
         let seed = self
@@ -187,10 +189,14 @@ impl BalancerBuilder {
             clones: AtomicU64::new(0),
             _stop: stop,
         });
-        Ok(Balancer {
+        let balancer = Balancer {
             rng: shared.next_rng(),
             shared,
-        })
+        };
+        if let Some(resolution) = self.following {
+            balancer.follow(resolution);
+        }
+        Ok(balancer)
     }
 }
 
@@ -231,6 +237,7 @@ impl Balancer {
     pub fn builder(endpoints: impl IntoIterator<Item = Endpoint>) -> BalancerBuilder {
         BalancerBuilder {
             endpoints: endpoints.into_iter().collect(),
+            following: None,
             policy: Arc::new(Policy::RoundRobin),
             explain: 0,
             seed: None,
@@ -245,6 +252,25 @@ impl Balancer {
                 seed: 0,
             },
         }
+    }
+
+    /// Starts configuring a balancer that follows a resolver: over the endpoints it
+    /// has now (possibly none yet, as when servers have still to register) and every
+    /// later change. See [`Balancer::follow`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), lb_core::Error> {
+    /// use lb_core::{Balancer, resolver::Target};
+    ///
+    /// let target: Target = "dns:///greeter.default.svc.cluster.local:50051".parse()?;
+    /// let balancer = Balancer::following(target.resolve().await?).build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn following(resolution: impl Into<Resolution>) -> BalancerBuilder {
+        let resolution = resolution.into();
+        let mut builder = Self::builder(resolution.endpoints());
+        builder.following = Some(resolution);
+        builder
     }
 
     /// The name of the policy in use.
@@ -287,9 +313,15 @@ impl Balancer {
         Ok(())
     }
 
-    /// Follows a resolver: applies every endpoint set `updates` publishes, in the
-    /// background, until the sender or the balancer goes away.
-    pub fn follow(&self, mut updates: watch::Receiver<Vec<Endpoint>>) {
+    /// Follows a resolver: applies every endpoint set it publishes, in the background,
+    /// until the resolver or the balancer goes away; and when an endpoint fails, asks
+    /// the resolver to look again ([`Resolution::resolve_now`]). Takes a
+    /// [`Resolution`] from [`Target::resolve`](crate::resolver::Target::resolve), or
+    /// any `watch::Receiver<Vec<Endpoint>>` of your own.
+    pub fn follow(&self, resolution: impl Into<Resolution>) {
+        let resolution = resolution.into();
+        let mut updates = resolution.updates();
+        let mut failures = self.shared.core.failures.subscribe();
         let core = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
             loop {
@@ -303,8 +335,18 @@ impl Balancer {
                     tracing::warn!("resolver update not applied: {err}");
                 }
                 drop(balancer);
-                if updates.changed().await.is_err() {
-                    return;
+                loop {
+                    tokio::select! {
+                        changed = updates.changed() => match changed {
+                            Ok(()) => break,
+                            Err(_) => return,
+                        },
+                        failed = failures.changed() => match failed {
+                            // An endpoint failed: the list may be stale.
+                            Ok(()) => resolution.resolve_now(),
+                            Err(_) => return,
+                        },
+                    }
                 }
             }
         });

@@ -72,6 +72,9 @@ pub(crate) struct Core {
     ejecting: Mutex<()>,
     /// Bumped after every change, to wake calls waiting for a READY endpoint.
     pub changes: watch::Sender<u64>,
+    /// Bumped whenever an endpoint enters TRANSIENT_FAILURE: the resolver is asked to
+    /// look again (gRPC's `ResolveNow`), as the failure may mean the list is stale.
+    pub failures: watch::Sender<u64>,
     pub settings: Settings,
     /// Closed when the last balancer clone is dropped: every task ends.
     pub stopped: watch::Receiver<()>,
@@ -159,6 +162,7 @@ impl Core {
             publishing: Mutex::new(rng),
             ejecting: Mutex::new(()),
             changes: watch::Sender::new(0),
+            failures: watch::Sender::new(0),
             settings,
             stopped,
             made: AtomicU64::new(0),
@@ -498,6 +502,9 @@ impl ConnectionTask {
             *lock(&self.sub.last_error) = None; // Past troubles are past.
         }
         if previous != state {
+            if state == Connectivity::TransientFailure {
+                self.core.failures.send_modify(|n| *n += 1);
+            }
             let endpoint = self.sub.state.endpoint();
             match &reason {
                 Some(reason) => info!(%endpoint, %reason, "{previous} -> {state}"),
