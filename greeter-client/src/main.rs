@@ -98,6 +98,9 @@ impl Servers {
             e => usage(e.to_string()),
         })?;
         let now = resolution.endpoints();
+        if now.is_empty() {
+            anyhow::bail!("{target}: no servers there (none registered yet?)");
+        }
         let follow = (!matches!(target, Target::Static(_))).then_some(resolution);
         Ok((now, follow))
     }

@@ -59,6 +59,30 @@ fn a_malformed_server_exits_2_and_names_it() {
 }
 
 #[test]
+fn targets_are_checked_and_an_unreachable_etcd_is_a_runtime_failure() {
+    let out = client(&["--servers", "etcd://127.0.0.1:2379"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("etcd://host:port/prefix"));
+    let out = client(&["--servers", "127.0.0.1:1", "--dns-server", "127.0.0.1:53"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("only to a dns:/// target"));
+
+    // Nothing listens on a port just freed: etcd is out of reach.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let target = format!("etcd://127.0.0.1:{port}/greeter");
+    let out = client(&["--servers", &target]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&target) && stderr.contains("Connection refused"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn missing_servers_is_a_usage_error() {
     let out = client(&[]);
     assert_eq!(out.status.code(), Some(2));

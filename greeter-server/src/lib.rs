@@ -11,7 +11,9 @@
 //!   server reflection, so `grpcurl` can list and call it;
 //! - can add latency to every call and fail a seeded fraction of calls with
 //!   `UNAVAILABLE`, to make the policies' differences visible;
-//! - shuts down gracefully: stops accepting, lets calls in flight finish, then returns.
+//! - shuts down gracefully: stops accepting, lets calls in flight finish, then returns;
+//! - can register itself in etcd ([`Servers::register`]) under a lease that it keeps
+//!   alive, so that clients watching etcd find it, and lose it when it stops or dies.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -39,7 +41,10 @@ use tonic::{
     transport::{Server, server::TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
-use tracing::info;
+use tracing::{info, warn};
+
+pub use lb_core::resolver::EtcdTarget;
+use lb_core::{Endpoint, resolver::etcd::Registration};
 
 /// The response metadata key that names the instance that answered.
 pub const SERVED_BY: &str = "x-served-by";
@@ -140,6 +145,17 @@ pub enum ServerError {
     /// `--error-rate` outside 0..=1.
     #[error("error rate {0} is outside 0..=1")]
     ErrorRate(f64),
+    /// Registration in etcd failed.
+    #[error("cannot register in etcd: {0}")]
+    Register(#[source] lb_core::Error),
+    /// The bound host is a wildcard (0.0.0.0, ::), which no client can dial.
+    #[error(
+        "listening on {host}, which clients cannot dial: say which address to register (--advertise)"
+    )]
+    Advertise {
+        /// The wildcard host.
+        host: IpAddr,
+    },
     /// A server task panicked (a bug).
     #[error("server task on {addr} panicked")]
     Panicked {
@@ -207,6 +223,7 @@ pub struct Servers {
     instances: Vec<Instance>,
     stop: watch::Sender<bool>,
     calls: watch::Receiver<u64>,
+    registration: Option<Registration>,
 }
 
 #[derive(Debug)]
@@ -220,6 +237,40 @@ impl Servers {
     /// The bound addresses, one per instance, in the order the ports were given.
     pub fn addrs(&self) -> Vec<SocketAddr> {
         self.instances.iter().map(|i| i.addr).collect()
+    }
+
+    /// Registers every instance under `target`'s prefix in etcd, as `advertise` (or the
+    /// bound host) and its port, with a lease of `ttl` kept alive in the background.
+    /// [`Servers::shutdown`] deregisters first; a crash leaves the keys until the
+    /// lease expires.
+    pub async fn register(
+        &mut self,
+        target: &EtcdTarget,
+        advertise: Option<IpAddr>,
+        ttl: Duration,
+    ) -> Result<(), ServerError> {
+        let endpoints = self
+            .addrs()
+            .into_iter()
+            .map(|addr| {
+                let host = match advertise {
+                    Some(host) => host,
+                    None if addr.ip().is_unspecified() => {
+                        return Err(ServerError::Advertise { host: addr.ip() });
+                    }
+                    None => addr.ip(),
+                };
+                SocketAddr::new(host, addr.port())
+                    .to_string()
+                    .parse::<Endpoint>()
+                    .map_err(ServerError::Register)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let registration = Registration::register(target, endpoints, ttl)
+            .await
+            .map_err(ServerError::Register)?;
+        self.registration = Some(registration);
+        Ok(())
     }
 
     /// The addresses as a `--servers` list: `127.0.0.1:50051,127.0.0.1:50052`.
@@ -268,6 +319,12 @@ impl Servers {
     /// sending it calls, and then ends its health `Watch` streams: those streams never
     /// end by themselves, and a graceful shutdown waits for every open stream.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        // First leave etcd, so that watching clients stop picking us at once.
+        if let Some(registration) = self.registration.take()
+            && let Err(err) = registration.deregister().await
+        {
+            warn!("{err}; the registration ends when its lease expires");
+        }
         for instance in &mut self.instances {
             for service in ["", greeter_proto::SERVICE_NAME] {
                 instance
@@ -387,6 +444,7 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
         instances,
         stop,
         calls,
+        registration: None,
     })
 }
 

@@ -6,12 +6,14 @@
 //! greeter-server --port 50053 --latency 20ms --error-rate 0.1
 //! kill -USR1 <pid>    # report NOT_SERVING (health), keep serving calls
 //! kill -USR2 <pid>    # report SERVING again
+//! greeter-server --port 0 --register etcd://127.0.0.1:2379/greeter   # found by clients watching etcd
 //! ```
 
 use std::{net::IpAddr, process::ExitCode, time::Duration};
 
 use clap::Parser;
-use greeter_server::{Config, parse_ports};
+use greeter_server::{Config, EtcdTarget, parse_ports};
+use lb_core::resolver::Target;
 use tracing::info;
 
 /// Serves example.MyService (SayHello -> "Hello, {name}!") with health checks and
@@ -45,6 +47,30 @@ struct Args {
     /// reconnect, which spreads load onto new servers.
     #[arg(long, value_parser = humantime::parse_duration)]
     max_connection_age: Option<Duration>,
+
+    /// Register every instance in etcd under this prefix, e.g.
+    /// etcd://127.0.0.1:2379/greeter: clients with --servers etcd://127.0.0.1:2379/greeter
+    /// find it. Deregistered on shutdown; after a crash, when its lease expires.
+    #[arg(long, value_name = "etcd://HOST:PORT/PREFIX", value_parser = parse_etcd)]
+    register: Option<EtcdTarget>,
+
+    /// How long the etcd registration outlives a crashed server (its lease's
+    /// time-to-live; renewed every third of it, at least 2s).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    register_ttl: Duration,
+
+    /// The address to register in etcd (default: --host, which must then not be a
+    /// wildcard such as 0.0.0.0).
+    #[arg(long, value_name = "IP")]
+    advertise: Option<IpAddr>,
+}
+
+fn parse_etcd(text: &str) -> Result<EtcdTarget, String> {
+    match text.parse::<Target>() {
+        Ok(Target::Etcd(target)) => Ok(target),
+        Ok(_) => Err(format!("`{text}` is not an etcd://host:port/prefix target")),
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -66,7 +92,10 @@ async fn main() -> ExitCode {
         seed: args.seed,
         max_connection_age: args.max_connection_age,
     };
-    match run(config).await {
+    let registration = args
+        .register
+        .map(|target| (target, args.advertise, args.register_ttl));
+    match run(config, registration).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("greeter-server: error: {err:#}");
@@ -75,12 +104,21 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    registration: Option<(EtcdTarget, Option<IpAddr>, Duration)>,
+) -> anyhow::Result<()> {
     // Listen for the signals *before* announcing that we serve: a script that sends
     // SIGTERM as soon as it reads "serving" must get a graceful shutdown, not the
     // default action (an abrupt kill).
     let mut signals = ShutdownSignals::listen()?;
-    let servers = greeter_server::spawn(config).await?;
+    let mut servers = greeter_server::spawn(config).await?;
+    if let Some((target, advertise, ttl)) = registration
+        && let Err(err) = servers.register(&target, advertise, ttl).await
+    {
+        servers.shutdown().await?;
+        return Err(err.into());
+    }
     loop {
         match signals.next().await {
             // For scripts: flip health without stopping (scripts/chaos.sh uses these).

@@ -105,7 +105,7 @@ impl EtcdTarget {
     fn error(&self, what: &str, err: &etcd_client::Error) -> Error {
         Error::Discovery {
             target: self.to_string(),
-            reason: format!("{what}: {}", describe(err)),
+            reason: format!("{what}: {}", reason(err)),
         }
     }
 
@@ -193,13 +193,13 @@ impl EtcdTarget {
             .with_start_revision(*revision + 1);
         let mut stream = match client.watch(self.watched(), Some(options)).await {
             Ok(stream) => stream,
-            Err(err) => return format!("cannot watch: {}", describe(&err)),
+            Err(err) => return format!("cannot watch: {}", reason(&err)),
         };
         loop {
             let response = match stream.message().await {
                 Ok(Some(response)) => response,
                 Ok(None) => return "the watch stream ended".into(),
-                Err(err) => return describe(&err),
+                Err(err) => return reason(&err),
             };
             *failures = 0;
             if response.canceled() {
@@ -234,6 +234,18 @@ impl EtcdTarget {
 impl std::fmt::Display for EtcdTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "etcd://{}/{}", self.cluster.join(","), self.prefix)
+    }
+}
+
+/// What went wrong, in one line: etcd-client's own `Display` of a gRPC status
+/// prints the transport error's `Debug` form.
+fn reason(err: &etcd_client::Error) -> String {
+    match err {
+        etcd_client::Error::GRpcStatus(status) => match std::error::Error::source(status) {
+            Some(source) => describe(source),
+            None => format!("{:?}: {}", status.code(), status.message()),
+        },
+        other => describe(other),
     }
 }
 
@@ -388,6 +400,15 @@ impl Registration {
     }
 }
 
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("target", &self.target.to_string())
+            .field("lease", &self.lease())
+            .finish()
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         self.task.abort();
@@ -457,19 +478,19 @@ const LEASE_LOST: &str = "the lease expired";
 async fn renew(client: &mut Client, lease: i64, period: Duration, failures: &mut u32) -> String {
     let (mut keeper, mut answers) = match client.lease_keep_alive(lease).await {
         Ok(pair) => pair,
-        Err(err) => return describe(&err),
+        Err(err) => return reason(&err),
     };
     let mut ticks = tokio::time::interval(period);
     loop {
         ticks.tick().await;
         if let Err(err) = keeper.keep_alive().await {
-            return describe(&err);
+            return reason(&err);
         }
         match tokio::time::timeout(REQUEST_TIMEOUT, answers.message()).await {
             Ok(Ok(Some(answer))) if answer.ttl() > 0 => *failures = 0,
             Ok(Ok(Some(_))) => return LEASE_LOST.into(),
             Ok(Ok(None)) => return "the keep-alive stream ended".into(),
-            Ok(Err(err)) => return describe(&err),
+            Ok(Err(err)) => return reason(&err),
             Err(_) => return format!("no keep-alive answer within {REQUEST_TIMEOUT:?}"),
         }
     }
