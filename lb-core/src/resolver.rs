@@ -320,10 +320,13 @@ async fn lookup(resolver: &DnsResolver, host: &str, port: u16) -> Result<Vec<End
         target: format!("dns:///{host}:{port}"),
         reason,
     };
-    let ips = resolver
-        .lookup_ip(host)
-        .await
-        .map_err(|e| failed(format!("cannot resolve: {e}")))?;
+    let ips = resolver.lookup_ip(host).await.map_err(|e| {
+        if e.is_no_records_found() {
+            failed(format!("`{host}` has no A or AAAA records"))
+        } else {
+            failed(format!("cannot resolve: {e}"))
+        }
+    })?;
     let mut endpoints: Vec<Endpoint> = ips
         .iter()
         .filter_map(|ip| SocketAddr::new(ip, port).to_string().parse().ok())

@@ -10,8 +10,11 @@
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::Parser;
-use lb_core::{Balancer, Policy, RetryPolicy, resolver::Target};
-use tracing::info;
+use lb_core::{
+    Balancer, Policy, RetryPolicy,
+    resolver::{Resolution, Target},
+};
+use tracing::{info, warn};
 
 /// Accepts any gRPC call on one address and forwards it, unchanged, to one of the
 /// backends, picked per call by a load-balancing policy.
@@ -65,19 +68,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(server) => args.backends.clone().with_dns_server(server),
         None => Ok(args.backends.clone()),
     };
-    let resolution = match target {
-        Ok(target) => target.resolve().await,
-        Err(err) => Err(err),
-    };
-    let resolution = match resolution {
-        Ok(resolution) => resolution,
-        // etcd out of reach is a failure at run time; anything else is a mistake in
-        // the arguments.
-        Err(err @ lb_core::Error::Discovery { .. }) => return Err(err.into()),
+    let target = match target {
+        Ok(target) => target,
         Err(err) => {
             eprintln!("error: {err}");
             std::process::exit(2);
         }
+    };
+    let Some(resolution) = resolve_backends(&target).await? else {
+        info!("stopped before the backends were found");
+        return Ok(());
     };
     // Backends may be none yet (servers still to register in etcd): calls wait for
     // them, up to the queue timeout.
@@ -106,6 +106,34 @@ fn init_tracing() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+}
+
+/// Resolves the backends. A proxy often starts before its backends (pods not ready
+/// yet, servers still to register in etcd): a DNS name without records or an etcd out
+/// of reach is retried, with backoff, until found or until a signal says stop (then
+/// `None`). A target that cannot work (a file that cannot be read) is a usage error.
+async fn resolve_backends(target: &Target) -> anyhow::Result<Option<Resolution>> {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match target.resolve().await {
+            Ok(resolution) => return Ok(Some(resolution)),
+            Err(err) if matches!(target, Target::Dns { .. } | Target::Etcd(_)) => {
+                warn!("{err}; trying again in {delay:?}");
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                std::process::exit(2);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            stop = shutdown_signal() => {
+                stop?;
+                return Ok(None);
+            }
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
 }
 
 /// Ctrl-C or SIGTERM (as from `kill` or Kubernetes): time to drain.
