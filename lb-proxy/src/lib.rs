@@ -19,14 +19,17 @@
 
 use std::{
     net::SocketAddr,
+    pin::Pin,
     task::{Context, Poll},
     time::Duration,
 };
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use lb_core::Balancer;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic::{
+    Status,
     body::Body,
     transport::{Server, server::TcpIncoming},
 };
@@ -96,7 +99,9 @@ where
                 health.call(request).await
             });
         }
-        let call = self.balancer.call(request);
+        let call = self
+            .balancer
+            .call(request.map(|body| Body::new(WithoutEmptyData(body))));
         Box::pin(async move {
             Ok(match call.await {
                 // The backend's answer, streamed through as it is.
@@ -106,6 +111,41 @@ where
                 Err(status) => status.into_http(),
             })
         })
+    }
+}
+
+/// A request body relayed without its empty DATA frames.
+///
+/// An HTTP/2 client may end its request with an empty DATA frame, and the server side
+/// hands that on as an empty chunk. Relayed as it is, it becomes an empty DATA frame
+/// *before* the end of the stream, which h2 servers count as abuse (a flood of empty
+/// frames is a known denial-of-service): after 100 on one connection, h2 closes it with
+/// GOAWAY `ENHANCE_YOUR_CALM` (`too_many_data_frames`). An empty chunk carries nothing,
+/// so it is dropped here.
+struct WithoutEmptyData(Body);
+
+impl http_body::Body for WithoutEmptyData {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        loop {
+            match std::task::ready!(Pin::new(&mut self.0).poll_frame(cx)) {
+                Some(Ok(frame)) if frame.data_ref().is_some_and(Bytes::is_empty) => continue,
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.size_hint()
     }
 }
 

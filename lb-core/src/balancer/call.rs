@@ -124,8 +124,9 @@ impl Route {
 }
 
 /// Whether a transport error proves that no server saw the request: the connection
-/// could not be made, the server refused the stream (as after GOAWAY, for streams it
-/// will not process), or the request was cancelled before it was sent.
+/// could not be made, the server refused the stream or announced with a graceful
+/// GOAWAY that it would not process it, or the request was cancelled before it was
+/// sent.
 fn never_reached_a_server(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(err);
     while let Some(e) = current {
@@ -137,10 +138,16 @@ fn never_reached_a_server(err: &(dyn std::error::Error + 'static)) -> bool {
         {
             return true;
         }
-        if let Some(e) = e.downcast_ref::<h2::Error>()
-            && e.reason() == Some(h2::Reason::REFUSED_STREAM)
-        {
-            return true;
+        if let Some(e) = e.downcast_ref::<h2::Error>() {
+            // Refused outright, or beyond the last stream a graceful GOAWAY (NO_ERROR)
+            // said the server would process: h2 fails only those streams with the
+            // GOAWAY itself (nginx sends one after every 1,000 calls on a connection).
+            let refused = e.reason() == Some(h2::Reason::REFUSED_STREAM);
+            let after_goaway =
+                e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR);
+            if refused || after_goaway {
+                return true;
+            }
         }
         current = e.source();
     }

@@ -1,0 +1,284 @@
+//! `lb-bench`: measures every subject against servers that are already running, and
+//! writes the report. `scripts/bench.sh` starts everything and calls it; see the crate
+//! docs for what each subject is.
+//!
+//! ```text
+//! lb-bench --servers 127.0.0.1:50071,127.0.0.1:50072,127.0.0.1:50073 \
+//!          --proxy 127.0.0.1:50080 --nginx 127.0.0.1:50081 --python-server 127.0.0.1:50082 \
+//!          --python-client "python3 scripts/python/bench_client.py" \
+//!          --hetero 127.0.0.1:50091,127.0.0.1:50092,127.0.0.1:50093 \
+//!          --scale 127.0.0.1:51000-51999 --out docs/BENCHMARKS.md --svg docs/bench.svg
+//! ```
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::Parser;
+use lb_bench::{
+    Client, Settings, chart, machine, measure, measure_python_client, pick_cost,
+    report::{Report, Row, Scale, splice, today},
+    resident_bytes,
+};
+use lb_core::{Balancer, Endpoint, Policy};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Measures our balancer against the alternatives, in one run."
+)]
+struct Args {
+    /// The 3 servers every subject calls: comma-separated host:port.
+    #[arg(long, value_delimiter = ',', required = true)]
+    servers: Vec<SocketAddr>,
+
+    /// lb-proxy, balancing over --servers.
+    #[arg(long)]
+    proxy: Option<SocketAddr>,
+
+    /// nginx with grpc_pass to an upstream of --servers.
+    #[arg(long)]
+    nginx: Option<SocketAddr>,
+
+    /// The article's Python server.
+    #[arg(long)]
+    python_server: Option<SocketAddr>,
+
+    /// The Python grpcio client: interpreter and script, e.g.
+    /// "python3 scripts/python/bench_client.py".
+    #[arg(long)]
+    python_client: Option<String>,
+
+    /// Three servers, one of them slow, for the heterogeneous-fleet run.
+    #[arg(long, value_delimiter = ',')]
+    hetero: Vec<SocketAddr>,
+
+    /// Many servers for the scale run: HOST:FIRST-LAST, e.g. 127.0.0.1:51000-51999.
+    #[arg(long)]
+    scale: Option<String>,
+
+    /// Callers in flight; each subject is measured at each.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    concurrency: Vec<usize>,
+
+    /// Measured time per run.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+
+    /// Warm-up before each run.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+
+    /// Runs per subject and concurrency (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+
+    /// Policies to measure (default: all).
+    #[arg(long, value_delimiter = ',')]
+    policies: Vec<Policy>,
+
+    /// Something left out, and why (repeatable): shown in the report.
+    #[arg(long)]
+    skipped: Vec<String>,
+
+    /// Markdown file whose `<!-- bench:begin -->`...`<!-- bench:end -->` block is
+    /// replaced with the report.
+    #[arg(long)]
+    out: Option<PathBuf>,
+
+    /// Where to write the SVG chart.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+
+    /// Where to write the figures as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("lb-bench: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn progress(subject: &str, c: usize, m: &lb_bench::Measurement) {
+    eprintln!(
+        "  {subject:<32} c={c:<3} {:>9.0} calls/s  p50 {:>7.0} µs  p99 {:>7.0} µs  errors {}",
+        m.calls_per_sec, m.p50_us, m.p99_us, m.errors
+    );
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let settings = Settings {
+        concurrencies: args.concurrency.clone(),
+        duration: args.duration,
+        warmup: args.warmup,
+        repeats: args.repeats,
+    };
+    let policies = if args.policies.is_empty() {
+        Policy::all()
+    } else {
+        args.policies.clone()
+    };
+    let first = *args
+        .servers
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("--servers is empty"))?;
+
+    // The subjects, each connected once, before any measuring.
+    let mut subjects: Vec<(String, Client)> = vec![("direct".into(), Client::direct(first).await?)];
+    for policy in &policies {
+        let client = Client::balancer(policy.clone(), &args.servers).await?;
+        subjects.push((format!("balancer/{}", policy.name()), client));
+    }
+    subjects.push(("balance_list".into(), Client::balance_list(&args.servers)?));
+    for (name, addr) in [
+        ("lb-proxy", args.proxy),
+        ("nginx", args.nginx),
+        ("python-server", args.python_server),
+    ] {
+        if let Some(addr) = addr {
+            subjects.push((name.into(), Client::direct(addr).await?));
+        }
+    }
+    let python: Option<Vec<String>> = args
+        .python_client
+        .as_ref()
+        .map(|c| c.split_whitespace().map(String::from).collect());
+
+    let mut rows = Vec::new();
+    for &c in &settings.concurrencies {
+        eprintln!("== concurrency {c}");
+        for (name, client) in &subjects {
+            let m = measure(client, c, &settings).await;
+            progress(name, c, &m);
+            rows.push(Row {
+                subject: name.clone(),
+                concurrency: c,
+                measurement: m,
+            });
+            if name == "balance_list"
+                && let Some(command) = &python
+            {
+                let m = measure_python_client(command, &args.servers, c, &settings)?;
+                progress("grpcio", c, &m);
+                rows.push(Row {
+                    subject: "grpcio".into(),
+                    concurrency: c,
+                    measurement: m,
+                });
+            }
+        }
+    }
+
+    let mut hetero = Vec::new();
+    if !args.hetero.is_empty() {
+        let c = 16;
+        let hetero_settings = Settings {
+            concurrencies: vec![c],
+            duration: args.duration.max(Duration::from_secs(2)),
+            repeats: 1,
+            ..settings.clone()
+        };
+        eprintln!("== one slow server of three, concurrency {c}");
+        for policy in &policies {
+            let client = Client::balancer(policy.clone(), &args.hetero).await?;
+            let m = measure(&client, c, &hetero_settings).await;
+            progress(policy.name(), c, &m);
+            hetero.push(Row {
+                subject: policy.name().into(),
+                concurrency: c,
+                measurement: m,
+            });
+        }
+    }
+
+    let scale = match &args.scale {
+        Some(spec) => Some(scale_run(spec, &settings).await?),
+        None => None,
+    };
+
+    let report = Report {
+        date: today(),
+        machine: machine(),
+        settings,
+        rows,
+        hetero,
+        scale,
+        skipped: args.skipped.clone(),
+    };
+    let markdown = report.to_markdown();
+    print!("{markdown}");
+    if let Some(path) = &args.out {
+        let document = std::fs::read_to_string(path).unwrap_or_default();
+        std::fs::write(path, splice(&document, &markdown))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, chart::svg(&report))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// One balancer over many servers: memory per endpoint, load over all, pick cost.
+async fn scale_run(spec: &str, settings: &Settings) -> anyhow::Result<Scale> {
+    let (host, ports) = spec
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("--scale: expected HOST:FIRST-LAST, got `{spec}`"))?;
+    let ports = greeter_server::parse_ports(ports).map_err(|e| anyhow::anyhow!("--scale: {e}"))?;
+    let endpoints = ports
+        .iter()
+        .map(|port| format!("{host}:{port}").parse::<Endpoint>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let n = endpoints.len();
+    eprintln!("== {n} endpoints in one balancer");
+    let before = resident_bytes().unwrap_or(0);
+    let balancer = Balancer::builder(endpoints)
+        .policy(Policy::RoundRobin)
+        .seed(2)
+        .build()?;
+    let statuses = balancer.wait_settled(Duration::from_secs(60)).await;
+    let ready = statuses
+        .iter()
+        .filter(|s| s.connectivity == lb_core::Connectivity::Ready)
+        .count();
+    let after = resident_bytes().unwrap_or(0);
+    let bytes_per_endpoint = after.saturating_sub(before) as f64 / n.max(1) as f64;
+    eprintln!(
+        "  {ready} READY; {:.1} KiB per endpoint",
+        bytes_per_endpoint / 1024.0
+    );
+    let c = 64;
+    let client = Client::Balancer(greeter_proto::MyServiceClient::new(balancer));
+    let measurement = measure(
+        &client,
+        c,
+        &Settings {
+            repeats: 1,
+            ..settings.clone()
+        },
+    )
+    .await;
+    progress("round_robin (scale)", c, &measurement);
+    let pick_ns = pick_cost(n, 200_000)
+        .into_iter()
+        .map(|(policy, ns)| (policy.name().to_string(), ns))
+        .collect();
+    Ok(Scale {
+        endpoints: n,
+        ready,
+        bytes_per_endpoint,
+        measurement,
+        concurrency: c,
+        pick_ns,
+    })
+}

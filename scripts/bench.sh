@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# Measures our balancer against the alternatives, in one run, and regenerates
+# docs/BENCHMARKS.md (the block between the bench markers) and docs/bench.svg.
+#
+#   scripts/bench.sh                 # about 6 minutes after the build
+#   QUICK=1 scripts/bench.sh         # a short run (1 repeat, 3 s a subject): for trying it out
+#
+# It starts, on 127.0.0.1 only, and stops again:
+#   - 3 greeter-servers (every subject calls these),
+#   - lb-proxy and nginx (grpc_pass), each balancing over those 3,
+#   - the article's Python server (grpcio, 10 threads),
+#   - 3 more servers, one 20 ms slow, for the heterogeneous-fleet run,
+#   - 1 greeter-server process on 1,000 ports, for the scale run;
+# and runs the Python grpcio client (round_robin) from a venv in .run/bench/venv.
+# What it needs it installs: the venv with grpcio (from PyPI), and nginx (Debian's,
+# with apt-get, when run as root or with sudo). What cannot be had is skipped and
+# the report says so. Environment:
+#   BENCH_PORT=50070   first of the ports used (about 20 from there, and 1,000 from
+#                      BENCH_PORT+1000 for the scale run)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$ROOT"
+
+base="${BENCH_PORT:-50070}"
+work="$RUN_DIR/bench"
+mkdir -p "$work"
+pids=()
+skipped=()
+
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME LOG COMMAND...: runs COMMAND in the background, remembers its pid.
+start() {
+  local name="$1" log="$2"
+  shift 2
+  "$@" >"$log" 2>&1 &
+  pids+=("$!")
+  echo "started $name (pid $!, log $log)"
+}
+
+# wait_for LOG TEXT [COUNT]: until LOG has COUNT lines with TEXT (30 s at most).
+wait_for() {
+  local log="$1" text="$2" count="${3:-1}"
+  for _ in $(seq 300); do
+    if [[ -f "$log" ]] && (( $(grep -c -- "$text" "$log" || true) >= count )); then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "not ready after 30 s: $log" >&2
+  sed 's/^/    /' "$log" | tail -20 >&2
+  exit 1
+}
+
+port_open() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+echo "== Building (release)"
+cargo build --release -p greeter-server -p lb-proxy -p lb-bench
+
+echo "== Python: venv with grpcio in $work/venv"
+python_client=""
+python_server=""
+if [[ ! -x "$work/venv/bin/python" ]]; then
+  python3 -m venv "$work/venv" || true
+fi
+if [[ -x "$work/venv/bin/python" ]] &&
+  "$work/venv/bin/python" -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools &&
+  "$work/venv/bin/python" scripts/python/gen_stubs.py "$work/py"; then
+  export PYTHONPATH="$work/py"
+  python_client="$work/venv/bin/python scripts/python/bench_client.py"
+else
+  skipped+=("grpcio client and the Python server: no Python venv with grpcio could be made")
+fi
+
+echo "== nginx"
+nginx_bin="$(command -v nginx || true)"
+if [[ -z "$nginx_bin" && -x /usr/sbin/nginx ]]; then nginx_bin=/usr/sbin/nginx; fi
+if [[ -z "$nginx_bin" ]] && command -v apt-get >/dev/null; then
+  sudo=""
+  [[ "$(id -u)" != 0 ]] && sudo="sudo -n"
+  # Debian starts a freshly installed nginx on port 80 of every interface; a
+  # policy-rc.d that says "no" keeps it from starting (we start our own, on loopback).
+  policy_made=""
+  if [[ ! -e /usr/sbin/policy-rc.d ]] &&
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null 2>&1; then
+    $sudo chmod +x /usr/sbin/policy-rc.d
+    policy_made=1
+  fi
+  if $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null 2>&1 ||
+    { $sudo apt-get update -qq >/dev/null 2>&1 &&
+      $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null 2>&1; }; then
+    nginx_bin=/usr/sbin/nginx
+  fi
+  if [[ -n "$policy_made" ]]; then $sudo rm -f /usr/sbin/policy-rc.d; fi
+fi
+if [[ -z "$nginx_bin" ]]; then
+  skipped+=("nginx: not installed, and apt-get could not install it")
+fi
+
+echo "== Starting the servers"
+servers=()
+for i in 1 2 3; do
+  port=$((base + i))
+  start "greeter-server :$port" "$work/server-$port.log" \
+    env RUST_LOG=info target/release/greeter-server --port "$port"
+  servers+=("127.0.0.1:$port")
+done
+hetero=()
+for i in 1 2 3; do
+  port=$((base + 20 + i))
+  latency=0ms
+  [[ $i == 3 ]] && latency=20ms
+  start "greeter-server :$port (latency $latency)" "$work/server-$port.log" \
+    env RUST_LOG=info target/release/greeter-server --port "$port" --latency "$latency"
+  hetero+=("127.0.0.1:$port")
+done
+for i in 1 2 3; do
+  wait_for "$work/server-$((base + i)).log" "serving example.MyService"
+  wait_for "$work/server-$((base + 20 + i)).log" "serving example.MyService"
+done
+server_list="$(IFS=,; echo "${servers[*]}")"
+hetero_list="$(IFS=,; echo "${hetero[*]}")"
+
+# 1,000 listeners and as many connections: more file descriptors than the usual 1,024.
+scale_args=()
+scale_first=$((base + 1000))
+scale_last=$((scale_first + 999))
+if ulimit -n 8192 2>/dev/null; then
+  start "greeter-server :$scale_first-$scale_last" "$work/scale.log" \
+    env RUST_LOG=info target/release/greeter-server --port "$scale_first-$scale_last"
+  wait_for "$work/scale.log" "serving example.MyService" 1000
+  scale_args=(--scale "127.0.0.1:$scale_first-$scale_last")
+else
+  skipped+=("the scale run: cannot raise the open-file limit to 8,192 (ulimit -n)")
+fi
+
+proxy_port=$((base + 10))
+start "lb-proxy :$proxy_port" "$work/lb-proxy.log" \
+  env RUST_LOG=info target/release/lb-proxy --listen "127.0.0.1:$proxy_port" \
+  --backends "$server_list" --policy round_robin
+wait_for "$work/lb-proxy.log" "lb-proxy listening"
+extra=(--proxy "127.0.0.1:$proxy_port")
+
+if [[ -n "$nginx_bin" ]]; then
+  nginx_port=$((base + 11))
+  mkdir -p "$work/nginx/logs"
+  {
+    echo "worker_processes auto;"
+    echo "error_log $work/nginx/logs/error.log warn;"
+    echo "pid $work/nginx/nginx.pid;"
+    echo "events { worker_connections 4096; }"
+    echo "http {"
+    echo "  access_log off;"
+    # By default nginx closes a client connection after 1,000 calls (GOAWAY): not
+    # what is measured here.
+    echo "  keepalive_requests 100000000;"
+    echo "  keepalive_timeout 300s;"
+    echo "  client_body_temp_path $work/nginx/body;"
+    echo "  upstream greeters {"
+    for s in "${servers[@]}"; do echo "    server $s;"; done
+    echo "    keepalive 64;"
+    echo "    keepalive_requests 100000000;"
+    echo "  }"
+    echo "  server {"
+    echo "    listen 127.0.0.1:$nginx_port;"
+    echo "    http2 on;"
+    echo "    location / { grpc_pass grpc://greeters; }"
+    echo "  }"
+    echo "}"
+  } >"$work/nginx/nginx.conf"
+  # nginx before 1.25 takes "listen ... http2" instead of the "http2 on" directive.
+  if ! "$nginx_bin" -t -p "$work/nginx" -c "$work/nginx/nginx.conf" >/dev/null 2>&1; then
+    sed -i -e "s|listen 127.0.0.1:$nginx_port;|listen 127.0.0.1:$nginx_port http2;|" \
+      -e '/http2 on;/d' "$work/nginx/nginx.conf"
+  fi
+  start "nginx :$nginx_port" "$work/nginx/nginx.log" \
+    "$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" -g "daemon off;"
+  for _ in $(seq 100); do port_open "$nginx_port" && break; sleep 0.1; done
+  extra+=(--nginx "127.0.0.1:$nginx_port")
+fi
+
+if [[ -n "$python_client" ]]; then
+  python_port=$((base + 12))
+  start "the article's Python server :$python_port" "$work/python-server.log" \
+    "$work/venv/bin/python" scripts/python/server.py "$python_port"
+  wait_for "$work/python-server.log" "serving on"
+  extra+=(--python-server "127.0.0.1:$python_port" --python-client "$python_client")
+fi
+
+timing=()
+if [[ -n "${QUICK:-}" ]]; then
+  timing=(--repeats 1 --duration 500ms --warmup 200ms)
+fi
+skip_args=()
+for why in "${skipped[@]}"; do skip_args+=(--skipped "$why"); done
+
+echo "== Measuring"
+target/release/lb-bench --servers "$server_list" --hetero "$hetero_list" \
+  "${extra[@]}" "${scale_args[@]}" "${timing[@]}" "${skip_args[@]}" \
+  --out docs/BENCHMARKS.md --svg docs/bench.svg --json "$work/bench.json"
+echo "== Done: docs/BENCHMARKS.md and docs/bench.svg updated; figures in $work/bench.json"
