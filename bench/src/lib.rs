@@ -61,6 +61,9 @@ pub struct Measurement {
     pub p999_us: f64,
     /// Calls that failed (they should not).
     pub errors: u64,
+    /// CPU time this process (the client) spent per completed call, in microseconds:
+    /// what the client side costs, whatever the servers and the scheduler do.
+    pub client_cpu_us: f64,
 }
 
 impl Measurement {
@@ -77,6 +80,7 @@ impl Measurement {
             p99_us: median(|m| m.p99_us),
             p999_us: median(|m| m.p999_us),
             errors: runs.iter().map(|m| m.errors).sum(),
+            client_cpu_us: median(|m| m.client_cpu_us),
         }
     }
 }
@@ -178,6 +182,15 @@ pub async fn run_once(
             })
         })
         .collect();
+    // The process's CPU time over the measured window only.
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from).await;
+        let before = cpu_time();
+        tokio::time::sleep_until(stop_at).await;
+        cpu_time()
+            .zip(before)
+            .map(|(after, before)| after.saturating_sub(before))
+    });
     let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
     let mut errors = 0;
     for worker in workers {
@@ -186,13 +199,25 @@ pub async fn run_once(
             errors += worker_errors;
         }
     }
+    let cpu = cpu.await.ok().flatten().unwrap_or_default();
     Measurement {
         calls_per_sec: total.len() as f64 / duration.as_secs_f64(),
         p50_us: total.value_at_quantile(0.50) as f64,
         p99_us: total.value_at_quantile(0.99) as f64,
         p999_us: total.value_at_quantile(0.999) as f64,
         errors,
+        client_cpu_us: cpu.as_secs_f64() * 1e6 / total.len().max(1) as f64,
     }
+}
+
+/// CPU time (user and system) this process has used so far (Linux: from
+/// `/proc/self/stat`, in clock ticks of 10 ms; `None` elsewhere).
+pub fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name, in parentheses, may hold spaces: count fields after it.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// `settings.repeats` runs, and their medians.
@@ -249,6 +274,7 @@ pub fn measure_python_client(
             p99_us: line.p99_us,
             p999_us: line.p999_us,
             errors: 0,
+            client_cpu_us: 0.0,
         });
     }
     Ok(Measurement::median(&runs))

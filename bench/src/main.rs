@@ -107,8 +107,8 @@ async fn main() -> ExitCode {
 
 fn progress(subject: &str, c: usize, m: &lb_bench::Measurement) {
     eprintln!(
-        "  {subject:<32} c={c:<3} {:>9.0} calls/s  p50 {:>7.0} µs  p99 {:>7.0} µs  errors {}",
-        m.calls_per_sec, m.p50_us, m.p99_us, m.errors
+        "  {subject:<32} c={c:<3} {:>9.0} calls/s  p50 {:>7.0} µs  p99 {:>7.0} µs  client CPU {:>5.1} µs/call  errors {}",
+        m.calls_per_sec, m.p50_us, m.p99_us, m.client_cpu_us, m.errors
     );
 }
 
@@ -150,28 +150,48 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .as_ref()
         .map(|c| c.split_whitespace().map(String::from).collect());
 
+    // Rounds: every subject once, then again. A burst of noise from the rest of the
+    // machine then hits one round of every subject, not every run of one subject.
     let mut rows = Vec::new();
+    let once = Settings {
+        repeats: 1,
+        ..settings.clone()
+    };
     for &c in &settings.concurrencies {
         eprintln!("== concurrency {c}");
-        for (name, client) in &subjects {
-            let m = measure(client, c, &settings).await;
-            progress(name, c, &m);
+        let mut runs: Vec<(String, Vec<lb_bench::Measurement>)> = Vec::new();
+        for round in 0..settings.repeats.max(1) {
+            let mut index = 0;
+            let mut note = |name: &str, m: lb_bench::Measurement| {
+                if round == 0 {
+                    runs.push((name.to_string(), Vec::new()));
+                }
+                runs[index].1.push(m);
+                index += 1;
+            };
+            for (name, client) in &subjects {
+                note(
+                    name,
+                    lb_bench::run_once(client, c, once.warmup, once.duration).await,
+                );
+                if name == "balance_list"
+                    && let Some(command) = &python
+                {
+                    note(
+                        "grpcio",
+                        measure_python_client(command, &args.servers, c, &once)?,
+                    );
+                }
+            }
+        }
+        for (name, measured) in runs {
+            let m = lb_bench::Measurement::median(&measured);
+            progress(&name, c, &m);
             rows.push(Row {
-                subject: name.clone(),
+                subject: name,
                 concurrency: c,
                 measurement: m,
             });
-            if name == "balance_list"
-                && let Some(command) = &python
-            {
-                let m = measure_python_client(command, &args.servers, c, &settings)?;
-                progress("grpcio", c, &m);
-                rows.push(Row {
-                    subject: "grpcio".into(),
-                    concurrency: c,
-                    measurement: m,
-                });
-            }
         }
     }
 

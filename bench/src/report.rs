@@ -272,15 +272,22 @@ impl Report {
         md.push_str("![calls/s relative to a direct channel](bench.svg)\n\n");
         for &c in &s.concurrencies {
             let _ = writeln!(md, "### Concurrency {c}\n");
-            md.push_str("| subject | calls/s | × direct | p50 | p99 | p99.9 | errors |\n");
-            md.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+            md.push_str(
+                "| subject | calls/s | × direct | p50 | p99 | p99.9 | client CPU per call | errors |\n",
+            );
+            md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
             let direct = self.get("direct", c).map(|m| m.calls_per_sec);
             for row in self.rows.iter().filter(|r| r.concurrency == c) {
                 let m = &row.measurement;
                 let ratio = direct.map_or("".into(), |d| format!("{:.2}", m.calls_per_sec / d));
+                let cpu = if m.client_cpu_us > 0.0 {
+                    format!("{:.1} µs", m.client_cpu_us)
+                } else {
+                    "(other process)".into()
+                };
                 let _ = writeln!(
                     md,
-                    "| {} | {:.0} | {ratio} | {} | {} | {} | {} |",
+                    "| {} | {:.0} | {ratio} | {} | {} | {} | {cpu} | {} |",
                     row.subject,
                     m.calls_per_sec,
                     micros(m.p50_us),

@@ -28,7 +28,8 @@ pub const MAX_WEIGHT: u32 = 10_000;
 /// One backend address, `host:port`, with a weight.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
-    host: String,
+    // Shared, not copied: an endpoint is cloned into every response (`PickedEndpoint`).
+    host: std::sync::Arc<str>,
     port: u16,
     weight: u32,
 }
@@ -146,7 +147,7 @@ impl FromStr for Endpoint {
             Err(_) => return Err(invalid(format!("port `{port}` is not a number"))),
         };
         Ok(Endpoint {
-            host: host.to_string(),
+            host: host.into(),
             port,
             weight,
         })

@@ -190,6 +190,10 @@ impl RequestBody {
     /// the stream (once).
     pub(crate) fn attempt(&mut self) -> Option<Body> {
         match self {
+            // A unary request: one chunk, no trailers (the common case: kept cheap).
+            Self::Replayable(chunks, None) if chunks.len() <= 1 => {
+                Some(Body::new(OneChunk(chunks.first().cloned())))
+            }
             Self::Replayable(chunks, trailers) => {
                 Some(prefixed(chunks.clone(), trailers.clone(), Body::empty()))
             }
@@ -328,6 +332,29 @@ impl http_body::Body for Replay {
                 }
             };
         }
+    }
+}
+
+/// A body of at most one chunk, as a unary request's is.
+struct OneChunk(Option<Bytes>);
+
+impl http_body::Body for OneChunk {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        Poll::Ready(self.0.take().map(|chunk| Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.0.as_ref().map_or(0, |c| c.len() as u64))
     }
 }
 
