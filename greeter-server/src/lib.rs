@@ -28,7 +28,10 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -171,7 +174,43 @@ pub struct Greeter {
     latency: Duration,
     error_rate: f64,
     rng: Mutex<StdRng>,
-    calls: watch::Sender<u64>,
+    calls: Arc<CallCount>,
+}
+
+/// Calls received by all instances: an atomic counter on the hot path, published on
+/// a watch channel only once someone watches (tests do), since a watch channel's
+/// update takes a lock that every server thread would contend for on every call.
+#[derive(Debug)]
+struct CallCount {
+    count: AtomicU64,
+    watched: AtomicBool,
+    tx: watch::Sender<u64>,
+}
+
+impl CallCount {
+    fn add_one(&self) {
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.watched.load(Ordering::Relaxed) {
+            self.publish(n);
+        }
+    }
+
+    /// Stores `n` unless a larger count is already there (calls race to publish).
+    fn publish(&self, n: u64) {
+        self.tx.send_if_modified(|current| {
+            let newer = n > *current;
+            if newer {
+                *current = n;
+            }
+            newer
+        });
+    }
+
+    fn watch(&self) -> watch::Receiver<u64> {
+        self.watched.store(true, Ordering::Relaxed);
+        self.publish(self.count.load(Ordering::Relaxed));
+        self.tx.subscribe()
+    }
 }
 
 impl Greeter {
@@ -191,7 +230,7 @@ impl MyService for Greeter {
         &self,
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloResponse>, Status> {
-        self.calls.send_modify(|n| *n += 1);
+        self.calls.add_one();
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
@@ -222,7 +261,7 @@ impl MyService for Greeter {
 pub struct Servers {
     instances: Vec<Instance>,
     stop: watch::Sender<bool>,
-    calls: watch::Receiver<u64>,
+    calls: Arc<CallCount>,
     registration: Option<Registration>,
 }
 
@@ -309,7 +348,7 @@ impl Servers {
 
     /// Watches the number of `SayHello` calls received by all instances.
     pub fn calls(&self) -> watch::Receiver<u64> {
-        self.calls.clone()
+        self.calls.watch()
     }
 
     /// Stops accepting connections, lets calls in flight finish, and returns when every
@@ -389,7 +428,11 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
     }
 
     let (stop, _) = watch::channel(false);
-    let (calls_tx, calls) = watch::channel(0);
+    let calls = Arc::new(CallCount {
+        count: AtomicU64::new(0),
+        watched: AtomicBool::new(false),
+        tx: watch::Sender::new(0),
+    });
     let mut instances = Vec::with_capacity(listeners.len());
     for (index, (addr, listener)) in listeners.into_iter().enumerate() {
         let greeter = Greeter {
@@ -400,7 +443,7 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
             rng: Mutex::new(StdRng::seed_from_u64(
                 config.seed.wrapping_add(index as u64),
             )),
-            calls: calls_tx.clone(),
+            calls: calls.clone(),
         };
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<MyServiceServer<Arc<Greeter>>>().await;
