@@ -63,6 +63,8 @@ pub struct LoadSpec {
     pub live: bool,
     /// Changes to the server list while running (from a resolver), if any.
     pub updates: Option<lb_core::resolver::Resolution>,
+    /// Sent as `authorization: Bearer <token>` with every call, if set.
+    pub token: Option<String>,
 }
 
 impl LoadSpec {
@@ -86,6 +88,7 @@ impl LoadSpec {
             outlier: None,
             live: false,
             updates: None,
+            token: None,
         }
     }
 
@@ -150,6 +153,9 @@ pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
         .outlier_detection(spec.outlier.clone());
     if let Some(seed) = spec.seed {
         builder = builder.seed(seed);
+    }
+    if let Some(token) = &spec.token {
+        builder = builder.bearer_token(token)?;
     }
     let balancer = builder.build()?;
     if let Some(updates) = &spec.updates {

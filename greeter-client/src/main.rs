@@ -160,9 +160,20 @@ struct Workload {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+
+    /// Send `authorization: Bearer <token>` with every call, the token read from this
+    /// file (its first line). Without it, $GREETER_TOKEN is used if set.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
 }
 
 impl Workload {
+    /// The bearer token to send, if any; a file that cannot be read is a usage error.
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        lb_core::auth::read_token(self.token_file.as_deref(), "GREETER_TOKEN")
+            .map_err(|e| usage(e.to_string()))
+    }
+
     fn spec(&self, servers: Vec<Endpoint>, policy: Policy) -> LoadSpec {
         LoadSpec {
             servers,
@@ -184,6 +195,7 @@ impl Workload {
             outlier: self.outlier_detection.then(demo_outlier_detection),
             live: self.live,
             updates: None,
+            token: None,
         }
     }
 }
@@ -338,6 +350,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let mut spec = args.workload.spec(servers, args.policy);
     spec.explain = args.explain;
     spec.updates = updates;
+    spec.token = args.workload.token()?;
     let report = greeter_client::run(&spec).await?;
     if args.workload.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -356,6 +369,7 @@ async fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let (servers, updates) = args.servers.resolve().await?;
     let mut spec = args.workload.spec(servers, Policy::RoundRobin);
     spec.updates = updates;
+    spec.token = args.workload.token()?;
     let reports = greeter_client::load::compare(&spec, &policies).await?;
     if args.workload.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);

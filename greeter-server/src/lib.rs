@@ -37,7 +37,9 @@ use std::{
 
 use greeter_proto::{HelloRequest, HelloResponse, MyService, MyServiceServer};
 use rand::{Rng, SeedableRng, rngs::StdRng};
+use subtle::ConstantTimeEq;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tonic::service::interceptor::InterceptedService;
 use tonic::{
     Request, Response, Status,
     metadata::{AsciiMetadataValue, MetadataValue},
@@ -79,6 +81,9 @@ pub struct Config {
     /// Close each connection after this long (GOAWAY, then the calls in flight finish),
     /// so that clients reconnect: how servers spread load after a fleet grows.
     pub max_connection_age: Option<Duration>,
+    /// If set, `SayHello` answers only calls carrying `authorization: Bearer <token>`
+    /// (UNAUTHENTICATED otherwise). Health and reflection stay open, for probes.
+    pub token: Option<String>,
 }
 
 impl Config {
@@ -91,7 +96,14 @@ impl Config {
             error_rate: 0.0,
             seed: 0,
             max_connection_age: None,
+            token: None,
         }
+    }
+
+    /// The same, requiring `authorization: Bearer <token>` on every `SayHello`.
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_string());
+        self
     }
 
     /// The same, recycling connections after `age`.
@@ -450,9 +462,12 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
         let reflection_v1 = reflection()?.build_v1()?;
         let reflection_v1alpha = reflection()?.build_v1alpha()?;
 
-        let greeter = MyServiceServer::from_arc(Arc::new(greeter))
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let greeter = InterceptedService::new(
+            MyServiceServer::from_arc(Arc::new(greeter))
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            TokenCheck::new(config.token.as_deref()),
+        );
         let mut builder = Server::builder();
         if let Some(age) = config.max_connection_age {
             // No grace period on purpose: with one, tonic 0.14 waits out the age and
@@ -489,6 +504,43 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
         calls,
         registration: None,
     })
+}
+
+/// Lets a call through only with `authorization: Bearer <token>`, the token compared
+/// in constant time (so that timing does not reveal how much of a guess was right).
+/// With no token configured, every call passes.
+#[derive(Clone, Debug)]
+pub struct TokenCheck {
+    token: Option<Arc<[u8]>>,
+}
+
+impl TokenCheck {
+    /// A check for `token` (`None`: no check).
+    pub fn new(token: Option<&str>) -> Self {
+        Self {
+            token: token.map(|t| Arc::from(t.as_bytes())),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.token else {
+            return Ok(request);
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        match given {
+            Some(given) if bool::from(given.as_bytes().ct_eq(expected)) => Ok(request),
+            Some(_) => Err(Status::unauthenticated("invalid bearer token")),
+            None => Err(Status::unauthenticated(
+                "missing `authorization: Bearer <token>` metadata",
+            )),
+        }
+    }
 }
 
 fn reflection() -> Result<tonic_reflection::server::Builder<'static>, ServerError> {

@@ -59,6 +59,12 @@ struct Args {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     register_ttl: Duration,
 
+    /// Answer SayHello only with `authorization: Bearer <token>`, the token read from
+    /// this file (its first line); others get UNAUTHENTICATED. Without it,
+    /// $GREETER_TOKEN is used if set. Health and reflection stay open.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<std::path::PathBuf>,
+
     /// The address to register in etcd (default: --host, which must then not be a
     /// wildcard such as 0.0.0.0).
     #[arg(long, value_name = "IP")]
@@ -84,6 +90,13 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 async fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
+    let token = match lb_core::auth::read_token(args.token_file.as_deref(), "GREETER_TOKEN") {
+        Ok(token) => token,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let config = Config {
         host: args.host,
         ports: args.ports.into_iter().flatten().collect(),
@@ -91,6 +104,7 @@ async fn main() -> ExitCode {
         error_rate: args.error_rate,
         seed: args.seed,
         max_connection_age: args.max_connection_age,
+        token,
     };
     let registration = args
         .register

@@ -56,6 +56,12 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// A bearer token that cannot be sent, or cannot be read.
+    #[error("invalid token: {reason}")]
+    InvalidToken {
+        /// What is wrong (naming the file, if it came from one).
+        reason: String,
+    },
     /// The address could not be turned into a tonic endpoint.
     #[error("endpoint {endpoint}: {source}")]
     Transport {

@@ -65,6 +65,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod backoff;
 pub mod balancer;
 pub mod clock;

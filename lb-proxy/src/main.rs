@@ -45,6 +45,11 @@ struct Args {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=5))]
     max_attempts: u32,
 
+    /// Send `authorization: Bearer <token>` to the backends with every call (replacing
+    /// the caller's), the token read from this file; without it, $GREETER_TOKEN if set.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<std::path::PathBuf>,
+
     /// Do not watch the backends' grpc.health.v1.Health.
     #[arg(long)]
     no_health_check: bool,
@@ -64,6 +69,13 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let token = match lb_core::auth::read_token(args.token_file.as_deref(), "GREETER_TOKEN") {
+        Ok(token) => token,
+        Err(err) => {
+            eprintln!("error: {err}");
+            std::process::exit(2);
+        }
+    };
     let target = match args.dns_server {
         Some(server) => args.backends.clone().with_dns_server(server),
         None => Ok(args.backends.clone()),
@@ -81,14 +93,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     // Backends may be none yet (servers still to register in etcd): calls wait for
     // them, up to the queue timeout.
-    let balancer = Balancer::following(resolution)
+    let mut builder = Balancer::following(resolution)
         .policy(args.policy)
         .retry(RetryPolicy {
             max_attempts: args.max_attempts,
             ..RetryPolicy::default()
         })
-        .health_check((!args.no_health_check).then_some(""))
-        .build()?;
+        .health_check((!args.no_health_check).then_some(""));
+    if let Some(token) = &token {
+        builder = builder.bearer_token(token)?;
+    }
+    let balancer = builder.build()?;
     balancer.wait_settled(Duration::from_secs(5)).await;
     let proxy = lb_proxy::spawn(args.listen, balancer).await?;
     shutdown_signal().await?;

@@ -69,6 +69,7 @@ use crate::{
 pub struct BalancerBuilder {
     endpoints: Vec<Endpoint>,
     following: Option<Resolution>,
+    authorization: Option<http::HeaderValue>,
     policy: Arc<dyn BuildPicker>,
     explain: u64,
     seed: Option<u64>,
@@ -111,6 +112,23 @@ impl BalancerBuilder {
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self
+    }
+
+    /// Sends `authorization: Bearer <token>` with every call (replacing any the caller
+    /// set), for servers that check a token. The header is marked sensitive, so it is
+    /// not logged.
+    pub fn bearer_token(mut self, token: &str) -> Result<Self, Error> {
+        let invalid = || Error::InvalidToken {
+            reason: "a token must be visible ASCII (no spaces or control characters)".into(),
+        };
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid());
+        }
+        let mut value =
+            http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| invalid())?;
+        value.set_sensitive(true);
+        self.authorization = Some(value);
+        Ok(self)
     }
 
     /// How long one connection attempt may take (default 20 s, gRPC's minimum).
@@ -181,6 +199,7 @@ impl BalancerBuilder {
         let shared = Arc::new(Shared {
             core,
             explain: AtomicU64::new(self.explain),
+            authorization: self.authorization,
             queue_timeout: self.queue_timeout,
             budget: RetryBudget::new(&self.retry),
             retry: self.retry,
@@ -238,6 +257,7 @@ impl Balancer {
         BalancerBuilder {
             endpoints: endpoints.into_iter().collect(),
             following: None,
+            authorization: None,
             policy: Arc::new(Policy::RoundRobin),
             explain: 0,
             seed: None,
@@ -409,7 +429,12 @@ impl Service<http::Request<Body>> for Balancer {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        if let Some(authorization) = &self.shared.authorization {
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, authorization.clone());
+        }
         // The common case picks right here, synchronously, with this clone's RNG.
         let first = self
             .shared
@@ -435,6 +460,8 @@ struct Shared {
     core: Arc<Core>,
     /// How many more picks to explain.
     explain: AtomicU64,
+    /// Sent with every call, if set.
+    authorization: Option<http::HeaderValue>,
     queue_timeout: Duration,
     retry: RetryPolicy,
     budget: RetryBudget,
