@@ -27,6 +27,7 @@ mkdir -p "$work"
 pids=()
 skipped=()
 
+policy_made=""
 cleanup() {
   local pid
   for pid in "${pids[@]}"; do
@@ -35,6 +36,8 @@ cleanup() {
   for pid in "${pids[@]}"; do
     wait "$pid" 2>/dev/null || true
   done
+  # Ours only if we made it (an interrupted apt-get must not leave it behind).
+  if [[ -n "$policy_made" ]]; then ${sudo:-} rm -f /usr/sbin/policy-rc.d; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -92,7 +95,6 @@ if [[ -z "$nginx_bin" ]] && command -v apt-get >/dev/null; then
   [[ "$(id -u)" != 0 ]] && sudo="sudo -n"
   # Debian starts a freshly installed nginx on port 80 of every interface; a
   # policy-rc.d that says "no" keeps it from starting (we start our own, on loopback).
-  policy_made=""
   if [[ ! -e /usr/sbin/policy-rc.d ]] &&
     printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null 2>&1; then
     $sudo chmod +x /usr/sbin/policy-rc.d
@@ -103,7 +105,10 @@ if [[ -z "$nginx_bin" ]] && command -v apt-get >/dev/null; then
       $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null 2>&1; }; then
     nginx_bin=/usr/sbin/nginx
   fi
-  if [[ -n "$policy_made" ]]; then $sudo rm -f /usr/sbin/policy-rc.d; fi
+  if [[ -n "$policy_made" ]]; then
+    $sudo rm -f /usr/sbin/policy-rc.d
+    policy_made=""
+  fi
 fi
 if [[ -z "$nginx_bin" ]]; then
   skipped+=("nginx: not installed, and apt-get could not install it")
@@ -167,7 +172,10 @@ if [[ -n "$nginx_bin" ]]; then
     # what is measured here.
     echo "  keepalive_requests 100000000;"
     echo "  keepalive_timeout 300s;"
-    echo "  client_body_temp_path $work/nginx/body;"
+    # Every temporary path under $work: the defaults may not be writable by us.
+    for kind in client_body proxy fastcgi uwsgi scgi; do
+      echo "  ${kind}_temp_path $work/nginx/$kind;"
+    done
     echo "  upstream greeters {"
     for s in "${servers[@]}"; do echo "    server $s;"; done
     echo "    keepalive 64;"
@@ -188,7 +196,11 @@ if [[ -n "$nginx_bin" ]]; then
   start "nginx :$nginx_port" "$work/nginx/nginx.log" \
     "$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" -g "daemon off;"
   for _ in $(seq 100); do port_open "$nginx_port" && break; sleep 0.1; done
-  extra+=(--nginx "127.0.0.1:$nginx_port")
+  if port_open "$nginx_port"; then
+    extra+=(--nginx "127.0.0.1:$nginx_port")
+  else
+    skipped+=("nginx: it did not start (see $work/nginx/nginx.log and logs/error.log)")
+  fi
 fi
 
 if [[ -n "$python_client" ]]; then

@@ -17,9 +17,11 @@ pub fn svg(report: &Report) -> String {
             subjects.push(&row.subject);
         }
     }
+    // No bar where there is nothing to compare with (a direct run with no calls).
     let ratio = |subject: &str, c: usize| -> Option<f64> {
         let direct = report.get("direct", c)?.calls_per_sec;
-        Some(report.get(subject, c)?.calls_per_sec / direct)
+        let value = report.get(subject, c)?.calls_per_sec / direct;
+        value.is_finite().then_some(value)
     };
     let largest = subjects
         .iter()

@@ -276,7 +276,10 @@ impl Report {
                 "| subject | calls/s | × direct | p50 | p99 | p99.9 | client CPU per call | errors |\n",
             );
             md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
-            let direct = self.get("direct", c).map(|m| m.calls_per_sec);
+            let direct = self
+                .get("direct", c)
+                .map(|m| m.calls_per_sec)
+                .filter(|&d| d > 0.0);
             for row in self.rows.iter().filter(|r| r.concurrency == c) {
                 let m = &row.measurement;
                 let ratio = direct.map_or("".into(), |d| format!("{:.2}", m.calls_per_sec / d));

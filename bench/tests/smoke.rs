@@ -13,8 +13,9 @@ use lb_core::{Balancer, Endpoint, Policy};
 fn quick() -> Settings {
     Settings {
         concurrencies: vec![1, 4],
-        duration: Duration::from_millis(150),
-        warmup: Duration::from_millis(30),
+        duration: Duration::from_millis(200),
+        // Long enough for balance_list's lazy first connection, even on a busy machine.
+        warmup: Duration::from_millis(300),
         repeats: 1,
     }
 }

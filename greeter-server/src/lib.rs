@@ -200,9 +200,12 @@ struct CallCount {
 }
 
 impl CallCount {
+    // SeqCst, not Relaxed: `add_one` stores the count then loads `watched`, `watch`
+    // stores `watched` then loads the count; with weaker orderings both loads may see
+    // the old value, and a call would be counted but never published.
     fn add_one(&self) {
-        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.watched.load(Ordering::Relaxed) {
+        let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.watched.load(Ordering::SeqCst) {
             self.publish(n);
         }
     }
@@ -219,8 +222,8 @@ impl CallCount {
     }
 
     fn watch(&self) -> watch::Receiver<u64> {
-        self.watched.store(true, Ordering::Relaxed);
-        self.publish(self.count.load(Ordering::Relaxed));
+        self.watched.store(true, Ordering::SeqCst);
+        self.publish(self.count.load(Ordering::SeqCst));
         self.tx.subscribe()
     }
 }

@@ -56,7 +56,7 @@ struct Args {
 
     /// How long the etcd registration outlives a crashed server (its lease's
     /// time-to-live; renewed every third of it, at least 2s).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, requires = "register")]
     register_ttl: Duration,
 
     /// Answer SayHello only with `authorization: Bearer <token>`, the token read from
@@ -67,7 +67,7 @@ struct Args {
 
     /// The address to register in etcd (default: --host, which must then not be a
     /// wildcard such as 0.0.0.0).
-    #[arg(long, value_name = "IP")]
+    #[arg(long, value_name = "IP", requires = "register")]
     advertise: Option<IpAddr>,
 }
 

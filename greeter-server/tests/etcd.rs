@@ -266,9 +266,9 @@ async fn servers_registered_in_etcd_are_found_and_lost_as_they_come_and_go() {
         assert_ne!(served_by(&mut client).await, killed);
     }
 
-    // SIGTERM: deregistered at once, long before its 60 s lease would expire.
+    // SIGTERM: deregistered at once, long before its 60 s lease would expire (the
+    // wait below gives up after 10 s).
     let stopped = servers[1].addr.clone();
-    let asked = std::time::Instant::now();
     servers[1].signal("-TERM");
     wait_until(
         &balancer,
@@ -277,11 +277,6 @@ async fn servers_registered_in_etcd_are_found_and_lost_as_they_come_and_go() {
         |s| !listed(s).contains(&stopped),
     )
     .await;
-    let took = asked.elapsed();
-    assert!(
-        took < Duration::from_secs(30),
-        "deregistered, not expired: {took:?}"
-    );
     assert!(
         wait_for_line(&servers[1].lines, Duration::from_secs(10), |line| line
             .contains("deregistered from etcd"))

@@ -69,6 +69,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let mut stop = StopSignals::listen()?;
     let token = match lb_core::auth::read_token(args.token_file.as_deref(), "GREETER_TOKEN") {
         Ok(token) => token,
         Err(err) => {
@@ -87,7 +88,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    let Some(resolution) = resolve_backends(&target).await? else {
+    let Some(resolution) = resolve_backends(&target, &mut stop).await? else {
         info!("stopped before the backends were found");
         return Ok(());
     };
@@ -106,7 +107,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let balancer = builder.build()?;
     balancer.wait_settled(Duration::from_secs(5)).await;
     let proxy = lb_proxy::spawn(args.listen, balancer).await?;
-    shutdown_signal().await?;
+    stop.recv().await;
     info!("shutting down: no new connections, finishing calls in flight");
     proxy.shutdown().await?;
     Ok(())
@@ -127,7 +128,10 @@ fn init_tracing() {
 /// yet, servers still to register in etcd): a DNS name without records or an etcd out
 /// of reach is retried, with backoff, until found or until a signal says stop (then
 /// `None`). A target that cannot work (a file that cannot be read) is a usage error.
-async fn resolve_backends(target: &Target) -> anyhow::Result<Option<Resolution>> {
+async fn resolve_backends(
+    target: &Target,
+    stop: &mut StopSignals,
+) -> anyhow::Result<Option<Resolution>> {
     let mut delay = Duration::from_millis(250);
     loop {
         match target.resolve().await {
@@ -142,25 +146,44 @@ async fn resolve_backends(target: &Target) -> anyhow::Result<Option<Resolution>>
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            stop = shutdown_signal() => {
-                stop?;
-                return Ok(None);
-            }
+            _ = stop.recv() => return Ok(None),
         }
         delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 
-/// Ctrl-C or SIGTERM (as from `kill` or Kubernetes): time to drain.
-async fn shutdown_signal() -> std::io::Result<()> {
+/// Ctrl-C or SIGTERM (as from `kill` or Kubernetes): time to drain. Listened for from
+/// the start, once: a signal that arrives while the proxy is still resolving its
+/// backends, or connecting, is kept until it is looked at, not lost.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result,
-            _ = term.recv() => Ok(()),
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await
+
+    /// Resolves at the next Ctrl-C or SIGTERM (or at once for one already received).
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

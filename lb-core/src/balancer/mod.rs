@@ -501,6 +501,7 @@ impl Shared {
         let mut tried: Vec<Arc<Subchannel>> = Vec::new();
         let mut attempt = 1;
         let mut transparent = 0;
+        let mut last_failure: Option<Status> = None;
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let route = match route.take() {
@@ -526,7 +527,11 @@ impl Shared {
             let sub = route.sub.clone();
             let endpoint = route.state.endpoint().clone();
             let Some(attempt_body) = body.attempt() else {
-                return Err(Status::internal("request body already sent"));
+                // The body outgrew what is kept for a retry while the last attempt
+                // was failing: that failure is the call's.
+                return Err(last_failure
+                    .take()
+                    .unwrap_or_else(|| Status::internal("request body already sent")));
             };
             let send = route.send(http::Request::from_parts(parts.clone(), attempt_body));
             // tonic's own timer starts only once a connection is ready; this one also
@@ -551,6 +556,7 @@ impl Shared {
                     match retry_code {
                         Some(code) if retry_allowed && self.budget.allows_retry() => {
                             self.budget.on_failure();
+                            body.abandon_attempt();
                             self.note_retry(&sub, &format!("{code:?} from the server"));
                         }
                         Some(_) => {
@@ -575,7 +581,9 @@ impl Shared {
                     // neither an attempt nor budget, within its own small cap. A
                     // connection closing with GOAWAY refuses calls this way.
                     transparent += 1;
+                    body.abandon_attempt();
                     self.note_retry(&sub, status.message());
+                    last_failure = Some(status);
                     tried.push(sub);
                     continue;
                 }
@@ -589,7 +597,9 @@ impl Shared {
                     if !(retryable && retry_allowed && self.budget.allows_retry()) {
                         return Err(status);
                     }
+                    body.abandon_attempt();
                     self.note_retry(&sub, status.message());
+                    last_failure = Some(status);
                 }
             }
             tried.push(sub);

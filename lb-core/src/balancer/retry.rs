@@ -37,7 +37,7 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
 };
 
 use bytes::Bytes;
@@ -180,6 +180,7 @@ impl RequestBody {
                         ended: false,
                         kept: true,
                         attempt: 0,
+                        reader: None,
                     }))));
                 }
             }
@@ -202,8 +203,12 @@ impl RequestBody {
                 if r.attempt > 0 && !r.kept {
                     return None;
                 }
-                // From now on only this attempt reads the rest of the caller's body.
+                // From now on only this attempt reads the rest of the caller's body; an
+                // older one waiting on the source is woken to learn that it is over.
                 r.attempt += 1;
+                if let Some(waker) = r.reader.take() {
+                    waker.wake();
+                }
                 Some(Body::new(Replay {
                     recording: recording.clone(),
                     attempt: r.attempt,
@@ -224,12 +229,24 @@ impl RequestBody {
     }
 
     /// A response has arrived: the call will not be retried, so the recording can go.
+    ///
+    /// The current attempt may still be sending recorded chunks (it waits for flow
+    /// control): those stay until it has sent them (see `Replay`); nothing new is kept.
     pub(crate) fn commit(&mut self) {
         if let Self::Recording(recording) = self {
+            lock(recording).kept = false;
+        }
+    }
+
+    /// The current attempt failed: it must stop reading the caller's body now, so that
+    /// what it reads cannot be lost to the next attempt.
+    pub(crate) fn abandon_attempt(&mut self) {
+        if let Self::Recording(recording) = self {
             let mut r = lock(recording);
-            r.kept = false;
-            r.chunks = Vec::new();
-            r.trailers = None;
+            r.attempt += 1;
+            if let Some(waker) = r.reader.take() {
+                waker.wake();
+            }
         }
     }
 }
@@ -250,6 +267,8 @@ pub(crate) struct Recording {
     kept: bool,
     /// The attempt that reads from the source now; older ones are superseded.
     attempt: u64,
+    /// The waker of the attempt last waiting on the source, to wake when superseded.
+    reader: Option<Waker>,
 }
 
 fn lock(recording: &Mutex<Recording>) -> std::sync::MutexGuard<'_, Recording> {
@@ -286,6 +305,12 @@ impl http_body::Body for Replay {
             this.next += 1;
             return Poll::Ready(Some(Ok(Frame::data(chunk.clone()))));
         }
+        if !r.kept && !r.chunks.is_empty() {
+            // Committed (or too big): every recorded chunk has now been sent, and no
+            // other attempt will come; free them.
+            r.chunks = Vec::new();
+            this.next = 0;
+        }
         if r.ended {
             if !this.trailers_sent
                 && let Some(trailers) = r.trailers.clone()
@@ -298,7 +323,10 @@ impl http_body::Body for Replay {
         let r = &mut *r;
         loop {
             return match Pin::new(&mut r.source).poll_frame(cx) {
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => {
+                    r.reader = Some(cx.waker().clone());
+                    Poll::Pending
+                }
                 Poll::Ready(None) => {
                     r.ended = true;
                     Poll::Ready(None)
@@ -320,8 +348,11 @@ impl http_body::Body for Replay {
                             this.next += 1;
                         } else {
                             // Too big to keep (or already answered): no more attempts.
+                            // This attempt has sent every recorded chunk (it reads the
+                            // source only after them), so they can go.
                             r.kept = false;
                             r.chunks = Vec::new();
+                            this.next = 0;
                         }
                     } else if let Some(trailers) = frame.trailers_ref() {
                         r.trailers = Some(trailers.clone());
@@ -496,6 +527,26 @@ mod tests {
         tx.send(Bytes::from_static(b"def")).unwrap();
         drop(tx);
         assert_eq!(collect(first).await, b"def", "the stream goes on");
+    }
+
+    #[tokio::test]
+    async fn an_answer_during_a_replay_loses_nothing() {
+        let (tx, body) = channel_body();
+        let mut request = RequestBody::read(body, 1024).await.unwrap();
+        let mut first = request.attempt().unwrap();
+        for chunk in ["a", "b", "c"] {
+            tx.send(Bytes::from(chunk)).unwrap();
+            assert_eq!(next_data(&mut first).await, chunk.as_bytes());
+        }
+        request.abandon_attempt();
+        let mut second = request.attempt().unwrap();
+        assert_eq!(next_data(&mut second).await, b"a");
+        // The server answers while "b" and "c" are still to be replayed.
+        request.commit();
+        assert!(!request.is_replayable());
+        tx.send(Bytes::from_static(b"d")).unwrap();
+        drop(tx);
+        assert_eq!(collect(second).await, b"bcd", "nothing recorded is dropped");
     }
 
     /// A body whose chunks arrive when the test sends them, as a relayed stream's do.

@@ -348,6 +348,9 @@ impl Core {
             *lock(&sub.last_error) = Some(error.to_string());
             info!(endpoint = %sub.state.endpoint(), %error, "TRANSIENT_FAILURE: a call could not connect");
             self.publish();
+            // The task's own `set` will find the state already changed; count the
+            // failure here, so that the resolver is asked to look again now.
+            self.failures.send_modify(|n| *n += 1);
             sub.broken.send_replace(generation);
         }
     }

@@ -155,26 +155,30 @@ impl EtcdTarget {
                 trouble = self.follow(&mut client, &mut registered, &mut revision, &tx, &mut failures) => trouble,
                 _ = tx.closed() => return,
             };
-            let delay = RECONNECT.delay(failures, &mut rng);
-            failures = failures.saturating_add(1);
-            warn!(target = %self, %trouble, retry_in = ?delay, "etcd watch interrupted; keeping the last endpoints");
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = tx.closed() => return,
-            }
-            // Start over: a new connection and a fresh list, as events may have been
-            // missed (or compacted away) meanwhile.
-            let resynced = async {
-                let mut fresh = self.connect().await?;
-                let (now, at) = self.list(&mut fresh).await?;
-                Ok::<_, Error>((fresh, now, at))
-            };
-            match resynced.await {
-                Ok((fresh, now, at)) => {
-                    (client, registered, revision) = (fresh, now, at);
-                    publish(&self, &registered, &tx);
+            warn!(target = %self, %trouble, "etcd watch interrupted; keeping the last endpoints");
+            // Start over, until it works: a new connection and a fresh list, as events
+            // may have been missed (or compacted away) meanwhile. Never back to the old
+            // watch: its revision may be past events it has not delivered.
+            loop {
+                let delay = RECONNECT.delay(failures, &mut rng);
+                failures = failures.saturating_add(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = tx.closed() => return,
                 }
-                Err(err) => warn!("{err}"),
+                let resynced = async {
+                    let mut fresh = self.connect().await?;
+                    let (now, at) = self.list(&mut fresh).await?;
+                    Ok::<_, Error>((fresh, now, at))
+                };
+                match resynced.await {
+                    Ok((fresh, now, at)) => {
+                        (client, registered, revision) = (fresh, now, at);
+                        publish(&self, &registered, &tx);
+                        break;
+                    }
+                    Err(err) => warn!("{err}; trying again"),
+                }
             }
         }
     }
@@ -201,12 +205,15 @@ impl EtcdTarget {
                 Ok(None) => return "the watch stream ended".into(),
                 Err(err) => return reason(&err),
             };
-            *failures = 0;
             if response.canceled() {
                 return format!("watch cancelled by etcd: {}", response.cancel_reason());
             }
+            *failures = 0;
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
+                // The revision seen is that of the events applied, not the header's:
+                // a header can be ahead of events still to be delivered.
+                *revision = (*revision).max(kv.mod_revision());
                 let key = String::from_utf8_lossy(kv.key()).into_owned();
                 match event.event_type() {
                     EventType::Put => match parse_registration(&key, kv.value()) {
@@ -222,9 +229,6 @@ impl EtcdTarget {
                         registered.remove(&key);
                     }
                 }
-            }
-            if let Some(header) = response.header() {
-                *revision = (*revision).max(header.revision());
             }
             publish(self, registered, tx);
         }
@@ -299,7 +303,7 @@ fn parse_registration(key: &str, value: &[u8]) -> Result<Endpoint, String> {
             let weight = u32::try_from(weight)
                 .ok()
                 .filter(|&w| w > 0)
-                .ok_or_else(|| format!("weight {weight} is not between 1 and {}", u32::MAX))?;
+                .ok_or_else(|| format!("weight {weight} is not a positive 32-bit number"))?;
             endpoint = endpoint.with_weight(weight);
         }
         return Ok(endpoint);
@@ -383,7 +387,10 @@ impl Registration {
 
     /// Removes the registration now: revokes the lease, which deletes its keys.
     pub async fn deregister(mut self) -> Result<(), Error> {
+        // Stopped first and waited for, so that it cannot grant a new lease after the
+        // one read here.
         self.task.abort();
+        let _ = (&mut self.task).await;
         let lease = self.lease();
         let revoked = tokio::time::timeout(REQUEST_TIMEOUT, self.client.lease_revoke(lease)).await;
         match revoked {
@@ -428,14 +435,18 @@ async fn put_under_lease(
         .map_err(|e| target.error("cannot grant a lease", &e))?
         .id();
     for endpoint in endpoints {
-        client
+        let put = client
             .put(
                 target.key_for(endpoint),
                 registration_value(endpoint),
                 Some(PutOptions::new().with_lease(lease)),
             )
-            .await
-            .map_err(|e| target.error("cannot register", &e))?;
+            .await;
+        if let Err(err) = put {
+            // Take back the keys already written: half a registration is a lie.
+            let _ = client.lease_revoke(lease).await;
+            return Err(target.error("cannot register", &err));
+        }
     }
     Ok(lease)
 }
