@@ -54,16 +54,11 @@ use lb_core::{Endpoint, resolver::etcd::Registration};
 /// The response metadata key that names the instance that answered.
 pub const SERVED_BY: &str = "x-served-by";
 
-/// The largest request or response message accepted (gRPC's usual default, set
-/// explicitly so that it is visible and cannot change under us).
-pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+pub mod limits;
 
-/// Calls served at once on one connection; more wait. Stops one client from taking
-/// every worker.
-pub const MAX_CONCURRENT_CALLS_PER_CONNECTION: usize = 256;
-
-/// HTTP/2 streams a client may open at once on one connection.
-pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+pub use limits::{
+    MAX_CONCURRENT_CALLS_PER_CONNECTION, MAX_CONCURRENT_STREAMS, MAX_MESSAGE_SIZE, REQUEST_TIMEOUT,
+};
 
 /// What to serve, and how.
 #[derive(Clone, Debug)]
@@ -81,6 +76,8 @@ pub struct Config {
     /// Close each connection after this long (GOAWAY, then the calls in flight finish),
     /// so that clients reconnect: how servers spread load after a fleet grows.
     pub max_connection_age: Option<Duration>,
+    /// How long a call may take to be answered (DEADLINE_EXCEEDED beyond it).
+    pub request_timeout: Duration,
     /// If set, `SayHello` answers only calls carrying `authorization: Bearer <token>`
     /// (UNAUTHENTICATED otherwise). Health and reflection stay open, for probes.
     pub token: Option<String>,
@@ -96,6 +93,7 @@ impl Config {
             error_rate: 0.0,
             seed: 0,
             max_connection_age: None,
+            request_timeout: REQUEST_TIMEOUT,
             token: None,
         }
     }
@@ -481,6 +479,10 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
         let router = builder
             .concurrency_limit_per_connection(MAX_CONCURRENT_CALLS_PER_CONNECTION)
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .http2_max_header_list_size(limits::MAX_HEADER_LIST_SIZE)
+            .http2_keepalive_interval(Some(limits::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(limits::KEEPALIVE_TIMEOUT))
+            .layer(limits::LimitsLayer::new(config.request_timeout))
             .add_service(greeter)
             .add_service(health_service)
             .add_service(reflection_v1)

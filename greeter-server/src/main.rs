@@ -59,6 +59,11 @@ struct Args {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, requires = "register")]
     register_ttl: Duration,
 
+    /// How long a call may take to be answered before the server gives up with
+    /// DEADLINE_EXCEEDED.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+
     /// Answer SayHello only with `authorization: Bearer <token>`, the token read from
     /// this file (its first line); others get UNAUTHENTICATED. Without it,
     /// $GREETER_TOKEN is used if set. Health and reflection stay open.
@@ -104,6 +109,7 @@ async fn main() -> ExitCode {
         error_rate: args.error_rate,
         seed: args.seed,
         max_connection_age: args.max_connection_age,
+        request_timeout: args.request_timeout,
         token,
     };
     let registration = args
