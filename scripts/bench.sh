@@ -24,45 +24,23 @@ cd "$ROOT"
 base="${BENCH_PORT:-50070}"
 work="$RUN_DIR/bench"
 mkdir -p "$work"
-pids=()
 skipped=()
 
 policy_made=""
 cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
+  stop_started
   # Ours only if we made it (an interrupted apt-get must not leave it behind).
   if [[ -n "$policy_made" ]]; then ${sudo:-} rm -f /usr/sbin/policy-rc.d; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# start NAME LOG COMMAND...: runs COMMAND in the background, remembers its pid.
+# start NAME LOG COMMAND...: start_bg, and say so.
 start() {
   local name="$1" log="$2"
   shift 2
-  "$@" >"$log" 2>&1 &
-  pids+=("$!")
-  echo "started $name (pid $!, log $log)"
-}
-
-# wait_for LOG TEXT [COUNT]: until LOG has COUNT lines with TEXT (30 s at most).
-wait_for() {
-  local log="$1" text="$2" count="${3:-1}"
-  for _ in $(seq 300); do
-    if [[ -f "$log" ]] && (( $(grep -c -- "$text" "$log" || true) >= count )); then
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "not ready after 30 s: $log" >&2
-  sed 's/^/    /' "$log" | tail -20 >&2
-  exit 1
+  start_bg "$log" "$@"
+  echo "started $name (pid ${STARTED_PIDS[-1]}, log $log)"
 }
 
 port_open() {
@@ -132,8 +110,8 @@ for i in 1 2 3; do
   hetero+=("127.0.0.1:$port")
 done
 for i in 1 2 3; do
-  wait_for "$work/server-$((base + i)).log" "serving example.MyService"
-  wait_for "$work/server-$((base + 20 + i)).log" "serving example.MyService"
+  wait_for_log "$work/server-$((base + i)).log" "serving example.MyService"
+  wait_for_log "$work/server-$((base + 20 + i)).log" "serving example.MyService"
 done
 server_list="$(IFS=,; echo "${servers[*]}")"
 hetero_list="$(IFS=,; echo "${hetero[*]}")"
@@ -145,7 +123,7 @@ scale_last=$((scale_first + 999))
 if ulimit -n 8192 2>/dev/null; then
   start "greeter-server :$scale_first-$scale_last" "$work/scale.log" \
     env RUST_LOG=info target/release/greeter-server --port "$scale_first-$scale_last"
-  wait_for "$work/scale.log" "serving example.MyService" 1000
+  wait_for_log "$work/scale.log" "serving example.MyService" 1000
   scale_args=(--scale "127.0.0.1:$scale_first-$scale_last")
 else
   skipped+=("the scale run: cannot raise the open-file limit to 8,192 (ulimit -n)")
@@ -155,7 +133,7 @@ proxy_port=$((base + 10))
 start "lb-proxy :$proxy_port" "$work/lb-proxy.log" \
   env RUST_LOG=info target/release/lb-proxy --listen "127.0.0.1:$proxy_port" \
   --backends "$server_list" --policy round_robin
-wait_for "$work/lb-proxy.log" "lb-proxy listening"
+wait_for_log "$work/lb-proxy.log" "lb-proxy listening"
 extra=(--proxy "127.0.0.1:$proxy_port")
 
 if [[ -n "$nginx_bin" ]]; then
@@ -207,7 +185,7 @@ if [[ -n "$python_client" ]]; then
   python_port=$((base + 12))
   start "the article's Python server :$python_port" "$work/python-server.log" \
     "$work/venv/bin/python" scripts/python/server.py "$python_port"
-  wait_for "$work/python-server.log" "serving on"
+  wait_for_log "$work/python-server.log" "serving on"
   extra+=(--python-server "127.0.0.1:$python_port" --python-client "$python_client")
 fi
 

@@ -9,3 +9,37 @@ case "$PROFILE" in
   *) echo "PROFILE must be release or debug, not '$PROFILE'" >&2; exit 2 ;;
 esac
 RUN_DIR="${RUN_DIR:-$ROOT/.run}"
+
+# Processes a script starts in the background (start_bg), stopped by stop_started,
+# which scripts set as (part of) their EXIT trap. Only these pids are ever signalled.
+STARTED_PIDS=()
+
+# start_bg LOG COMMAND...: runs COMMAND in the background, its output to LOG.
+start_bg() {
+  local log="$1"
+  shift
+  "$@" >"$log" 2>&1 &
+  STARTED_PIDS+=("$!")
+}
+
+# stop_started: SIGTERM to every process start_bg started, then waits for each.
+stop_started() {
+  local pid
+  for pid in "${STARTED_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${STARTED_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+
+# wait_for_log LOG TEXT [COUNT]: until LOG has COUNT lines with TEXT (default 1), for
+# 30 s at most; then prints the end of the log and exits 1.
+wait_for_log() {
+  local log="$1" text="$2" count="${3:-1}"
+  for _ in $(seq 300); do
+    if [[ -f "$log" ]] && (($(grep -c -- "$text" "$log" || true) >= count)); then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "not ready after 30 s: $log" >&2
+  tail -20 "$log" | sed 's/^/    /' >&2
+  exit 1
+}

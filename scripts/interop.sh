@@ -19,34 +19,9 @@ cd "$ROOT"
 base="${INTEROP_PORT:-50150}"
 work="$RUN_DIR/interop"
 mkdir -p "$work"
-pids=()
 failed=0
-
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT
+trap stop_started EXIT
 trap 'exit 130' INT TERM
-
-start() {
-  local log="$1"
-  shift
-  "$@" >"$log" 2>&1 &
-  pids+=("$!")
-}
-
-wait_for() {
-  local log="$1" text="$2"
-  for _ in $(seq 300); do
-    grep -q -- "$text" "$log" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "not ready after 30 s: $log" >&2
-  sed 's/^/    /' "$log" >&2
-  exit 1
-}
 
 check() {
   local what="$1" ok="$2" detail="$3"
@@ -75,22 +50,22 @@ ours=()
 theirs=()
 for i in 1 2 3; do
   port=$((base + i))
-  start "$work/greeter-$port.log" env RUST_LOG=info "$BIN_DIR/greeter-server" --port "$port"
+  start_bg "$work/greeter-$port.log" env RUST_LOG=info "$BIN_DIR/greeter-server" --port "$port"
   ours+=("127.0.0.1:$port")
   port=$((base + 10 + i))
-  start "$work/python-$port.log" "$py" scripts/python/server.py "$port"
+  start_bg "$work/python-$port.log" "$py" scripts/python/server.py "$port"
   theirs+=("127.0.0.1:$port")
 done
 for i in 1 2 3; do
-  wait_for "$work/greeter-$((base + i)).log" "serving example.MyService"
-  wait_for "$work/python-$((base + 10 + i)).log" "serving on"
+  wait_for_log "$work/greeter-$((base + i)).log" "serving example.MyService"
+  wait_for_log "$work/python-$((base + 10 + i)).log" "serving on"
 done
 ours_list="$(IFS=,; echo "${ours[*]}")"
 theirs_list="$(IFS=,; echo "${theirs[*]}")"
 proxy="127.0.0.1:$((base + 20))"
-start "$work/lb-proxy.log" env RUST_LOG=info "$BIN_DIR/lb-proxy" --listen "$proxy" \
+start_bg "$work/lb-proxy.log" env RUST_LOG=info "$BIN_DIR/lb-proxy" --listen "$proxy" \
   --backends "$ours_list" --policy round_robin
-wait_for "$work/lb-proxy.log" "lb-proxy listening"
+wait_for_log "$work/lb-proxy.log" "lb-proxy listening"
 
 echo "== Checks"
 reply="$("$py" scripts/python/client.py "${ours[0]}" 2>&1 || true)"
