@@ -154,7 +154,6 @@ impl RequestBody {
                 Poll::Ready(None) => return Ok(Self::Replayable(chunks, None)),
                 Poll::Ready(Some(Err(status))) => return Err(status),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) if data.is_empty() => {}
                     Ok(data) => {
                         size += data.len();
                         chunks.push(data);
@@ -321,47 +320,40 @@ impl http_body::Body for Replay {
             return Poll::Ready(None);
         }
         let r = &mut *r;
-        loop {
-            return match Pin::new(&mut r.source).poll_frame(cx) {
-                Poll::Pending => {
-                    r.reader = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-                Poll::Ready(None) => {
-                    r.ended = true;
-                    Poll::Ready(None)
-                }
-                Poll::Ready(Some(Err(status))) => {
-                    r.kept = false;
-                    Poll::Ready(Some(Err(status)))
-                }
-                // An empty chunk carries nothing, and relayed as an empty DATA frame
-                // it counts against the server's limit on those (see lb-proxy).
-                Poll::Ready(Some(Ok(frame))) if frame.data_ref().is_some_and(Bytes::is_empty) => {
-                    continue;
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        r.size += data.len();
-                        if r.kept && r.size <= r.limit {
-                            r.chunks.push(data.clone());
-                            this.next += 1;
-                        } else {
-                            // Too big to keep (or already answered): no more attempts.
-                            // This attempt has sent every recorded chunk (it reads the
-                            // source only after them), so they can go.
-                            r.kept = false;
-                            r.chunks = Vec::new();
-                            this.next = 0;
-                        }
-                    } else if let Some(trailers) = frame.trailers_ref() {
-                        r.trailers = Some(trailers.clone());
-                        r.ended = true;
-                        this.trailers_sent = true;
+        match Pin::new(&mut r.source).poll_frame(cx) {
+            Poll::Pending => {
+                r.reader = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            Poll::Ready(None) => {
+                r.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(status))) => {
+                r.kept = false;
+                Poll::Ready(Some(Err(status)))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    r.size += data.len();
+                    if r.kept && r.size <= r.limit {
+                        r.chunks.push(data.clone());
+                        this.next += 1;
+                    } else {
+                        // Too big to keep (or already answered): no more attempts.
+                        // This attempt has sent every recorded chunk (it reads the
+                        // source only after them), so they can go.
+                        r.kept = false;
+                        r.chunks = Vec::new();
+                        this.next = 0;
                     }
-                    Poll::Ready(Some(Ok(frame)))
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    r.trailers = Some(trailers.clone());
+                    r.ended = true;
+                    this.trailers_sent = true;
                 }
-            };
+                Poll::Ready(Some(Ok(frame)))
+            }
         }
     }
 }
