@@ -6,16 +6,20 @@
 
 use std::time::Duration;
 
-use lb_core::Endpoint;
+use lb_core::{Endpoint, tls::ClientTls};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-/// Checks `endpoint` once: `Ok(status)` if it answered, `Err(reason)` if not.
-pub async fn check(endpoint: &Endpoint, timeout: Duration) -> Result<ServingStatus, String> {
-    let channel = Channel::from_shared(endpoint.uri())
+/// Checks `endpoint` once (over TLS with `tls`): `Ok(status)` if it answered, `Err(reason)` if not.
+pub async fn check(
+    endpoint: &Endpoint,
+    tls: Option<&ClientTls>,
+    timeout: Duration,
+) -> Result<ServingStatus, String> {
+    let channel = endpoint
+        .to_tonic(tls)
         .map_err(|e| e.to_string())?
         .connect_timeout(timeout)
         .timeout(timeout)
@@ -32,10 +36,14 @@ pub async fn check(endpoint: &Endpoint, timeout: Duration) -> Result<ServingStat
 }
 
 /// Checks `endpoint` every 100 ms until it is SERVING or `wait` has passed.
-pub async fn wait_serving(endpoint: &Endpoint, wait: Duration) -> Result<(), String> {
+pub async fn wait_serving(
+    endpoint: &Endpoint,
+    tls: Option<&ClientTls>,
+    wait: Duration,
+) -> Result<(), String> {
     let deadline = Instant::now() + wait;
     loop {
-        let last = match check(endpoint, Duration::from_secs(1)).await {
+        let last = match check(endpoint, tls, Duration::from_secs(1)).await {
             Ok(ServingStatus::Serving) => return Ok(()),
             Ok(other) => format!("status {}", other.as_str_name()),
             Err(reason) => reason,

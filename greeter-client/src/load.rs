@@ -65,6 +65,8 @@ pub struct LoadSpec {
     pub updates: Option<lb_core::resolver::Resolution>,
     /// Sent as `authorization: Bearer <token>` with every call, if set.
     pub token: Option<String>,
+    /// Connect over TLS (mutual TLS if it has a client certificate), if set.
+    pub tls: Option<lb_core::tls::ClientTls>,
 }
 
 impl LoadSpec {
@@ -89,6 +91,7 @@ impl LoadSpec {
             live: false,
             updates: None,
             token: None,
+            tls: None,
         }
     }
 
@@ -156,6 +159,9 @@ pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
     }
     if let Some(token) = &spec.token {
         builder = builder.bearer_token(token)?;
+    }
+    if let Some(tls) = &spec.tls {
+        builder = builder.tls(tls.clone());
     }
     let balancer = builder.build()?;
     if let Some(updates) = &spec.updates {

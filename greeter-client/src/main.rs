@@ -6,6 +6,7 @@
 //! greeter-client compare --servers ... --requests 2000 --concurrency 16
 //! greeter-client simulate --backend 2ms --backend 2ms --backend 20ms
 //! greeter-client health --servers 127.0.0.1:50051 --wait 10s
+//! greeter-client --servers ... --ca certs/ca.pem --tls-cert certs/client.pem --tls-key certs/client.key
 //! ```
 //!
 //! Exit codes: 0 when every call succeeded, 1 when any failed (or a server is not
@@ -23,6 +24,7 @@ use lb_core::{
     Endpoint, OutlierDetection, Policy, RetryPolicy,
     balancer::SuccessRate,
     resolver::{Resolution, Target},
+    tls::ClientTls,
 };
 
 /// Calls example.MyService/SayHello through a client-side load balancer and shows
@@ -73,6 +75,24 @@ struct Servers {
     /// 127.0.0.1:5353.
     #[arg(long, value_name = "IP:PORT")]
     dns_server: Option<std::net::SocketAddr>,
+
+    /// Connect over TLS, trusting the servers' certificates only if this CA (PEM)
+    /// signed them. scripts/gen-certs.sh makes one for the demo.
+    #[arg(long, value_name = "PEM")]
+    ca: Option<PathBuf>,
+
+    /// Mutual TLS: show this certificate (PEM; with --tls-key and --ca) to servers.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_key", "ca"])]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Expect servers' certificates to name this host, whatever address is dialled
+    /// (default: each server's own host or IP address).
+    #[arg(long, value_name = "NAME", requires = "ca")]
+    tls_server_name: Option<String>,
 }
 
 /// The endpoints now, and their later changes if the target is watched.
@@ -103,6 +123,19 @@ impl Servers {
         }
         let follow = (!matches!(target, Target::Static(_))).then_some(resolution);
         Ok((now, follow))
+    }
+
+    /// The TLS settings, if --ca was given; an unusable file is a usage error.
+    fn tls(&self) -> anyhow::Result<Option<ClientTls>> {
+        let Some(ca) = &self.ca else {
+            return Ok(None);
+        };
+        let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+        let tls = ClientTls::from_files(ca, identity).map_err(|e| usage(e.to_string()))?;
+        Ok(Some(match &self.tls_server_name {
+            Some(name) => tls.server_name(name),
+            None => tls,
+        }))
     }
 }
 
@@ -196,6 +229,7 @@ impl Workload {
             live: self.live,
             updates: None,
             token: None,
+            tls: None,
         }
     }
 }
@@ -351,6 +385,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     spec.explain = args.explain;
     spec.updates = updates;
     spec.token = args.workload.token()?;
+    spec.tls = args.servers.tls()?;
     let report = greeter_client::run(&spec).await?;
     if args.workload.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -370,6 +405,7 @@ async fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let mut spec = args.workload.spec(servers, Policy::RoundRobin);
     spec.updates = updates;
     spec.token = args.workload.token()?;
+    spec.tls = args.servers.tls()?;
     let reports = greeter_client::load::compare(&spec, &policies).await?;
     if args.workload.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
@@ -472,9 +508,10 @@ fn exit_code(ok: bool) -> ExitCode {
 async fn run_health(args: HealthArgs) -> anyhow::Result<ExitCode> {
     // Concurrently, so that --wait bounds the whole command, not each server in turn.
     let (servers, _) = args.servers.resolve().await?;
+    let tls = args.servers.tls()?;
     let checks = servers
         .iter()
-        .map(|endpoint| health::wait_serving(endpoint, args.wait));
+        .map(|endpoint| health::wait_serving(endpoint, tls.as_ref(), args.wait));
     let mut healthy = true;
     let results = futures::future::join_all(checks).await;
     for (endpoint, result) in servers.iter().zip(results) {

@@ -43,7 +43,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{
     Request, Response, Status,
     metadata::{AsciiMetadataValue, MetadataValue},
-    transport::{Server, server::TcpIncoming},
+    transport::{Server, ServerTlsConfig, server::TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
@@ -54,6 +54,7 @@ use lb_core::{Endpoint, resolver::etcd::Registration};
 /// The response metadata key that names the instance that answered.
 pub const SERVED_BY: &str = "x-served-by";
 
+pub mod certs;
 pub mod limits;
 
 pub use limits::{
@@ -81,6 +82,9 @@ pub struct Config {
     /// If set, `SayHello` answers only calls carrying `authorization: Bearer <token>`
     /// (UNAUTHENTICATED otherwise). Health and reflection stay open, for probes.
     pub token: Option<String>,
+    /// Serve TLS (and, if it names a client CA, require client certificates: mutual
+    /// TLS) instead of plaintext HTTP/2. See [`lb_core::tls::server_config`].
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl Config {
@@ -95,7 +99,14 @@ impl Config {
             max_connection_age: None,
             request_timeout: REQUEST_TIMEOUT,
             token: None,
+            tls: None,
         }
+    }
+
+    /// The same, serving TLS (mutual TLS if `tls` names a client CA).
+    pub fn with_tls(mut self, tls: ServerTlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// The same, requiring `authorization: Bearer <token>` on every `SayHello`.
@@ -169,6 +180,9 @@ pub enum ServerError {
         /// The wildcard host.
         host: IpAddr,
     },
+    /// The TLS settings could not be used.
+    #[error("TLS: {0}")]
+    Tls(#[source] tonic::transport::Error),
     /// A server task panicked (a bug).
     #[error("server task on {addr} panicked")]
     Panicked {
@@ -470,6 +484,9 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
             TokenCheck::new(config.token.as_deref()),
         );
         let mut builder = Server::builder();
+        if let Some(tls) = &config.tls {
+            builder = builder.tls_config(tls.clone()).map_err(ServerError::Tls)?;
+        }
         if let Some(age) = config.max_connection_age {
             // No grace period on purpose: with one, tonic 0.14 waits out the age and
             // the grace and then drops the connection without a GOAWAY, cutting calls
@@ -498,6 +515,7 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
             %addr,
             latency = ?config.latency,
             error_rate = config.error_rate,
+            tls = config.tls.is_some(),
             "serving example.MyService, grpc.health.v1.Health and reflection"
         );
         let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));

@@ -7,6 +7,7 @@
 //! kill -USR1 <pid>    # report NOT_SERVING (health), keep serving calls
 //! kill -USR2 <pid>    # report SERVING again
 //! greeter-server --port 0 --register etcd://127.0.0.1:2379/greeter   # found by clients watching etcd
+//! greeter-server --tls-cert certs/server.pem --tls-key certs/server.key --ca certs/ca.pem  # mTLS
 //! ```
 
 use std::{net::IpAddr, process::ExitCode, time::Duration};
@@ -70,6 +71,20 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     token_file: Option<std::path::PathBuf>,
 
+    /// Serve TLS with this certificate (PEM; with --tls-key). scripts/gen-certs.sh
+    /// makes one for the demo.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+
+    /// Mutual TLS: require every client to show a certificate signed by this CA
+    /// (PEM); clients without one are refused during the handshake.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    ca: Option<std::path::PathBuf>,
+
     /// The address to register in etcd (default: --host, which must then not be a
     /// wildcard such as 0.0.0.0).
     #[arg(long, value_name = "IP", requires = "register")]
@@ -102,6 +117,17 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => match lb_core::tls::server_config(cert, key, args.ca.as_deref())
+        {
+            Ok(tls) => Some(tls),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     let config = Config {
         host: args.host,
         ports: args.ports.into_iter().flatten().collect(),
@@ -111,6 +137,7 @@ async fn main() -> ExitCode {
         max_connection_age: args.max_connection_age,
         request_timeout: args.request_timeout,
         token,
+        tls,
     };
     let registration = args
         .register

@@ -60,6 +60,23 @@ impl Endpoint {
     pub fn uri(&self) -> String {
         format!("http://{self}")
     }
+
+    /// A tonic endpoint for this address: plaintext HTTP/2, or with `tls`, an
+    /// `https://` one that verifies the server's certificate (see [`crate::tls`]).
+    pub fn to_tonic(
+        &self,
+        tls: Option<&crate::tls::ClientTls>,
+    ) -> Result<tonic::transport::Endpoint, Error> {
+        match tls {
+            None => tonic::transport::Endpoint::from_shared(self.uri()),
+            Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{self}"))
+                .and_then(|target| target.tls_config(tls.for_endpoint(self))),
+        }
+        .map_err(|source| Error::Transport {
+            endpoint: self.to_string(),
+            source,
+        })
+    }
 }
 
 impl fmt::Display for Endpoint {

@@ -62,6 +62,14 @@ pub enum Error {
         /// What is wrong (naming the file, if it came from one).
         reason: String,
     },
+    /// A certificate or key that cannot be used.
+    #[error("{}{reason}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
+    Tls {
+        /// The file it came from (empty if given as bytes).
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The address could not be turned into a tonic endpoint.
     #[error("endpoint {endpoint}: {source}")]
     Transport {

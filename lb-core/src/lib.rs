@@ -29,6 +29,7 @@
 //! - [`backoff`]: gRPC's connection backoff, used when reconnecting.
 //! - [`resolver`]: target URIs (`host:port` lists, watched files, DNS) and the endpoint
 //!   changes they produce, which the balancer follows.
+//! - [`tls`]: TLS and mutual TLS for the balancer's connections (and servers' settings).
 //!
 //! # Example: a balanced client
 //! Three real servers on loopback, one tonic client on top of the balancer:
@@ -75,6 +76,7 @@ pub mod latency;
 pub mod policy;
 pub mod resolver;
 pub mod state;
+pub mod tls;
 
 pub use backoff::Backoff;
 pub use balancer::{

@@ -31,7 +31,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic::{
     Status,
     body::Body,
-    transport::{Server, server::TcpIncoming},
+    transport::{Server, ServerTlsConfig, server::TcpIncoming},
 };
 use tower::Service;
 use tracing::info;
@@ -55,6 +55,9 @@ pub enum ProxyError {
         /// What tonic said.
         source: tonic::transport::Error,
     },
+    /// The TLS settings could not be used.
+    #[error("TLS: {0}")]
+    Tls(#[source] tonic::transport::Error),
 }
 
 /// The proxy as a `tower::Service`: its own health service for
@@ -153,6 +156,10 @@ impl http_body::Body for WithoutEmptyData {
 #[derive(Debug)]
 pub struct Running {
     addr: SocketAddr,
+    /// The proxy's own health: told NOT_SERVING at shutdown, which also ends the
+    /// health Watch streams of callers (a balancer in front of the proxy keeps one
+    /// open, and a graceful shutdown waits for every stream to end).
+    health: tonic_health::server::HealthReporter,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -164,7 +171,11 @@ impl Running {
     }
 
     /// Stops accepting, lets calls in flight finish, and returns.
-    pub async fn shutdown(self) -> Result<(), ProxyError> {
+    pub async fn shutdown(mut self) -> Result<(), ProxyError> {
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        self.health.clear_service_status("").await;
         self.stop.send_replace(true);
         self.wait().await
     }
@@ -185,6 +196,21 @@ impl Running {
 /// Listens on `addr` (port 0: any free port) and forwards every call through
 /// `balancer`.
 pub async fn spawn(addr: SocketAddr, balancer: Balancer) -> Result<Running, ProxyError> {
+    spawn_with_tls(addr, balancer, None).await
+}
+
+/// [`spawn`], serving TLS to callers with `tls` (mutual TLS if it names a client CA;
+/// see [`lb_core::tls::server_config`]). How the proxy reaches its backends, over TLS
+/// or not, is the balancer's setting ([`lb_core::BalancerBuilder::tls`]).
+pub async fn spawn_with_tls(
+    addr: SocketAddr,
+    balancer: Balancer,
+    tls: Option<ServerTlsConfig>,
+) -> Result<Running, ProxyError> {
+    let mut server = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
+    if let Some(tls) = tls {
+        server = server.tls_config(tls).map_err(ProxyError::Tls)?;
+    }
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ProxyError::Bind { addr, source })?;
@@ -200,9 +226,7 @@ pub async fn spawn(addr: SocketAddr, balancer: Balancer) -> Result<Running, Prox
     let (stop, mut stopped) = watch::channel(false);
     info!(%addr, "lb-proxy listening: every call is balanced over the backends");
     let task = tokio::spawn(async move {
-        let _reporter = reporter; // Keeps the health status alive while serving.
-        Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        server
             .serve_with_incoming_shutdown(
                 proxy,
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -212,7 +236,12 @@ pub async fn spawn(addr: SocketAddr, balancer: Balancer) -> Result<Running, Prox
             )
             .await
     });
-    Ok(Running { addr, stop, task })
+    Ok(Running {
+        addr,
+        health: reporter,
+        stop,
+        task,
+    })
 }
 
 /// tonic's `Routes` (here: the health service) with its error type made concrete.

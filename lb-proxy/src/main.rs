@@ -3,17 +3,21 @@
 //! ```text
 //! lb-proxy --listen 127.0.0.1:50050 --backends 127.0.0.1:50051,127.0.0.1:50052 --policy least_request
 //! python client.py   # pointed at 127.0.0.1:50050: its calls now spread over both servers
+//! lb-proxy --tls-cert certs/server.pem --tls-key certs/server.key --ca certs/ca.pem \
+//!          --backends ... --backend-ca certs/ca.pem --backend-tls-cert certs/client.pem --backend-tls-key certs/client.key
 //! ```
 //!
 //! Exit codes: 0 after Ctrl-C/SIGTERM, 1 on a runtime failure, 2 for a usage error.
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use lb_core::{
     Balancer, Policy, RetryPolicy,
     resolver::{Resolution, Target},
+    tls::{ClientTls, server_config},
 };
+use tonic::transport::ServerTlsConfig;
 use tracing::{info, warn};
 
 /// Accepts any gRPC call on one address and forwards it, unchanged, to one of the
@@ -53,6 +57,63 @@ struct Args {
     /// Do not watch the backends' grpc.health.v1.Health.
     #[arg(long)]
     no_health_check: bool,
+
+    /// Serve TLS to callers with this certificate (PEM; with --tls-key).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Mutual TLS with callers: require a client certificate signed by this CA (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    ca: Option<PathBuf>,
+
+    /// Reach the backends over TLS, trusting their certificates only if this CA (PEM)
+    /// signed them.
+    #[arg(long, value_name = "PEM")]
+    backend_ca: Option<PathBuf>,
+
+    /// Mutual TLS with the backends: show them this certificate (PEM; with
+    /// --backend-tls-key and --backend-ca).
+    #[arg(long, value_name = "PEM", requires_all = ["backend_tls_key", "backend_ca"])]
+    backend_tls_cert: Option<PathBuf>,
+
+    /// The private key of --backend-tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "backend_tls_cert")]
+    backend_tls_key: Option<PathBuf>,
+
+    /// Expect the backends' certificates to name this host (default: each backend's
+    /// own host or IP address).
+    #[arg(long, value_name = "NAME", requires = "backend_ca")]
+    backend_tls_server_name: Option<String>,
+}
+
+impl Args {
+    /// The TLS settings for callers and for backends; unusable files are errors that
+    /// name the file.
+    fn tls(&self) -> Result<(Option<ServerTlsConfig>, Option<ClientTls>), lb_core::Error> {
+        let front = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(server_config(cert, key, self.ca.as_deref())?),
+            _ => None,
+        };
+        let back = match &self.backend_ca {
+            Some(ca) => {
+                let identity = self
+                    .backend_tls_cert
+                    .as_deref()
+                    .zip(self.backend_tls_key.as_deref());
+                let tls = ClientTls::from_files(ca, identity)?;
+                Some(match &self.backend_tls_server_name {
+                    Some(name) => tls.server_name(name),
+                    None => tls,
+                })
+            }
+            None => None,
+        };
+        Ok((front, back))
+    }
 }
 
 #[tokio::main]
@@ -72,6 +133,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut stop = StopSignals::listen()?;
     let token = match lb_core::auth::read_token(args.token_file.as_deref(), "GREETER_TOKEN") {
         Ok(token) => token,
+        Err(err) => {
+            eprintln!("error: {err}");
+            std::process::exit(2);
+        }
+    };
+    let (front_tls, backend_tls) = match args.tls() {
+        Ok(tls) => tls,
         Err(err) => {
             eprintln!("error: {err}");
             std::process::exit(2);
@@ -104,9 +172,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(token) = &token {
         builder = builder.bearer_token(token)?;
     }
+    if let Some(tls) = backend_tls {
+        builder = builder.tls(tls);
+    }
     let balancer = builder.build()?;
     balancer.wait_settled(Duration::from_secs(5)).await;
-    let proxy = lb_proxy::spawn(args.listen, balancer).await?;
+    let proxy = lb_proxy::spawn_with_tls(args.listen, balancer, front_tls).await?;
     stop.recv().await;
     info!("shutting down: no new connections, finishing calls in flight");
     proxy.shutdown().await?;

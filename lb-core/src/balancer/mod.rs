@@ -131,6 +131,14 @@ impl BalancerBuilder {
         Ok(self)
     }
 
+    /// Connects to every endpoint over TLS (default: plaintext HTTP/2), verifying each
+    /// server's certificate and, for mutual TLS, showing the client's own. See
+    /// [`crate::tls`].
+    pub fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
+        self.settings.tls = Some(tls);
+        self
+    }
+
     /// How long one connection attempt may take (default 20 s, gRPC's minimum).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.settings.connect_timeout = timeout;
@@ -270,6 +278,7 @@ impl Balancer {
                 outlier: None,
                 latency_decay: crate::latency::DEFAULT_DECAY,
                 seed: 0,
+                tls: None,
             },
         }
     }

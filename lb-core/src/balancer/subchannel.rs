@@ -57,6 +57,8 @@ pub(crate) struct Settings {
     pub outlier: Option<OutlierDetection>,
     pub latency_decay: Duration,
     pub seed: u64,
+    /// TLS for every connection, or `None`: plaintext HTTP/2.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 /// The endpoints and their connections, shared by all balancer clones and tasks.
@@ -171,11 +173,8 @@ impl Core {
 
     /// Adds `endpoint` and starts connecting to it; `false` if it is already here.
     pub fn add(self: &Arc<Self>, endpoint: Endpoint) -> Result<bool, crate::Error> {
-        let target = tonic::transport::Endpoint::from_shared(endpoint.uri())
-            .map_err(|source| crate::Error::Transport {
-                endpoint: endpoint.to_string(),
-                source,
-            })?
+        let target = endpoint
+            .to_tonic(self.settings.tls.as_ref())?
             .connect_timeout(self.settings.connect_timeout)
             .tcp_nodelay(true)
             // HTTP/2 pings find a peer that vanished without closing the connection
@@ -600,8 +599,12 @@ impl ConnectionTask {
                 };
             }
             Err(status) => {
+                // The cause (a TLS alert, a reset) is in the status's sources.
+                let cause = std::error::Error::source(&status)
+                    .map(|cause| format!(" ({})", describe(cause)))
+                    .unwrap_or_default();
                 return Ended::Lost(format!(
-                    "health check failed: {:?}: {}",
+                    "health check failed: {:?}: {}{cause}",
                     status.code(),
                     status.message()
                 ));

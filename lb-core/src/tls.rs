@@ -1,0 +1,181 @@
+//! TLS and mutual TLS: which certificates a program trusts and which it shows.
+//!
+//! gRPC over TLS is HTTP/2 inside a TLS session; nothing about balancing changes, but
+//! every connection the balancer keeps is now a TLS session of its own, verified on
+//! its own. Three files are involved, all PEM:
+//!
+//! | who | shows (`--tls-cert`, `--tls-key`) | trusts (`--ca`) |
+//! |--------|-------------------------------------|--------------------------------|
+//! | server | its certificate, naming its address | for mTLS: the CA of its clients |
+//! | client | for mTLS: its own certificate | the CA that signed the servers |
+//!
+//! A client checks the server's certificate against the *name it dialled*: for the
+//! endpoint `127.0.0.1:50051` the certificate must list the IP address 127.0.0.1;
+//! for `localhost:50051`, the name `localhost`. When servers are reached by address
+//! but their certificates name a host, [`ClientTls::server_name`] says which name to
+//! expect. With mutual TLS, the server also asks for a client certificate and refuses
+//! the handshake without one signed by its CA: such a client never gets to send a call.
+//!
+//! Files are read and parsed when loaded, so a wrong path or a file that holds no
+//! certificate is an error at start-up naming the file, not a failed handshake later.
+//!
+//! ```
+//! use lb_core::tls::{ClientTls, server_config};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = std::env::temp_dir().join(format!("lb-tls-doc-{}", std::process::id()));
+//! // greeter-certs (scripts/gen-certs.sh) writes a throwaway CA and certificates:
+//! let pki = greeter_server::certs::DemoPki::generate()?;
+//! pki.write_to(&dir)?; // ca.pem, server.pem, server.key, client.pem, client.key
+//!
+//! // A server with mutual TLS: its identity, and the CA its clients must come from.
+//! let _server = server_config(&dir.join("server.pem"), &dir.join("server.key"), Some(&dir.join("ca.pem")))?;
+//! // A client that trusts that CA and shows its own certificate.
+//! let _client = ClientTls::from_files(&dir.join("ca.pem"), Some((&dir.join("client.pem"), &dir.join("client.key"))))?;
+//!
+//! let err = ClientTls::from_files(&dir.join("nothing.pem"), None).unwrap_err();
+//! assert!(err.to_string().contains("nothing.pem"));
+//! # std::fs::remove_dir_all(dir)?;
+//! # Ok(()) }
+//! ```
+
+use std::path::Path;
+
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+use crate::{Endpoint, Error};
+
+/// How a balancer's connections speak TLS: the CA it trusts, the certificate it shows
+/// (for mutual TLS), and optionally the name servers' certificates must carry.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    config: ClientTlsConfig,
+    server_name: Option<String>,
+}
+
+impl ClientTls {
+    /// Trusts the CA certificates in `ca` (PEM) and, with `identity`, shows that
+    /// certificate chain and key (PEM) to servers that ask (mutual TLS).
+    pub fn from_pem(ca: &[u8], identity: Option<(&[u8], &[u8])>) -> Result<Self, Error> {
+        check_certificates(ca, "the CA")?;
+        if let Some((cert, key)) = identity {
+            check_certificates(cert, "the client certificate")?;
+            check_key(key, "the client key")?;
+        }
+        Ok(Self::new(ca, identity))
+    }
+
+    /// [`ClientTls::from_pem`] with the PEM read from files; errors name the file.
+    pub fn from_files(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Self, Error> {
+        let ca_pem = read(ca)?;
+        check_certificates(&ca_pem, "a CA certificate").map_err(|e| at(ca, e))?;
+        let identity = match identity {
+            Some((cert, key)) => {
+                let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+                check_certificates(&cert_pem, "a certificate").map_err(|e| at(cert, e))?;
+                check_key(&key_pem, "a private key").map_err(|e| at(key, e))?;
+                Some((cert_pem, key_pem))
+            }
+            None => None,
+        };
+        Ok(Self::new(
+            &ca_pem,
+            identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        ))
+    }
+
+    fn new(ca: &[u8], identity: Option<(&[u8], &[u8])>) -> Self {
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some((cert, key)) = identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        Self {
+            config,
+            server_name: None,
+        }
+    }
+
+    /// Expect servers' certificates to name `name`, whatever address was dialled
+    /// (also the name sent in SNI).
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    /// The tonic settings for a connection to `endpoint`: the certificate must name
+    /// the endpoint's host (an IP address or DNS name) unless a server name was set.
+    pub(crate) fn for_endpoint(&self, endpoint: &Endpoint) -> ClientTlsConfig {
+        let name = self.server_name.as_deref().unwrap_or(endpoint.host());
+        self.config.clone().domain_name(name)
+    }
+}
+
+/// Server settings: show the certificate chain in `cert` with its key, and with
+/// `client_ca`, require every client to show a certificate signed by that CA
+/// (mutual TLS; a client without one fails the handshake).
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<ServerTlsConfig, Error> {
+    let cert_pem = read(cert)?;
+    let key_pem = read(key)?;
+    check_certificates(&cert_pem, "a certificate").map_err(|e| at(cert, e))?;
+    check_key(&key_pem, "a private key").map_err(|e| at(key, e))?;
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
+    if let Some(ca) = client_ca {
+        let ca_pem = read(ca)?;
+        check_certificates(&ca_pem, "a CA certificate").map_err(|e| at(ca, e))?;
+        config = config
+            .client_ca_root(Certificate::from_pem(ca_pem))
+            .client_auth_optional(false);
+    }
+    Ok(config)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::Tls {
+        path: path.display().to_string(),
+        reason: format!("cannot read it: {e}"),
+    })
+}
+
+/// The same error, naming the file it is about.
+fn at(path: &Path, err: Error) -> Error {
+    match err {
+        Error::Tls { reason, .. } => Error::Tls {
+            path: path.display().to_string(),
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// At least one PEM certificate, every one well-formed.
+fn check_certificates(pem: &[u8], what: &str) -> Result<(), Error> {
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        cert.map_err(|e| Error::Tls {
+            path: String::new(),
+            reason: format!("{what}: not valid PEM: {e}"),
+        })?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(Error::Tls {
+            path: String::new(),
+            reason: format!("{what}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it"),
+        });
+    }
+    Ok(())
+}
+
+/// One PEM private key (PKCS#8, PKCS#1 or SEC1).
+fn check_key(pem: &[u8], what: &str) -> Result<(), Error> {
+    PrivateKeyDer::from_pem_slice(pem)
+        .map(drop)
+        .map_err(|e| Error::Tls {
+            path: String::new(),
+            reason: format!("{what}: no usable PEM private key in it ({e})"),
+        })
+}
