@@ -1,6 +1,8 @@
 # Shared settings for the scripts; sourced, not run.
 #   PROFILE   cargo profile whose binaries to use: release (default) or debug
 #   RUN_DIR   where pid and log files go (default: .run in the repository)
+#   TLS       1: mutual TLS everywhere, with the certificates in CERT_DIR
+#   CERT_DIR  the demo certificates (default: $RUN_DIR/certs)
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PROFILE="${PROFILE:-release}"
 case "$PROFILE" in
@@ -9,6 +11,20 @@ case "$PROFILE" in
   *) echo "PROFILE must be release or debug, not '$PROFILE'" >&2; exit 2 ;;
 esac
 RUN_DIR="${RUN_DIR:-$ROOT/.run}"
+
+# TLS=1: servers serve mutual TLS with the demo certificates in CERT_DIR (written by
+# scripts/gen-certs.sh), and clients trust that CA and show their own certificate.
+CERT_DIR="${CERT_DIR:-$RUN_DIR/certs}"
+TLS_SERVER_ARGS=()
+TLS_CLIENT_ARGS=()
+case "${TLS:-0}" in
+  1)
+    TLS_SERVER_ARGS=(--tls-cert "$CERT_DIR/server.pem" --tls-key "$CERT_DIR/server.key" --ca "$CERT_DIR/ca.pem")
+    TLS_CLIENT_ARGS=(--ca "$CERT_DIR/ca.pem" --tls-cert "$CERT_DIR/client.pem" --tls-key "$CERT_DIR/client.key")
+    ;;
+  0) ;;
+  *) echo "TLS must be 0 or 1, not '$TLS'" >&2; exit 2 ;;
+esac
 
 # Processes a script starts in the background (start_bg), stopped by stop_started,
 # which scripts set as (part of) their EXIT trap. Only these pids are ever signalled.

@@ -7,7 +7,8 @@
 #   scripts/demo.sh
 #
 # Environment: BASE_PORT (default 50051), REQUESTS (300), CONCURRENCY (8),
-# PROFILE (release; debug skips the optimised build if tests were just run).
+# PROFILE (release; debug skips the optimised build if tests were just run),
+# TLS=1 (the same over mutual TLS, with throwaway certificates made for the run).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$ROOT"
@@ -29,6 +30,14 @@ trap '"$ROOT/scripts/stop-servers.sh"' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+if [[ "${TLS:-0}" == 1 ]]; then
+  echo
+  echo "== TLS=1: a throwaway CA and certificates; every connection is mutual TLS =="
+  export TLS CERT_DIR="$RUN_DIR/certs"
+  "$ROOT/scripts/gen-certs.sh" "$CERT_DIR"
+  source "$ROOT/scripts/common.sh" # again, for the TLS flags with this CERT_DIR
+fi
+
 echo
 echo "== Starting 3 servers; the third adds 20 ms to every call =="
 SLOW_LAST=20ms "$ROOT/scripts/start-servers.sh" 3 "$base"
@@ -46,16 +55,16 @@ explain() {
 for policy in pick_first round_robin random least_connections; do
   echo
   echo "== $(explain "$policy")"
-  echo "\$ greeter-client --servers $servers --policy $policy --requests $requests --concurrency $concurrency"
+  echo "\$ greeter-client --servers $servers --policy $policy --requests $requests --concurrency $concurrency ${TLS_CLIENT_ARGS[*]}"
   "$BIN_DIR/greeter-client" --servers "$servers" --policy "$policy" \
-    --requests "$requests" --concurrency "$concurrency"
+    --requests "$requests" --concurrency "$concurrency" "${TLS_CLIENT_ARGS[@]}"
 done
 
 echo
 echo "== Every policy on the same calls, side by side (Jain = fairness: 1.000 is an even split) =="
-echo "\$ greeter-client compare --servers $servers --requests $requests --concurrency $concurrency --keys 100"
+echo "\$ greeter-client compare --servers $servers --requests $requests --concurrency $concurrency --keys 100 ${TLS_CLIENT_ARGS[*]}"
 "$BIN_DIR/greeter-client" compare --servers "$servers" \
-  --requests "$requests" --concurrency "$concurrency" --keys 100
+  --requests "$requests" --concurrency "$concurrency" --keys 100 "${TLS_CLIENT_ARGS[@]}"
 
 echo
 echo "== Done. Stopping the servers. =="

@@ -9,6 +9,7 @@
 #   SLOW_LAST=20ms   give the last server this much added latency per call
 #   SERVER_ARGS="--error-rate 0.1"   extra flags for every server
 #   PROFILE=debug    use target/debug instead of target/release (build first)
+#   TLS=1            serve mutual TLS with the certificates in CERT_DIR (see gen-certs.sh)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -46,7 +47,7 @@ for ((i = 0; i < count; i++)); do
     args+=(--latency "$SLOW_LAST")
   fi
   # shellcheck disable=SC2206 # SERVER_ARGS is meant to split into flags.
-  args+=(${SERVER_ARGS:-})
+  args+=(${SERVER_ARGS:-} "${TLS_SERVER_ARGS[@]}")
   # RUST_LOG=info: the "serving" line below is how we know the port is ours.
   RUST_LOG=info "$BIN_DIR/greeter-server" "${args[@]}" >"$RUN_DIR/server-$port.log" 2>&1 &
   echo $! >"$pidfile"
@@ -79,7 +80,7 @@ fi
 
 # Then wait until every one answers grpc.health.v1.Health with SERVING.
 list="$(IFS=,; echo "${servers[*]}")"
-if ! "$BIN_DIR/greeter-client" health --servers "$list" --wait 10s; then
+if ! "$BIN_DIR/greeter-client" health --servers "$list" "${TLS_CLIENT_ARGS[@]}" --wait 10s; then
   "$(dirname "${BASH_SOURCE[0]}")/stop-servers.sh"
   exit 1
 fi

@@ -274,3 +274,76 @@ async fn policies_take_service_config_json_and_weights() {
     assert!(text(&out.stderr).contains("weight `0`"));
     servers.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_from_the_command_line() {
+    let dir = std::env::temp_dir().join(format!("greeter-client-tls-{}", std::process::id()));
+    let pki = greeter_server::certs::DemoPki::generate().expect("certificates");
+    pki.write_to(&dir).expect("written");
+    let file = |name: &str| dir.join(name).display().to_string();
+    let tls = lb_core::tls::server_config(
+        &dir.join("server.pem"),
+        &dir.join("server.key"),
+        Some(&dir.join("ca.pem")),
+    )
+    .expect("server TLS");
+    let servers = greeter_server::spawn(Config::on_ports(&[0, 0]).with_tls(tls))
+        .await
+        .expect("servers start");
+    let list = servers.endpoints_list();
+    let (ca, cert, key) = (file("ca.pem"), file("client.pem"), file("client.key"));
+
+    // With the client certificate: every call answered, split evenly.
+    let base = [
+        "--servers",
+        &list,
+        "--requests",
+        "20",
+        "--seed",
+        "1",
+        "--json",
+    ];
+    let identity = ["--ca", &ca, "--tls-cert", &cert, "--tls-key", &key];
+    let out = client_async(&[&base[..], &identity[..]].concat()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["succeeded"], 20, "{report}");
+    let health = ["health", "--servers", &list];
+    let out = client_async(&[&health[..], &identity[..]].concat()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+
+    // Trusting the CA but showing no certificate: refused, exit 1, the endpoint named.
+    let out = client_async(&[&base[..], &["--ca", &ca, "--timeout", "2s"][..]].concat()).await;
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["succeeded"], 0, "{report}");
+    assert!(
+        report.to_string().contains("endpoint 127.0.0.1:"),
+        "{report}"
+    );
+
+    // Unusable TLS flags are usage errors, naming the file.
+    let out = client(&["--servers", &list, "--ca", &file("nothing.pem")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("nothing.pem: cannot read it"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = client(&["--servers", &list, "--ca", &key]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("client.key: a CA certificate"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = client(&["--servers", &list, "--tls-cert", &cert, "--tls-key", &key]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a client certificate needs --ca"
+    );
+
+    servers.shutdown().await.expect("clean shutdown");
+    std::fs::remove_dir_all(&dir).expect("cleaned up");
+}

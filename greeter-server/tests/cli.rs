@@ -76,3 +76,82 @@ fn sigterm_stops_every_instance_and_exits_0() {
     );
     assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
 }
+
+#[test]
+fn greeter_certs_writes_what_tls_flags_take_and_bad_files_are_named() {
+    let dir = std::env::temp_dir().join(format!("greeter-certs-cli-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_greeter-certs"))
+        .args(["--out", &dir.display().to_string()])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0));
+    for name in [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "client.pem",
+        "client.key",
+    ] {
+        assert!(dir.join(name).is_file(), "{name}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("server.key"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "keys are private to their owner");
+    }
+    let file = |name: &str| dir.join(name).display().to_string();
+
+    // A missing key, a certificate given as the key, a CA file that is no certificate:
+    // exit 2, naming the file and what is wrong with it, before binding anything.
+    for (args, expected) in [
+        (
+            vec![
+                "--tls-cert",
+                &file("server.pem") as &str,
+                "--tls-key",
+                &file("nope.key"),
+            ],
+            "nope.key: cannot read it".to_string(),
+        ),
+        (
+            vec![
+                "--tls-cert",
+                &file("server.pem"),
+                "--tls-key",
+                &file("server.pem"),
+            ],
+            format!("{}: a private key", file("server.pem")),
+        ),
+        (
+            vec![
+                "--tls-cert",
+                &file("server.pem"),
+                "--tls-key",
+                &file("server.key"),
+                "--ca",
+                &file("server.key"),
+            ],
+            format!("{}: a CA certificate", file("server.key")),
+        ),
+    ] {
+        let out = server()
+            .args(["--port", "0"])
+            .args(&args)
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&expected), "{stderr}");
+    }
+    // A certificate without its key (or the reverse) is refused by the parser.
+    let out = server()
+        .args(["--tls-cert", &file("server.pem")])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).expect("cleaned up");
+}
