@@ -5,11 +5,12 @@
 #   2. greeter-client balances over three of the article's Python servers (round robin:
 #      exactly a third each);
 #   3. grpcio's own client-side balancing (an ipv4:a,b,c target, round_robin) spreads
-#      its calls over three greeter-servers (counted by x-served-by: each gets some).
+#      its calls over three greeter-servers (counted by x-served-by: each gets some);
+#   4. all of it again over mutual TLS, with certificates from scripts/gen-certs.sh.
 #
 #   scripts/interop.sh        # builds, makes .run/interop/venv with grpcio, runs, cleans up
 #
-# Everything listens on 127.0.0.1, ports INTEROP_PORT (default 50150) and up. Exit code
+# Everything listens on 127.0.0.1, ports INTEROP_PORT (default 50150) to +50. Exit code
 # 0 when every check passed, 1 otherwise. Uses the release binaries (PROFILE=debug for
 # the debug ones).
 set -euo pipefail
@@ -45,40 +46,59 @@ echo "== Python: grpcio in $work/venv"
 export PYTHONPATH="$work/py"
 py="$work/venv/bin/python"
 
-echo "== Starting 3 greeter-servers, 3 Python servers and lb-proxy on 127.0.0.1"
-ours=()
-theirs=()
-for i in 1 2 3; do
-  port=$((base + i))
-  start_bg "$work/greeter-$port.log" env RUST_LOG=info "$BIN_DIR/greeter-server" --port "$port"
-  ours+=("127.0.0.1:$port")
-  port=$((base + 10 + i))
-  start_bg "$work/python-$port.log" "$py" scripts/python/server.py "$port"
-  theirs+=("127.0.0.1:$port")
-done
-for i in 1 2 3; do
-  wait_for_log "$work/greeter-$((base + i)).log" "serving example.MyService"
-  wait_for_log "$work/python-$((base + 10 + i)).log" "serving on"
-done
-ours_list="$(IFS=,; echo "${ours[*]}")"
-theirs_list="$(IFS=,; echo "${theirs[*]}")"
-proxy="127.0.0.1:$((base + 20))"
-start_bg "$work/lb-proxy.log" env RUST_LOG=info "$BIN_DIR/lb-proxy" --listen "$proxy" \
-  --backends "$ours_list" --policy round_robin
-wait_for_log "$work/lb-proxy.log" "lb-proxy listening"
+echo "== Certificates for the TLS round: $work/certs"
+"$ROOT/scripts/gen-certs.sh" "$work/certs" >/dev/null
 
-echo "== Checks"
-reply="$("$py" scripts/python/client.py "${ours[0]}" 2>&1 || true)"
-check "the article's client -> greeter-server" \
-  "$([[ "$reply" == "Hello, World!" ]] && echo yes || echo no)" "$reply"
+# One round of every check, in plaintext or over mutual TLS (every connection, in both
+# directions, with the certificates from gen-certs.sh).
+round() {
+  local mode="$1" base="$2" i port label=""
+  local server_tls=() client_tls=() proxy_tls=() py_tls=()
+  if [[ "$mode" == tls ]]; then
+    local c="$work/certs"
+    label=" [mutual TLS]"
+    server_tls=(--tls-cert "$c/server.pem" --tls-key "$c/server.key" --ca "$c/ca.pem")
+    client_tls=(--ca "$c/ca.pem" --tls-cert "$c/client.pem" --tls-key "$c/client.key")
+    proxy_tls=("${server_tls[@]}" --backend-ca "$c/ca.pem" --backend-tls-cert "$c/client.pem"
+      --backend-tls-key "$c/client.key")
+    py_tls=(--tls "$c")
+  fi
+  echo "== Starting 3 greeter-servers, 3 Python servers and lb-proxy on 127.0.0.1$label"
+  local ours=() theirs=()
+  for i in 1 2 3; do
+    port=$((base + i))
+    start_bg "$work/greeter-$port.log" env RUST_LOG=info "$BIN_DIR/greeter-server" --port "$port" \
+      "${server_tls[@]}"
+    ours+=("127.0.0.1:$port")
+    port=$((base + 10 + i))
+    start_bg "$work/python-$port.log" "$py" scripts/python/server.py "$port" "${py_tls[@]}"
+    theirs+=("127.0.0.1:$port")
+  done
+  for i in 1 2 3; do
+    wait_for_log "$work/greeter-$((base + i)).log" "serving example.MyService"
+    wait_for_log "$work/python-$((base + 10 + i)).log" "serving on"
+  done
+  local ours_list theirs_list proxy="127.0.0.1:$((base + 20))"
+  ours_list="$(IFS=,; echo "${ours[*]}")"
+  theirs_list="$(IFS=,; echo "${theirs[*]}")"
+  start_bg "$work/lb-proxy-$mode.log" env RUST_LOG=info "$BIN_DIR/lb-proxy" --listen "$proxy" \
+    --backends "$ours_list" --policy round_robin "${proxy_tls[@]}"
+  wait_for_log "$work/lb-proxy-$mode.log" "lb-proxy listening"
 
-reply="$("$py" scripts/python/client.py "$proxy" 2>&1 || true)"
-check "the article's client -> lb-proxy -> greeter-servers" \
-  "$([[ "$reply" == "Hello, World!" ]] && echo yes || echo no)" "$reply"
+  echo "== Checks$label"
+  local reply report shares counts spread
+  reply="$("$py" scripts/python/client.py "${ours[0]}" "${py_tls[@]}" 2>&1 || true)"
+  check "the article's client -> greeter-server$label" \
+    "$([[ "$reply" == "Hello, World!" ]] && echo yes || echo no)" "$reply"
 
-report="$("$BIN_DIR/greeter-client" --servers "$theirs_list" --policy round_robin \
-  --requests 30 --concurrency 1 --name interop --json 2>"$work/greeter-client.log" || true)"
-shares="$(printf '%s' "$report" | "$py" -c '
+  reply="$("$py" scripts/python/client.py "$proxy" "${py_tls[@]}" 2>&1 || true)"
+  check "the article's client -> lb-proxy -> greeter-servers$label" \
+    "$([[ "$reply" == "Hello, World!" ]] && echo yes || echo no)" "$reply"
+
+  report="$("$BIN_DIR/greeter-client" --servers "$theirs_list" --policy round_robin \
+    --requests 30 --concurrency 1 --name interop --json "${client_tls[@]}" \
+    2>"$work/greeter-client-$mode.log" || true)"
+  shares="$(printf '%s' "$report" | "$py" -c '
 import json, sys
 try:
     report = json.load(sys.stdin)
@@ -88,12 +108,12 @@ calls = sorted(b["calls"] for b in report["backends"])
 ok = report["failed"] == 0 and report["replies_ok"] and calls == [10, 10, 10]
 print(("yes " if ok else "no ") + " ".join("%s=%s" % (b["address"], b["calls"]) for b in report["backends"]))
 ')"
-check "greeter-client round_robin over 3 Python servers" "${shares%% *}" "${shares#* }"
+  check "greeter-client round_robin over 3 Python servers$label" "${shares%% *}" "${shares#* }"
 
-# grpcio's round robin starts on the servers it has connected to first, so the split of
-# 60 calls is near, not exactly, 20 each: every server must get at least 10.
-counts="$("$py" scripts/python/spread.py "ipv4:$ours_list" 60 round_robin 2>&1 || true)"
-spread="$(printf '%s' "$counts" | "$py" -c '
+  # grpcio's round robin starts on the servers it has connected to first, so the split
+  # of 60 calls is near, not exactly, 20 each: every server must get at least 10.
+  counts="$("$py" scripts/python/spread.py "ipv4:$ours_list" 60 round_robin "${py_tls[@]}" 2>&1 || true)"
+  spread="$(printf '%s' "$counts" | "$py" -c '
 import json, sys
 try:
     counts = json.load(sys.stdin)
@@ -102,7 +122,14 @@ except ValueError:
 values = sorted(counts.values())
 print("yes" if len(values) == 3 and values[0] >= 10 and sum(values) == 60 else "no")
 ')"
-check "grpcio round_robin (ipv4:a,b,c) over 3 greeter-servers" "$spread" "$counts"
+  check "grpcio round_robin (ipv4:a,b,c) over 3 greeter-servers$label" "$spread" "$counts"
+
+  stop_started
+  STARTED_PIDS=()
+}
+
+round plain "$base"
+round tls "$((base + 30))"
 
 if ((failed)); then
   echo "interop: some checks failed (logs in $work)" >&2

@@ -2,6 +2,7 @@
 counted by the x-served-by each server stamps on its answer.
 
     python spread.py TARGET N [POLICY]    # e.g. ipv4:127.0.0.1:50051,127.0.0.1:50052 30 round_robin
+    python spread.py TARGET N POLICY --tls certs    # over mutual TLS (see tls.py)
 
 Prints one JSON object: {"127.0.0.1:50051": 15, ...}; exits 1 if a call fails or a
 reply is not "Hello, interop!".
@@ -10,20 +11,19 @@ reply is not "Hello, interop!".
 import json
 import sys
 
-import grpc
-
 import example_pb2
 import example_pb2_grpc
+import tls
 
 
-def main(target, n, policy):
+def main(target, n, policy, tls_dir=None):
     options = [("grpc.lb_policy_name", policy)]
     # A multi-address target makes grpcio send the whole list as :authority, which the
     # Rust h2 server rejects as invalid (RST_STREAM PROTOCOL_ERROR): name one host.
     if "," in target:
         options.append(("grpc.default_authority", "localhost"))
     counts = {}
-    with grpc.insecure_channel(target, options=options) as channel:
+    with tls.channel(target, options, tls_dir) as channel:
         stub = example_pb2_grpc.MyServiceStub(channel)
         for _ in range(n):
             reply, call = stub.SayHello.with_call(example_pb2.HelloRequest(name="interop"))
@@ -36,4 +36,5 @@ def main(target, n, policy):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "round_robin")
+    tls_dir = tls.take_flag(sys.argv)
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "round_robin", tls_dir)
