@@ -67,6 +67,8 @@ pub struct LoadSpec {
     pub token: Option<String>,
     /// Connect over TLS (mutual TLS if it has a client certificate), if set.
     pub tls: Option<lb_core::tls::ClientTls>,
+    /// Report the balancer's endpoints in these metrics while running, if set.
+    pub metrics: Option<lb_core::metrics::BalancerMetrics>,
 }
 
 impl LoadSpec {
@@ -92,6 +94,7 @@ impl LoadSpec {
             updates: None,
             token: None,
             tls: None,
+            metrics: None,
         }
     }
 
@@ -164,6 +167,9 @@ pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
         builder = builder.tls(tls.clone());
     }
     let balancer = builder.build()?;
+    if let Some(metrics) = &spec.metrics {
+        metrics.watch(&balancer);
+    }
     if let Some(updates) = &spec.updates {
         balancer.follow(updates.clone());
     }

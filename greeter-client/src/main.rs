@@ -198,6 +198,11 @@ struct Workload {
     /// file (its first line). Without it, $GREETER_TOKEN is used if set.
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics while running (per server:
+    /// calls, in flight, durations, state), e.g. 127.0.0.1:9091. Use with --duration.
+    #[arg(long, value_name = "IP:PORT")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 impl Workload {
@@ -230,6 +235,7 @@ impl Workload {
             updates: None,
             token: None,
             tls: None,
+            metrics: None,
         }
     }
 }
@@ -386,7 +392,11 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     spec.updates = updates;
     spec.token = args.workload.token()?;
     spec.tls = args.servers.tls()?;
+    let metrics = serve_metrics(&args.workload, &args.servers, &mut spec).await?;
     let report = greeter_client::run(&spec).await?;
+    if let Some(metrics) = metrics {
+        metrics.shutdown().await;
+    }
     if args.workload.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -406,7 +416,11 @@ async fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     spec.updates = updates;
     spec.token = args.workload.token()?;
     spec.tls = args.servers.tls()?;
+    let metrics = serve_metrics(&args.workload, &args.servers, &mut spec).await?;
     let reports = greeter_client::load::compare(&spec, &policies).await?;
+    if let Some(metrics) = metrics {
+        metrics.shutdown().await;
+    }
     if args.workload.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
@@ -479,6 +493,30 @@ fn run_simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         print!("{}", comparison_table(&reports));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// With --metrics, starts the /metrics endpoint and has the run report into it.
+async fn serve_metrics(
+    workload: &Workload,
+    servers: &Servers,
+    spec: &mut greeter_client::LoadSpec,
+) -> anyhow::Result<Option<lb_core::metrics::MetricsServer>> {
+    let Some(addr) = workload.metrics else {
+        return Ok(None);
+    };
+    let mut registry = lb_core::metrics::Registry::default();
+    let target = servers
+        .target
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    spec.metrics = Some(lb_core::metrics::BalancerMetrics::register(
+        &mut registry,
+        &target,
+    ));
+    Ok(Some(
+        lb_core::metrics::serve(addr, std::sync::Arc::new(registry)).await?,
+    ))
 }
 
 /// A usage error found after parsing: printed like clap's, exit code 2.

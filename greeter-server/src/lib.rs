@@ -85,6 +85,8 @@ pub struct Config {
     /// Serve TLS (and, if it names a client CA, require client certificates: mutual
     /// TLS) instead of plaintext HTTP/2. See [`lb_core::tls::server_config`].
     pub tls: Option<ServerTlsConfig>,
+    /// Record every call in these metrics (see [`lb_core::metrics`]).
+    pub metrics: Option<lb_core::metrics::ServerMetrics>,
 }
 
 impl Config {
@@ -100,7 +102,14 @@ impl Config {
             request_timeout: REQUEST_TIMEOUT,
             token: None,
             tls: None,
+            metrics: None,
         }
+    }
+
+    /// The same, recording calls in `metrics`.
+    pub fn with_metrics(mut self, metrics: lb_core::metrics::ServerMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The same, serving TLS (mutual TLS if `tls` names a client CA).
@@ -499,6 +508,10 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
             .http2_max_header_list_size(limits::MAX_HEADER_LIST_SIZE)
             .http2_keepalive_interval(Some(limits::KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(limits::KEEPALIVE_TIMEOUT))
+            .layer(match &config.metrics {
+                Some(metrics) => metrics.layer(addr),
+                None => lb_core::metrics::ServerMetricsLayer::off(),
+            })
             .layer(limits::LimitsLayer::new(config.request_timeout))
             .add_service(greeter)
             .add_service(health_service)

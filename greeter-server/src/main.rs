@@ -85,6 +85,11 @@ struct Args {
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     ca: Option<std::path::PathBuf>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (calls per method, status and
+    /// instance, with their durations), e.g. 127.0.0.1:9090.
+    #[arg(long, value_name = "IP:PORT")]
+    metrics: Option<std::net::SocketAddr>,
+
     /// The address to register in etcd (default: --host, which must then not be a
     /// wildcard such as 0.0.0.0).
     #[arg(long, value_name = "IP", requires = "register")]
@@ -138,11 +143,12 @@ async fn main() -> ExitCode {
         request_timeout: args.request_timeout,
         token,
         tls,
+        metrics: None,
     };
     let registration = args
         .register
         .map(|target| (target, args.advertise, args.register_ttl));
-    match run(config, registration).await {
+    match run(config, registration, args.metrics).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("greeter-server: error: {err:#}");
@@ -152,13 +158,22 @@ async fn main() -> ExitCode {
 }
 
 async fn run(
-    config: Config,
+    mut config: Config,
     registration: Option<(EtcdTarget, Option<IpAddr>, Duration)>,
+    metrics_addr: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     // Listen for the signals *before* announcing that we serve: a script that sends
     // SIGTERM as soon as it reads "serving" must get a graceful shutdown, not the
     // default action (an abrupt kill).
     let mut signals = ShutdownSignals::listen()?;
+    let metrics = match metrics_addr {
+        Some(addr) => {
+            let mut registry = lb_core::metrics::Registry::default();
+            config.metrics = Some(lb_core::metrics::ServerMetrics::register(&mut registry));
+            Some(lb_core::metrics::serve(addr, std::sync::Arc::new(registry)).await?)
+        }
+        None => None,
+    };
     let mut servers = greeter_server::spawn(config).await?;
     if let Some((target, advertise, ttl)) = registration
         && let Err(err) = servers.register(&target, advertise, ttl).await
@@ -178,6 +193,9 @@ async fn run(
         }
     }
     servers.shutdown().await?;
+    if let Some(metrics) = metrics {
+        metrics.shutdown().await;
+    }
     info!("stopped");
     Ok(())
 }

@@ -62,6 +62,14 @@ pub enum Error {
         /// What is wrong (naming the file, if it came from one).
         reason: String,
     },
+    /// The metrics endpoint could not listen.
+    #[error("metrics on {addr}: {reason}")]
+    Metrics {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why not (a busy port is named).
+        reason: String,
+    },
     /// A certificate or key that cannot be used.
     #[error("{}{reason}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
     Tls {

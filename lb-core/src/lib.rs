@@ -29,6 +29,7 @@
 //! - [`backoff`]: gRPC's connection backoff, used when reconnecting.
 //! - [`resolver`]: target URIs (`host:port` lists, watched files, DNS) and the endpoint
 //!   changes they produce, which the balancer follows.
+//! - [`metrics`]: Prometheus metrics per endpoint, and a `/metrics` endpoint to serve them.
 //! - [`tls`]: TLS and mutual TLS for the balancer's connections (and servers' settings).
 //!
 //! # Example: a balanced client
@@ -73,6 +74,7 @@ pub mod clock;
 pub mod endpoint;
 pub mod error;
 pub mod latency;
+pub mod metrics;
 pub mod policy;
 pub mod resolver;
 pub mod state;

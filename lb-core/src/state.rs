@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use crate::metrics::DurationHistogram;
 use crate::{
     Endpoint, clock,
     latency::{DEFAULT_DECAY, PeakEwma},
@@ -75,6 +76,8 @@ struct Inner {
     in_flight: AtomicUsize,
     connectivity: AtomicU8,
     latency: PeakEwma,
+    /// Every call's duration, for metrics.
+    durations: DurationHistogram,
 }
 
 impl EndpointState {
@@ -92,8 +95,14 @@ impl EndpointState {
                 in_flight: AtomicUsize::new(0),
                 connectivity: AtomicU8::new(Connectivity::Idle as u8),
                 latency: PeakEwma::new(decay),
+                durations: DurationHistogram::default(),
             }),
         }
+    }
+
+    /// How long its calls took (each recorded when its guard is dropped).
+    pub fn durations(&self) -> &DurationHistogram {
+        &self.inner.durations
     }
 
     /// The endpoint's address.
@@ -201,6 +210,7 @@ impl InFlightGuard {
             self.finished = true;
             let rtt = now.saturating_sub(self.started_at);
             self.state.inner.latency.record(rtt, now);
+            self.state.inner.durations.observe_nanos(rtt);
             self.state.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
     }

@@ -196,19 +196,29 @@ impl Running {
 /// Listens on `addr` (port 0: any free port) and forwards every call through
 /// `balancer`.
 pub async fn spawn(addr: SocketAddr, balancer: Balancer) -> Result<Running, ProxyError> {
-    spawn_with_tls(addr, balancer, None).await
+    spawn_with(addr, balancer, Options::default()).await
 }
 
-/// [`spawn`], serving TLS to callers with `tls` (mutual TLS if it names a client CA;
-/// see [`lb_core::tls::server_config`]). How the proxy reaches its backends, over TLS
-/// or not, is the balancer's setting ([`lb_core::BalancerBuilder::tls`]).
-pub async fn spawn_with_tls(
+/// How the proxy serves its callers.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Serve TLS (mutual TLS if it names a client CA; see
+    /// [`lb_core::tls::server_config`]). How the proxy reaches its backends, over TLS
+    /// or not, is the balancer's setting ([`lb_core::BalancerBuilder::tls`]).
+    pub tls: Option<ServerTlsConfig>,
+    /// Record the calls it receives (`grpc_server_call_*`; the balancer's own
+    /// per-backend metrics are [`lb_core::metrics::BalancerMetrics`]).
+    pub metrics: Option<lb_core::metrics::ServerMetrics>,
+}
+
+/// [`spawn`], with [`Options`].
+pub async fn spawn_with(
     addr: SocketAddr,
     balancer: Balancer,
-    tls: Option<ServerTlsConfig>,
+    options: Options,
 ) -> Result<Running, ProxyError> {
     let mut server = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
-    if let Some(tls) = tls {
+    if let Some(tls) = options.tls {
         server = server.tls_config(tls).map_err(ProxyError::Tls)?;
     }
     let listener = TcpListener::bind(addr)
@@ -227,6 +237,10 @@ pub async fn spawn_with_tls(
     info!(%addr, "lb-proxy listening: every call is balanced over the backends");
     let task = tokio::spawn(async move {
         server
+            .layer(match &options.metrics {
+                Some(metrics) => metrics.layer(addr),
+                None => lb_core::metrics::ServerMetricsLayer::off(),
+            })
             .serve_with_incoming_shutdown(
                 proxy,
                 TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -14,6 +14,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::Parser;
 use lb_core::{
     Balancer, Policy, RetryPolicy,
+    metrics::{BalancerMetrics, ServerMetrics},
     resolver::{Resolution, Target},
     tls::{ClientTls, server_config},
 };
@@ -57,6 +58,11 @@ struct Args {
     /// Do not watch the backends' grpc.health.v1.Health.
     #[arg(long)]
     no_health_check: bool,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics: per backend (picks, in
+    /// flight, durations, state, ejections, retries, health) and the calls received.
+    #[arg(long, value_name = "IP:PORT")]
+    metrics: Option<SocketAddr>,
 
     /// Serve TLS to callers with this certificate (PEM; with --tls-key).
     #[arg(long, value_name = "PEM", requires = "tls_key")]
@@ -176,11 +182,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         builder = builder.tls(tls);
     }
     let balancer = builder.build()?;
+    let mut options = lb_proxy::Options {
+        tls: front_tls,
+        metrics: None,
+    };
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let mut registry = lb_core::metrics::Registry::default();
+            BalancerMetrics::register(&mut registry, &target.to_string()).watch(&balancer);
+            options.metrics = Some(ServerMetrics::register(&mut registry));
+            Some(lb_core::metrics::serve(addr, std::sync::Arc::new(registry)).await?)
+        }
+        None => None,
+    };
     balancer.wait_settled(Duration::from_secs(5)).await;
-    let proxy = lb_proxy::spawn_with_tls(args.listen, balancer, front_tls).await?;
+    let proxy = lb_proxy::spawn_with(args.listen, balancer, options).await?;
     stop.recv().await;
     info!("shutting down: no new connections, finishing calls in flight");
     proxy.shutdown().await?;
+    if let Some(metrics) = metrics {
+        metrics.shutdown().await;
+    }
     Ok(())
 }
 

@@ -217,13 +217,13 @@ async fn lb_proxy_speaks_tls_on_both_sides() {
     let behind = balancer(&endpoints, Some(pki.client(true)), 9);
     all_ready(&behind).await;
     // ... and requires one from its own callers.
-    let proxy = lb_proxy::spawn_with_tls(
-        "127.0.0.1:0".parse().expect("addr"),
-        behind,
-        Some(pki.server(true)),
-    )
-    .await
-    .expect("proxy starts");
+    let options = lb_proxy::Options {
+        tls: Some(pki.server(true)),
+        ..Default::default()
+    };
+    let proxy = lb_proxy::spawn_with("127.0.0.1:0".parse().expect("addr"), behind, options)
+        .await
+        .expect("proxy starts");
     let front: Endpoint = proxy.addr().to_string().parse().expect("valid");
 
     let caller = balancer(std::slice::from_ref(&front), Some(pki.client(true)), 10);

@@ -51,7 +51,7 @@ use tracing::{debug, info};
 pub use call::{PickedEndpoint, ResponseBody};
 pub use outlier::{OutlierDetection, SuccessRate};
 pub use retry::RetryPolicy;
-pub use subchannel::EndpointStatus;
+pub use subchannel::{EndpointStatus, Health};
 
 use call::{
     Failure, FailureKind, Route, deadline_after, grpc_timeout, grpc_timeout_value, header_status,
@@ -406,6 +406,21 @@ impl Balancer {
     }
 }
 
+/// For metrics: a handle that does not keep the balancer alive.
+impl Balancer {
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Shared> {
+        Arc::downgrade(&self.shared)
+    }
+}
+
+impl Shared {
+    /// The policy's name and every endpoint's state (no RNG drawn: reading metrics
+    /// must not change a seeded run's picks).
+    pub(crate) fn report(&self) -> (&'static str, Vec<EndpointStatus>) {
+        (self.core.policy.name(), self.core.statuses())
+    }
+}
+
 impl Clone for Balancer {
     fn clone(&self) -> Self {
         Self {
@@ -465,7 +480,7 @@ impl Service<http::Request<Body>> for Balancer {
 const MAX_TRANSPARENT_RETRIES: u32 = 5;
 
 /// What every clone of a balancer shares.
-struct Shared {
+pub(crate) struct Shared {
     core: Arc<Core>,
     /// How many more picks to explain.
     explain: AtomicU64,

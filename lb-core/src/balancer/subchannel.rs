@@ -23,7 +23,7 @@
 use std::{
     sync::{
         Arc, Mutex, PoisonError, RwLock,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -121,6 +121,27 @@ pub(crate) struct Subchannel {
     /// Calls sent here, and calls retried elsewhere after failing here.
     pub calls: AtomicU64,
     pub retries: AtomicU64,
+    /// Calls that ended well, or as a failure of the endpoint (for metrics; the
+    /// outlier counters above are reset every interval).
+    calls_ok: AtomicU64,
+    calls_failed: AtomicU64,
+    /// Connection attempts that succeeded and failed, and connections lost.
+    connects: AtomicU64,
+    connect_failures: AtomicU64,
+    disconnections: AtomicU64,
+    /// The last health answer: see [`Health`].
+    health: AtomicU8,
+}
+
+/// What an endpoint's health check last said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// No answer yet on this connection, or not checked.
+    Unknown,
+    /// SERVING.
+    Serving,
+    /// Anything else (NOT_SERVING, SERVICE_UNKNOWN).
+    NotServing,
 }
 
 /// One endpoint's state, as `Balancer::endpoints` reports it.
@@ -142,6 +163,22 @@ pub struct EndpointStatus {
     pub retries: u64,
     /// Why it last failed (to connect, its health, a call), if it did.
     pub last_error: Option<String>,
+    /// Whether a connection to it is open now.
+    pub connected: bool,
+    /// What its health check last said.
+    pub health: Health,
+    /// Connection attempts that succeeded, that failed, and connections lost.
+    pub connects: u64,
+    /// See `connects`.
+    pub connect_failures: u64,
+    /// See `connects`.
+    pub disconnections: u64,
+    /// Calls that got an answer (any status but the endpoint's own failures).
+    pub calls_ok: u64,
+    /// Calls that failed because of the endpoint (no answer, UNAVAILABLE, ...).
+    pub calls_failed: u64,
+    /// How long its calls took, from the pick to the end of the response.
+    pub durations: crate::metrics::HistogramSnapshot,
 }
 
 impl Core {
@@ -197,6 +234,12 @@ impl Core {
             ejections: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            calls_ok: AtomicU64::new(0),
+            calls_failed: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            disconnections: AtomicU64::new(0),
+            health: AtomicU8::new(0),
         });
         {
             // Checked and added under one lock: two racing adds make one subchannel.
@@ -329,6 +372,18 @@ impl Core {
                 calls: s.calls.load(Ordering::Relaxed),
                 retries: s.retries.load(Ordering::Relaxed),
                 last_error: lock(&s.last_error).clone(),
+                connected: lock(&s.connection).is_some(),
+                health: match s.health.load(Ordering::Relaxed) {
+                    1 => Health::Serving,
+                    2 => Health::NotServing,
+                    _ => Health::Unknown,
+                },
+                connects: s.connects.load(Ordering::Relaxed),
+                connect_failures: s.connect_failures.load(Ordering::Relaxed),
+                disconnections: s.disconnections.load(Ordering::Relaxed),
+                calls_ok: s.calls_ok.load(Ordering::Relaxed),
+                calls_failed: s.calls_failed.load(Ordering::Relaxed),
+                durations: s.state.durations().snapshot(),
             })
             .collect()
     }
@@ -357,6 +412,12 @@ impl Core {
     /// Counts a finished call for outlier detection; may eject `sub` at once after too
     /// many consecutive failures.
     pub fn record_outcome(&self, sub: &Subchannel, success: bool) {
+        let total = if success {
+            &sub.calls_ok
+        } else {
+            &sub.calls_failed
+        };
+        total.fetch_add(1, Ordering::Relaxed);
         let Some(config) = &self.settings.outlier else {
             return;
         };
@@ -531,11 +592,16 @@ impl ConnectionTask {
             };
             let reason = match attempt {
                 Ok(channel) => {
+                    self.sub.connects.fetch_add(1, Ordering::Relaxed);
                     generation += 1;
                     *lock(&self.sub.connection) = Some((channel.clone(), generation));
                     let connected_at = tokio::time::Instant::now();
                     let ended = self.serve(channel, generation).await;
                     *lock(&self.sub.connection) = None;
+                    self.sub.health.store(0, Ordering::Relaxed);
+                    if let Ended::Lost(_) = ended {
+                        self.sub.disconnections.fetch_add(1, Ordering::Relaxed);
+                    }
                     match ended {
                         Ended::Stop => return,
                         Ended::Lost(reason) => {
@@ -551,7 +617,10 @@ impl ConnectionTask {
                         }
                     }
                 }
-                Err(err) => describe(&err),
+                Err(err) => {
+                    self.sub.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    describe(&err)
+                }
             };
             let delay = backoff.delay(failures, &mut self.rng);
             failures = failures.saturating_add(1);
@@ -614,11 +683,17 @@ impl ConnectionTask {
             tokio::select! {
                 message = stream.message() => match message {
                     Ok(Some(answer)) => match answer.status() {
-                        ServingStatus::Serving => self.set(Connectivity::Ready, None),
-                        other => self.set(
-                            Connectivity::TransientFailure,
-                            Some(format!("health: {}", other.as_str_name())),
-                        ),
+                        ServingStatus::Serving => {
+                            self.sub.health.store(1, Ordering::Relaxed);
+                            self.set(Connectivity::Ready, None);
+                        }
+                        other => {
+                            self.sub.health.store(2, Ordering::Relaxed);
+                            self.set(
+                                Connectivity::TransientFailure,
+                                Some(format!("health: {}", other.as_str_name())),
+                            );
+                        }
                     },
                     Ok(None) => return Ended::Lost("health stream ended by the server".into()),
                     Err(status) => return Ended::Lost(format!(

@@ -1,0 +1,432 @@
+//! `/metrics`: scraped over real HTTP, parsed with a Prometheus text parser
+//! (prometheus-parse), and watched change as calls flow, per endpoint.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use greeter_proto::{HelloRequest, MyServiceClient};
+use greeter_server::Config;
+use lb_core::{
+    Balancer, Endpoint, Policy,
+    metrics::{BalancerMetrics, Registry, ServerMetrics},
+};
+use prometheus_parse::{Sample, Scrape, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// GET /metrics, as Prometheus would; the body parsed.
+async fn scrape(addr: SocketAddr) -> Scrape {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("sent");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read to the end");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("headers, then a body");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = Scrape::parse(lines).expect("parses");
+    // Every sample line became a sample: nothing was skipped as unreadable.
+    let sample_lines = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter(|l| !l.contains("_bucket{"))
+        .count();
+    let histograms = scrape
+        .samples
+        .iter()
+        .filter(|s| matches!(s.value, Value::Histogram(_)))
+        .count();
+    assert_eq!(scrape.samples.len() - histograms, sample_lines, "{body}");
+    scrape
+}
+
+/// The value of the sample `name` whose labels include every pair of `labels`.
+fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let matching: Vec<&Sample> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "one {name} {labels:?} in {:#?}",
+        scrape.samples
+    );
+    match &matching[0].value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+        other => panic!("{name}: not a number: {other:?}"),
+    }
+}
+
+/// Waits (10 s at most) until the balancer's endpoints are as `what` wants.
+async fn wait_for(balancer: &Balancer, what: impl Fn(&[lb_core::EndpointStatus]) -> bool) {
+    let mut changes = balancer.changes();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !what(&balancer.endpoints()) {
+            changes.changed().await.expect("the balancer is alive");
+        }
+    })
+    .await
+    .expect("in time");
+}
+
+async fn say_hello(balancer: &Balancer) -> Result<(), tonic::Status> {
+    MyServiceClient::new(balancer.clone())
+        .say_hello(HelloRequest { name: "m".into() })
+        .await
+        .map(drop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balancer_metrics_are_per_endpoint_and_follow_the_calls() {
+    let servers = greeter_server::spawn(Config::on_ports(&[0, 0, 0]))
+        .await
+        .expect("servers start");
+    let list = servers.endpoints_list();
+    let endpoints: Vec<Endpoint> = lb_core::parse_endpoint_list(&list).expect("valid");
+    let mut registry = Registry::default();
+    // (prometheus-parse cuts label values at commas, so this test's target has none;
+    // scripts/interop.sh checks a real `--servers a,b,c` target with a strict parser.)
+    let target = "greeters";
+    let metrics = BalancerMetrics::register(&mut registry, target);
+    let balancer = Balancer::builder(endpoints.clone())
+        .policy(Policy::RoundRobin)
+        .seed(3)
+        .build()
+        .expect("builds");
+    metrics.watch(&balancer);
+    balancer.wait_settled(Duration::from_secs(5)).await;
+    let endpoint =
+        lb_core::metrics::serve("127.0.0.1:0".parse().expect("addr"), Arc::new(registry))
+            .await
+            .expect("metrics listen");
+
+    let at = |e: &Endpoint| e.to_string();
+    let before = scrape(endpoint.addr()).await;
+    for e in &endpoints {
+        let labels = [("grpc_target", target), ("grpc_lb_endpoint", &at(e))];
+        assert_eq!(
+            value(&before, "grpc_client_attempt_started_total", &labels),
+            0.0
+        );
+        assert_eq!(value(&before, "grpc_lb_endpoint_in_flight", &labels), 0.0);
+        assert_eq!(
+            value(&before, "grpc_lb_endpoint_health_serving", &labels),
+            1.0
+        );
+        assert_eq!(
+            value(&before, "grpc_subchannel_open_connections", &labels),
+            1.0
+        );
+        let ready = [labels[0], labels[1], ("state", "READY")];
+        assert_eq!(value(&before, "grpc_lb_endpoint_state", &ready), 1.0);
+        let connecting = [labels[0], labels[1], ("state", "CONNECTING")];
+        assert_eq!(value(&before, "grpc_lb_endpoint_state", &connecting), 0.0);
+    }
+
+    for _ in 0..30 {
+        say_hello(&balancer).await.expect("answered");
+    }
+    let after = scrape(endpoint.addr()).await;
+    for e in &endpoints {
+        let labels = [
+            ("grpc_lb_endpoint", at(e)),
+            ("grpc_lb_policy", "round_robin".into()),
+        ];
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(
+            value(&after, "grpc_client_attempt_started_total", &labels),
+            10.0
+        );
+        let ok = [labels[0], ("outcome", "ok")];
+        assert_eq!(value(&after, "grpc_lb_endpoint_calls_total", &ok), 10.0);
+        assert_eq!(
+            value(
+                &after,
+                "grpc_client_attempt_duration_seconds_count",
+                &labels
+            ),
+            10.0
+        );
+        // The histogram: 10 calls, all in the +Inf bucket, fewer or as many below.
+        let histogram = after
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "grpc_client_attempt_duration_seconds"
+                    && s.labels.get("grpc_lb_endpoint") == Some(labels[0].1)
+            })
+            .expect("a histogram per endpoint");
+        let Value::Histogram(buckets) = &histogram.value else {
+            panic!("{histogram:?}");
+        };
+        assert_eq!(buckets.len(), lb_core::metrics::DURATION_BUCKETS.len() + 1);
+        assert!(
+            buckets.windows(2).all(|w| w[0].count <= w[1].count),
+            "{buckets:?}"
+        );
+        assert_eq!(buckets.last().map(|b| b.count), Some(10.0));
+    }
+
+    // One server goes away: its state and its disconnections say so; the others'
+    // counts do not move.
+    let (gone, rest) = (endpoints[0].clone(), servers);
+    rest.set_instance_serving(0, false).await;
+    wait_for(&balancer, |statuses| {
+        statuses.iter().any(|s| {
+            s.endpoint == gone && s.connectivity == lb_core::Connectivity::TransientFailure
+        })
+    })
+    .await;
+    let later = scrape(endpoint.addr()).await;
+    let gone_at = at(&gone);
+    let failure = [
+        ("grpc_lb_endpoint", gone_at.as_str()),
+        ("state", "TRANSIENT_FAILURE"),
+    ];
+    assert_eq!(value(&later, "grpc_lb_endpoint_state", &failure), 1.0);
+    let labels = [("grpc_lb_endpoint", gone_at.as_str())];
+    assert_eq!(
+        value(&later, "grpc_lb_endpoint_health_serving", &labels),
+        0.0
+    );
+
+    endpoint.shutdown().await;
+    rest.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_metrics_count_calls_by_method_status_and_instance() {
+    let mut registry = Registry::default();
+    let metrics = ServerMetrics::register(&mut registry);
+    let servers = greeter_server::spawn(Config::on_ports(&[0, 0]).with_metrics(metrics.clone()))
+        .await
+        .expect("servers start");
+    let failing = greeter_server::spawn(
+        Config::on_ports(&[0])
+            .with_error_rate(1.0)
+            .with_metrics(metrics),
+    )
+    .await
+    .expect("a failing server starts");
+    let endpoint =
+        lb_core::metrics::serve("127.0.0.1:0".parse().expect("addr"), Arc::new(registry))
+            .await
+            .expect("metrics listen");
+
+    let list = servers.endpoints_list();
+    let balancer = Balancer::builder(lb_core::parse_endpoint_list(&list).expect("valid"))
+        .health_check(None)
+        .seed(4)
+        .build()
+        .expect("builds");
+    balancer.wait_settled(Duration::from_secs(5)).await;
+    for _ in 0..8 {
+        say_hello(&balancer).await.expect("answered");
+    }
+    let bad =
+        Balancer::builder(lb_core::parse_endpoint_list(&failing.endpoints_list()).expect("valid"))
+            .health_check(None)
+            .seed(5)
+            .build()
+            .expect("builds");
+    bad.wait_settled(Duration::from_secs(5)).await;
+    for _ in 0..3 {
+        assert!(say_hello(&bad).await.is_err());
+    }
+
+    let scraped = scrape(endpoint.addr()).await;
+    let method = ("grpc_method", "example.MyService/SayHello");
+    for addr in servers.addrs() {
+        let instance = addr.to_string();
+        let labels = [method, ("server_address", instance.as_str())];
+        assert_eq!(
+            value(&scraped, "grpc_server_call_started_total", &labels),
+            4.0
+        );
+        let ok = [labels[0], labels[1], ("grpc_status", "OK")];
+        assert_eq!(
+            value(&scraped, "grpc_server_call_duration_seconds_count", &ok),
+            4.0
+        );
+        assert_eq!(
+            value(&scraped, "grpc_server_call_in_flight", &[labels[1]]),
+            0.0
+        );
+    }
+    let failing_at = failing.addrs()[0].to_string();
+    let unavailable = [
+        method,
+        ("server_address", failing_at.as_str()),
+        ("grpc_status", "UNAVAILABLE"),
+    ];
+    assert_eq!(
+        value(
+            &scraped,
+            "grpc_server_call_duration_seconds_count",
+            &unavailable
+        ),
+        3.0
+    );
+
+    endpoint.shutdown().await;
+    servers.shutdown().await.expect("clean shutdown");
+    failing.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_names_from_the_network_cannot_grow_the_series_without_bound() {
+    let mut registry = Registry::default();
+    let metrics = ServerMetrics::register(&mut registry);
+    let servers = greeter_server::spawn(Config::on_ports(&[0]).with_metrics(metrics))
+        .await
+        .expect("server starts");
+    let endpoint =
+        lb_core::metrics::serve("127.0.0.1:0".parse().expect("addr"), Arc::new(registry))
+            .await
+            .expect("metrics listen");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", servers.addrs()[0]))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connects");
+    // 200 made-up methods (UNIMPLEMENTED, each one): 64 get a series, the rest `other`.
+    let mut grpc = tonic::client::Grpc::new(channel);
+    for i in 0..200 {
+        grpc.ready().await.expect("ready");
+        let path = format!("/made.Up/Method{i}").parse().expect("path");
+        let status = grpc
+            .unary::<_, (), _>(tonic::Request::new(()), path, tonic_prost_free::EmptyCodec)
+            .await
+            .expect_err("no such method");
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+    }
+    let scraped = scrape(endpoint.addr()).await;
+    let methods: std::collections::HashSet<&str> = scraped
+        .samples
+        .iter()
+        .filter(|s| s.metric == "grpc_server_call_started_total")
+        .filter_map(|s| s.labels.get("grpc_method"))
+        .collect();
+    assert_eq!(
+        methods.len(),
+        lb_core::metrics::MAX_METHODS + 1,
+        "{methods:?}"
+    );
+    assert!(methods.contains("other"));
+    endpoint.shutdown().await;
+    servers.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lb_proxy_reports_its_backends_and_its_callers() {
+    let servers = greeter_server::spawn(Config::on_ports(&[0, 0]))
+        .await
+        .expect("servers start");
+    let list = servers.endpoints_list();
+    let mut registry = Registry::default();
+    let behind = Balancer::builder(lb_core::parse_endpoint_list(&list).expect("valid"))
+        .seed(6)
+        .build()
+        .expect("builds");
+    BalancerMetrics::register(&mut registry, "backends").watch(&behind);
+    let options = lb_proxy::Options {
+        metrics: Some(ServerMetrics::register(&mut registry)),
+        ..Default::default()
+    };
+    behind.wait_settled(Duration::from_secs(5)).await;
+    let proxy = lb_proxy::spawn_with("127.0.0.1:0".parse().expect("addr"), behind, options)
+        .await
+        .expect("proxy starts");
+    let endpoint =
+        lb_core::metrics::serve("127.0.0.1:0".parse().expect("addr"), Arc::new(registry))
+            .await
+            .expect("metrics listen");
+
+    let front: Endpoint = proxy.addr().to_string().parse().expect("valid");
+    let caller = Balancer::builder([front])
+        .health_check(None)
+        .seed(7)
+        .build()
+        .expect("builds");
+    caller.wait_settled(Duration::from_secs(5)).await;
+    for _ in 0..6 {
+        say_hello(&caller)
+            .await
+            .expect("answered through the proxy");
+    }
+    let scraped = scrape(endpoint.addr()).await;
+    for addr in servers.addrs() {
+        let backend = addr.to_string();
+        let labels = [("grpc_lb_endpoint", backend.as_str())];
+        assert_eq!(
+            value(&scraped, "grpc_client_attempt_started_total", &labels),
+            3.0
+        );
+    }
+    let proxy_at = proxy.addr().to_string();
+    let received = [
+        ("grpc_method", "example.MyService/SayHello"),
+        ("server_address", proxy_at.as_str()),
+    ];
+    assert_eq!(
+        value(&scraped, "grpc_server_call_started_total", &received),
+        6.0
+    );
+
+    drop(caller);
+    endpoint.shutdown().await;
+    proxy.shutdown().await.expect("proxy stops");
+    servers.shutdown().await.expect("clean shutdown");
+}
+
+/// A codec for calls whose messages do not matter (only the status is looked at).
+mod tonic_prost_free {
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct EmptyCodec;
+
+    impl Codec for EmptyCodec {
+        type Encode = ();
+        type Decode = ();
+        type Encoder = Self;
+        type Decoder = Self;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            *self
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            *self
+        }
+    }
+
+    impl Encoder for EmptyCodec {
+        type Item = ();
+        type Error = tonic::Status;
+
+        fn encode(&mut self, _: (), _: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            Ok(())
+        }
+    }
+
+    impl Decoder for EmptyCodec {
+        type Item = ();
+        type Error = tonic::Status;
+
+        fn decode(&mut self, _: &mut DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+            Ok(Some(()))
+        }
+    }
+}
