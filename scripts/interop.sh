@@ -6,11 +6,13 @@
 #      exactly a third each);
 #   3. grpcio's own client-side balancing (an ipv4:a,b,c target, round_robin) spreads
 #      its calls over three greeter-servers (counted by x-served-by: each gets some);
-#   4. all of it again over mutual TLS, with certificates from scripts/gen-certs.sh.
+#   4. /metrics of greeter-server, lb-proxy and greeter-client parse with the Prometheus
+#      client's strict OpenMetrics parser and have a series per endpoint;
+#   5. all of it again over mutual TLS, with certificates from scripts/gen-certs.sh.
 #
 #   scripts/interop.sh        # builds, makes .run/interop/venv with grpcio, runs, cleans up
 #
-# Everything listens on 127.0.0.1, ports INTEROP_PORT (default 50150) to +50. Exit code
+# Everything listens on 127.0.0.1, ports INTEROP_PORT (default 50150) to +65. Exit code
 # 0 when every check passed, 1 otherwise. Uses the release binaries (PROFILE=debug for
 # the debug ones).
 set -euo pipefail
@@ -41,7 +43,8 @@ build=(cargo build -q -p greeter-server -p greeter-client -p lb-proxy)
 
 echo "== Python: grpcio in $work/venv"
 [[ -x "$work/venv/bin/python" ]] || python3 -m venv "$work/venv"
-"$work/venv/bin/python" -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools
+"$work/venv/bin/python" -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools \
+  prometheus-client
 "$work/venv/bin/python" scripts/python/gen_stubs.py "$work/py"
 export PYTHONPATH="$work/py"
 py="$work/venv/bin/python"
@@ -53,7 +56,7 @@ echo "== Certificates for the TLS round: $work/certs"
 # directions, with the certificates from gen-certs.sh).
 round() {
   local mode="$1" base="$2" i port label=""
-  local server_tls=() client_tls=() proxy_tls=() py_tls=()
+  local server_tls=() client_tls=() proxy_tls=() py_tls=() metrics=()
   if [[ "$mode" == tls ]]; then
     local c="$work/certs"
     label=" [mutual TLS]"
@@ -63,12 +66,14 @@ round() {
       --backend-tls-key "$c/client.key")
     py_tls=(--tls "$c")
   fi
+  # The plaintext round also serves /metrics from every one of our programs.
+  [[ "$mode" == plain ]] && metrics=(--metrics)
   echo "== Starting 3 greeter-servers, 3 Python servers and lb-proxy on 127.0.0.1$label"
   local ours=() theirs=()
   for i in 1 2 3; do
     port=$((base + i))
     start_bg "$work/greeter-$port.log" env RUST_LOG=info "$BIN_DIR/greeter-server" --port "$port" \
-      "${server_tls[@]}"
+      "${server_tls[@]}" ${metrics[@]+"${metrics[@]}" "127.0.0.1:$((base + 60 + i))"}
     ours+=("127.0.0.1:$port")
     port=$((base + 10 + i))
     start_bg "$work/python-$port.log" "$py" scripts/python/server.py "$port" "${py_tls[@]}"
@@ -82,7 +87,8 @@ round() {
   ours_list="$(IFS=,; echo "${ours[*]}")"
   theirs_list="$(IFS=,; echo "${theirs[*]}")"
   start_bg "$work/lb-proxy-$mode.log" env RUST_LOG=info "$BIN_DIR/lb-proxy" --listen "$proxy" \
-    --backends "$ours_list" --policy round_robin "${proxy_tls[@]}"
+    --backends "$ours_list" --policy round_robin "${proxy_tls[@]}" \
+    ${metrics[@]+"${metrics[@]}" "127.0.0.1:$((base + 64))"}
   wait_for_log "$work/lb-proxy-$mode.log" "lb-proxy listening"
 
   echo "== Checks$label"
@@ -124,8 +130,45 @@ print("yes" if len(values) == 3 and values[0] >= 10 and sum(values) == 60 else "
 ')"
   check "grpcio round_robin (ipv4:a,b,c) over 3 greeter-servers$label" "$spread" "$counts"
 
+  if [[ "$mode" == plain ]]; then
+    metrics_checks "$base" "$ours_list"
+  fi
   stop_started
   STARTED_PIDS=()
+}
+
+# /metrics of greeter-server, lb-proxy and greeter-client (scraped while it runs), read
+# with the Prometheus client's strict OpenMetrics parser; every endpoint has series.
+metrics_checks() {
+  local base="$1" ours_list="$2" out ok
+  local expected
+  expected="$("$py" -c 'import sys; print(sorted(sys.argv[1].split(",")))' "$ours_list")"
+  # One call through the proxy first, so that every program has counted something.
+  "$py" scripts/python/client.py "127.0.0.1:$((base + 20))" >/dev/null 2>&1 || true
+  out="$("$py" scripts/python/check_metrics.py "http://127.0.0.1:$((base + 61))/metrics" \
+    grpc_server_call_started_total 2>&1 || true)"
+  ok="$(printf '%s' "$out" | "$py" -c 'import json, sys
+try: m = json.load(sys.stdin)
+except ValueError: print("no"); sys.exit()
+print("yes" if m["endpoints"] == [sys.argv[1]] and m["samples"] > 0 else "no")' "127.0.0.1:$((base + 1))")"
+  check "greeter-server /metrics (strict OpenMetrics parser)" "$ok" "$out"
+
+  out="$("$py" scripts/python/check_metrics.py "http://127.0.0.1:$((base + 64))/metrics" 2>&1 || true)"
+  ok="$(printf '%s' "$out" | "$py" -c 'import json, sys
+try: m = json.load(sys.stdin)
+except ValueError: print("no"); sys.exit()
+print("yes" if str(m["endpoints"]) == sys.argv[1] else "no")' "$expected")"
+  check "lb-proxy /metrics: a series per backend" "$ok" "$out"
+
+  start_bg "$work/client-metrics.log" env RUST_LOG=info "$BIN_DIR/greeter-client" \
+    --servers "$ours_list" --duration 5s --concurrency 2 --metrics "127.0.0.1:$((base + 65))"
+  wait_for_log "$work/client-metrics.log" "metrics at"
+  out="$("$py" scripts/python/check_metrics.py "http://127.0.0.1:$((base + 65))/metrics" 2>&1 || true)"
+  ok="$(printf '%s' "$out" | "$py" -c 'import json, sys
+try: m = json.load(sys.stdin)
+except ValueError: print("no"); sys.exit()
+print("yes" if str(m["endpoints"]) == sys.argv[1] else "no")' "$expected")"
+  check "greeter-client /metrics while it runs: a series per server" "$ok" "$out"
 }
 
 round plain "$base"
