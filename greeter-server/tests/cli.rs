@@ -155,3 +155,70 @@ fn greeter_certs_writes_what_tls_flags_take_and_bad_files_are_named() {
     assert_eq!(out.status.code(), Some(2));
     std::fs::remove_dir_all(&dir).expect("cleaned up");
 }
+
+#[cfg(unix)]
+#[test]
+fn metrics_flag_serves_prometheus_text_and_a_busy_port_is_named() {
+    use std::io::{Read, Write};
+    /// Kills the server if the test fails half-way, so that it cannot outlive it.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(
+        server()
+            .args(["--port", "0", "--metrics", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starts"),
+    );
+    let mut lines = BufReader::new(child.0.stderr.take().expect("piped")).lines();
+    let mut metrics_at = None;
+    for line in lines.by_ref() {
+        let line = line.expect("utf-8 log");
+        if let Some(rest) = line.split("metrics at http://").nth(1) {
+            metrics_at = rest.split('/').next().map(str::to_string);
+        }
+        if line.contains("serving example.MyService") {
+            break;
+        }
+    }
+    let addr = metrics_at.expect("the log says where the metrics are");
+    let mut stream = std::net::TcpStream::connect(&addr).expect("connects");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("sent");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    // (No series before the first call: families appear with their first sample.)
+    assert!(
+        response.contains("application/openmetrics-text"),
+        "{response}"
+    );
+    assert!(response.trim_end().ends_with("# EOF"), "{response}");
+
+    // Another server asking for the same metrics port: exit 1, the port named.
+    let port = addr.rsplit(':').next().expect("a port");
+    let out = server()
+        .args(["--port", "0", "--metrics", &addr])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("port {port} is already in use")),
+        "{stderr}"
+    );
+
+    Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    let _rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(child.0.wait().expect("exits").code(), Some(0));
+}

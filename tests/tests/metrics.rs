@@ -430,3 +430,71 @@ mod tonic_prost_free {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_asks_only_for_metrics_and_labels_that_exist() {
+    // Everything a process can export: a balancer and a server, after one call.
+    let mut registry = Registry::default();
+    let server_metrics = ServerMetrics::register(&mut registry);
+    let servers = greeter_server::spawn(Config::on_ports(&[0]).with_metrics(server_metrics))
+        .await
+        .expect("server starts");
+    let balancer =
+        Balancer::builder(lb_core::parse_endpoint_list(&servers.endpoints_list()).expect("valid"))
+            .seed(8)
+            .build()
+            .expect("builds");
+    BalancerMetrics::register(&mut registry, "greeters").watch(&balancer);
+    balancer.wait_settled(Duration::from_secs(5)).await;
+    say_hello(&balancer).await.expect("answered");
+    let text = lb_core::metrics::encode(&registry);
+    let scraped = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses");
+    let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for sample in &scraped.samples {
+        names.insert(sample.metric.clone());
+        names.extend(sample.labels.keys().cloned());
+        if matches!(sample.value, Value::Histogram(_)) {
+            names.insert(format!("{}_bucket", sample.metric));
+        }
+    }
+
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/grpc-lb-dashboard.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard is there"))
+            .expect("valid JSON");
+    let mut queries: Vec<String> = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            queries.push(target["expr"].as_str().expect("an expr").to_string());
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+    {
+        queries.push(
+            variable["definition"]
+                .as_str()
+                .expect("a query")
+                .to_string(),
+        );
+    }
+    assert!(queries.len() >= 10, "{queries:?}");
+    for query in &queries {
+        let words: Vec<&str> = query
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("grpc_"))
+            .collect();
+        assert!(!words.is_empty(), "{query}");
+        for word in words {
+            assert!(
+                names.contains(word),
+                "`{word}` in `{query}` is not exported"
+            );
+        }
+    }
+    servers.shutdown().await.expect("clean shutdown");
+}
