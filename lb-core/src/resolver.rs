@@ -404,7 +404,9 @@ enum File {
     List(Vec<String>),
 }
 
-fn parse_endpoints_json(text: &str) -> Result<Vec<Endpoint>, String> {
+/// The endpoints in the text of an endpoints file (`{"endpoints": ["host:port", ...]}`
+/// or a bare list), or why not, with the line (what [`read_endpoints_file`] reads).
+pub fn parse_endpoints_json(text: &str) -> Result<Vec<Endpoint>, String> {
     let file: File = serde_json::from_str(text).map_err(|e| {
         format!(
             "line {}, column {}: {e} (expected {{\"endpoints\": [\"host:port\", ...]}})",

@@ -262,6 +262,13 @@ pub async fn spawn_with(
 #[derive(Clone)]
 pub struct RoutesBody(tonic::service::Routes);
 
+impl RoutesBody {
+    /// Wraps `routes` (tonic services, such as the health service).
+    pub fn new(routes: tonic::service::Routes) -> Self {
+        Self(routes)
+    }
+}
+
 impl Service<http::Request<Body>> for RoutesBody {
     type Response = http::Response<Body>;
     type Error = std::convert::Infallible;

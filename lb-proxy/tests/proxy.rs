@@ -168,3 +168,59 @@ async fn thousands_of_concurrent_calls_keep_the_backend_connection() {
     proxy.shutdown().await.expect("clean shutdown");
     servers.shutdown().await.expect("clean shutdown");
 }
+
+/// Found by `scripts/fuzz.sh proxy_request` (its first input, the empty one): a
+/// request without a path made tonic's channel panic in the task that every later
+/// call on that backend connection needs, so one bad request broke the connection
+/// for everybody. The balancer now answers it UNIMPLEMENTED and sends it nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_a_path_is_refused_and_breaks_nothing() {
+    use tower::Service;
+    let servers = greeter_server::spawn(Config::on_ports(&[0]))
+        .await
+        .expect("servers start");
+    let balancer = Balancer::builder(endpoints_of(&servers))
+        .seed(32)
+        .build()
+        .expect("builds");
+    balancer.wait_settled(Duration::from_secs(5)).await;
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let mut proxy = lb_proxy::Proxy::new(
+        balancer.clone(),
+        lb_proxy::RoutesBody::new(tonic::service::Routes::new(health)),
+    );
+    for path in ["", "*"] {
+        let uri = http::Uri::builder()
+            .path_and_query(path)
+            .build()
+            .expect("a URI");
+        let request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(uri)
+            .header("content-type", "application/grpc")
+            .body(tonic::body::Body::empty())
+            .expect("a request");
+        let response = proxy.call(request).await.expect("an answer");
+        let status = tonic::Status::from_header_map(response.headers()).expect("a gRPC status");
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unimplemented,
+            "{path:?}: {status:?}"
+        );
+        assert!(
+            status.message().contains("malformed method path"),
+            "{status:?}"
+        );
+    }
+    // The backend connection is unharmed: the next calls are answered.
+    let mut client = MyServiceClient::new(balancer);
+    for _ in 0..3 {
+        client
+            .say_hello(HelloRequest {
+                name: "after".into(),
+            })
+            .await
+            .expect("answered");
+    }
+    servers.shutdown().await.expect("clean shutdown");
+}

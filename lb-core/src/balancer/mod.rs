@@ -454,6 +454,16 @@ impl Service<http::Request<Body>> for Balancer {
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        // tonic's channel panics on a request without a path (in a task every later
+        // call on that connection needs), so such a request never gets that far. A
+        // proxy can be handed one; a generated client never makes one.
+        if !request.uri().path().starts_with('/') {
+            let status = tonic::Status::unimplemented(format!(
+                "malformed method path `{}`: a gRPC path is /package.Service/Method",
+                request.uri().path()
+            ));
+            return Box::pin(std::future::ready(Err(status)));
+        }
         if let Some(authorization) = &self.shared.authorization {
             request
                 .headers_mut()
