@@ -35,8 +35,7 @@ fn setup() -> &'static (tokio::runtime::Runtime, Proxy) {
             let servers = greeter_server::spawn(greeter_server::Config::on_ports(&[0, 0]))
                 .await
                 .expect("servers start");
-            let endpoints =
-                lb_core::parse_endpoint_list(&servers.endpoints_list()).expect("valid");
+            let endpoints = lb_core::parse_endpoint_list(&servers.endpoints_list()).expect("valid");
             std::mem::forget(servers); // They serve until the fuzzer exits.
             let balancer = lb_core::Balancer::builder(endpoints)
                 .policy("ring_hash".parse().expect("a policy"))
@@ -63,7 +62,10 @@ fuzz_target!(|input: Input| {
         .header("te", "trailers");
     // What an HTTP/2 server would not pass on (an invalid path or header) is not a
     // request the proxy can ever see.
-    let Ok(uri) = http::Uri::builder().path_and_query(input.path.as_str()).build() else {
+    let Ok(uri) = http::Uri::builder()
+        .path_and_query(input.path.as_str())
+        .build()
+    else {
         return;
     };
     request = request.uri(uri);
@@ -75,8 +77,9 @@ fuzz_target!(|input: Input| {
             request = request.header(name, value);
         }
     }
-    let Ok(request) = request.body(Body::new(http_body_util::Full::new(Bytes::from(input.body))))
-    else {
+    let Ok(request) = request.body(Body::new(http_body_util::Full::new(Bytes::from(
+        input.body,
+    )))) else {
         return;
     };
     let mut proxy = proxy.clone();

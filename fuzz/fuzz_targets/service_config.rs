@@ -3,8 +3,8 @@
 //! picker over a few endpoints, and that picker's picks are in range.
 #![no_main]
 
+use lb_core::{BuildPicker, Connectivity, EndpointState, PickContext, Policy};
 use libfuzzer_sys::fuzz_target;
-use lb_core::{BuildPicker, EndpointState, PickContext, Policy, Connectivity};
 use rand::{SeedableRng, rngs::SmallRng};
 
 fuzz_target!(|text: &str| {

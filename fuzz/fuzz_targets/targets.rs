@@ -3,8 +3,8 @@
 //! never panics, and what it returns prints back to text that parses to the same.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
 use lb_core::{Endpoint, resolver::Target};
+use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
     if let Ok(target) = text.parse::<Target>() {
