@@ -22,21 +22,29 @@ struct Input {
 
 type Proxy = lb_proxy::Proxy<lb_proxy::RoutesBody>;
 
+/// What lives for the whole run: the servers and the proxy's health reporter are kept
+/// (not leaked: LeakSanitizer would rightly complain).
+struct Setup {
+    runtime: tokio::runtime::Runtime,
+    proxy: Proxy,
+    _servers: greeter_server::Servers,
+    _health: tonic_health::server::HealthReporter,
+}
+
 /// One runtime, server and proxy for the whole run (the per-input cost is the call).
-fn setup() -> &'static (tokio::runtime::Runtime, Proxy) {
-    static SETUP: OnceLock<(tokio::runtime::Runtime, Proxy)> = OnceLock::new();
+fn setup() -> &'static Setup {
+    static SETUP: OnceLock<Setup> = OnceLock::new();
     SETUP.get_or_init(|| {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("a runtime");
-        let proxy = runtime.block_on(async {
+        let (proxy, servers, reporter) = runtime.block_on(async {
             let servers = greeter_server::spawn(greeter_server::Config::on_ports(&[0, 0]))
                 .await
                 .expect("servers start");
             let endpoints = lb_core::parse_endpoint_list(&servers.endpoints_list()).expect("valid");
-            std::mem::forget(servers); // They serve until the fuzzer exits.
             let balancer = lb_core::Balancer::builder(endpoints)
                 .policy("ring_hash".parse().expect("a policy"))
                 .seed(1)
@@ -44,18 +52,23 @@ fn setup() -> &'static (tokio::runtime::Runtime, Proxy) {
                 .expect("builds");
             balancer.wait_settled(Duration::from_secs(5)).await;
             let (reporter, health) = tonic_health::server::health_reporter();
-            std::mem::forget(reporter);
-            lb_proxy::Proxy::new(
+            let proxy = lb_proxy::Proxy::new(
                 balancer,
                 lb_proxy::RoutesBody::new(tonic::service::Routes::new(health)),
-            )
+            );
+            (proxy, servers, reporter)
         });
-        (runtime, proxy)
+        Setup {
+            runtime,
+            proxy,
+            _servers: servers,
+            _health: reporter,
+        }
     })
 }
 
 fuzz_target!(|input: Input| {
-    let (runtime, proxy) = setup();
+    let Setup { runtime, proxy, .. } = setup();
     let mut request = http::Request::builder()
         .method(http::Method::POST)
         .header("content-type", "application/grpc")
