@@ -1,9 +1,11 @@
 """Reads /metrics with the official Prometheus client's strict OpenMetrics parser and
-prints one JSON line: {"families": N, "samples": N, "endpoints": [...]}.
+prints one JSON line: {"families": N, "samples": N, "endpoints": [...]}, the endpoints
+being those that METRIC has series for (by grpc_lb_endpoint, or server_address).
 
-    python check_metrics.py http://127.0.0.1:9090/metrics [METRIC_WITH_ENDPOINTS]
+    python check_metrics.py URL METRIC EXPECTED    # EXPECTED: a,b,c, the endpoints wanted
 
-Exits 1 (with the parser's complaint) if the text is not valid OpenMetrics.
+Exits 1 if the text is not valid OpenMetrics (with the parser's complaint), or if the
+endpoints are not exactly EXPECTED.
 """
 
 import json
@@ -13,7 +15,7 @@ import urllib.request
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 
-def main(url, per_endpoint):
+def main(url, per_endpoint, expected):
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode("utf-8")
     try:
@@ -31,7 +33,9 @@ def main(url, per_endpoint):
         - {None}
     )
     print(json.dumps({"families": len(families), "samples": len(samples), "endpoints": endpoints}))
+    if endpoints != sorted(expected.split(",")):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "grpc_client_attempt_started_total")
+    main(sys.argv[1], sys.argv[2], sys.argv[3])
