@@ -18,13 +18,15 @@ pub async fn check(
     tls: Option<&ClientTls>,
     timeout: Duration,
 ) -> Result<ServingStatus, String> {
-    let channel = endpoint
+    let target = endpoint
         .to_tonic(tls)
         .map_err(|e| e.to_string())?
         .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect()
+        .timeout(timeout);
+    // Bounded as a whole: the connect timeout covers TCP only, not the handshakes.
+    let channel = tokio::time::timeout(timeout, target.connect())
         .await
+        .map_err(|_| format!("cannot connect within {timeout:?}"))?
         .map_err(|e| format!("cannot connect: {}", lb_core::error::describe(&e)))?;
     let response = HealthClient::new(channel)
         .check(HealthCheckRequest {

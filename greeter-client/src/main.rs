@@ -125,17 +125,26 @@ impl Servers {
         Ok((now, follow))
     }
 
-    /// The TLS settings, if --ca was given; an unusable file is a usage error.
+    /// The TLS settings, if --ca was given; an unusable file or name is a usage error.
+    /// For a dns:/// target, servers' certificates must name the DNS name (as in gRPC)
+    /// unless --tls-server-name says otherwise.
     fn tls(&self) -> anyhow::Result<Option<ClientTls>> {
         let Some(ca) = &self.ca else {
             return Ok(None);
         };
         let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
-        let tls = ClientTls::from_files(ca, identity).map_err(|e| usage(e.to_string()))?;
-        Ok(Some(match &self.tls_server_name {
-            Some(name) => tls.server_name(name),
-            None => tls,
-        }))
+        let mut tls = ClientTls::from_files(ca, identity).map_err(|e| usage(e.to_string()))?;
+        if let Some(name) = &self.tls_server_name {
+            tls = tls
+                .server_name(name)
+                .map_err(|e| usage(format!("--tls-server-name: {e}")))?;
+        }
+        if let Some(Target::Dns { host, .. }) = &self.target {
+            tls = tls
+                .server_name_if_unset(host)
+                .map_err(|e| usage(e.to_string()))?;
+        }
+        Ok(Some(tls))
     }
 }
 
@@ -386,12 +395,13 @@ async fn main() -> ExitCode {
 }
 
 async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
+    let tls = args.servers.tls()?; // Before resolving: a bad file is a usage error.
     let (servers, updates) = args.servers.resolve().await?;
     let mut spec = args.workload.spec(servers, args.policy);
     spec.explain = args.explain;
     spec.updates = updates;
     spec.token = args.workload.token()?;
-    spec.tls = args.servers.tls()?;
+    spec.tls = tls;
     let metrics = serve_metrics(&args.workload, &args.servers, &mut spec).await?;
     let report = greeter_client::run(&spec).await?;
     if let Some(metrics) = metrics {
@@ -411,11 +421,12 @@ async fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.policies
     };
+    let tls = args.servers.tls()?;
     let (servers, updates) = args.servers.resolve().await?;
     let mut spec = args.workload.spec(servers, Policy::RoundRobin);
     spec.updates = updates;
     spec.token = args.workload.token()?;
-    spec.tls = args.servers.tls()?;
+    spec.tls = tls;
     let metrics = serve_metrics(&args.workload, &args.servers, &mut spec).await?;
     let reports = greeter_client::load::compare(&spec, &policies).await?;
     if let Some(metrics) = metrics {
@@ -545,8 +556,8 @@ fn exit_code(ok: bool) -> ExitCode {
 
 async fn run_health(args: HealthArgs) -> anyhow::Result<ExitCode> {
     // Concurrently, so that --wait bounds the whole command, not each server in turn.
-    let (servers, _) = args.servers.resolve().await?;
     let tls = args.servers.tls()?;
+    let (servers, _) = args.servers.resolve().await?;
     let checks = servers
         .iter()
         .map(|endpoint| health::wait_serving(endpoint, tls.as_ref(), args.wait));

@@ -436,6 +436,15 @@ impl Servers {
     }
 }
 
+/// The methods every instance serves, as gRPC names them (for the metrics' labels).
+pub const METHODS: [&str; 5] = [
+    "example.MyService/SayHello",
+    "grpc.health.v1.Health/Check",
+    "grpc.health.v1.Health/Watch",
+    "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
 /// Binds every port of `config` and starts serving on each.
 ///
 /// All ports are bound before any instance starts, so a busy port fails the whole
@@ -463,6 +472,9 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
         listeners.push((local, listener));
     }
 
+    if let Some(metrics) = &config.metrics {
+        metrics.add_methods(METHODS);
+    }
     let (stop, _) = watch::channel(false);
     let calls = Arc::new(CallCount {
         count: AtomicU64::new(0),

@@ -154,7 +154,7 @@ impl BalancerMetrics {
     /// Registers the balancer metrics in `registry`, labelled `grpc_target=target`.
     pub fn register(registry: &mut Registry, target: &str) -> Self {
         let metrics = Self {
-            target: target.into(),
+            target: escape_label_value(target).into(),
             watched: Arc::default(),
         };
         registry.register_collector(Box::new(metrics.clone()));
@@ -184,13 +184,25 @@ impl Collector for BalancerMetrics {
             .filter_map(Weak::upgrade)
             .collect();
         // (policy, endpoint address, status) for every endpoint of every balancer.
+        // Two rows must never share a label set (Prometheus rejects such a scrape):
+        // the same address twice (with two weights, or in two balancers with the same
+        // policy) is told apart by a suffix, `#2`, `#3`, ...
+        let mut seen = HashSet::new();
         let rows: Vec<(&'static str, String, crate::EndpointStatus)> = balancers
             .iter()
             .flat_map(|b| {
                 let (policy, statuses) = b.report();
-                statuses
-                    .into_iter()
-                    .map(move |s| (policy, s.endpoint.to_string(), s))
+                statuses.into_iter().map(move |s| (policy, s))
+            })
+            .map(|(policy, status)| {
+                let address = status.endpoint.to_string();
+                let mut label = address.clone();
+                let mut n = 1;
+                while !seen.insert((policy, label.clone())) {
+                    n += 1;
+                    label = format!("{address}#{n}");
+                }
+                (policy, label, status)
             })
             .collect();
         let labels = |policy, endpoint| -> Labels<'_> {
@@ -327,16 +339,34 @@ impl Collector for BalancerMetrics {
     }
 }
 
-/// The most distinct method names a server reports; calls to others (a client trying
-/// random paths) are counted as `other`, so that they cannot grow the series forever.
+/// A label value as the text format wants it (prometheus-client writes values as they
+/// are): backslash, double quote and newline escaped. Only the target needs it; every
+/// other label value is checked text (addresses, method names, fixed words).
+fn escape_label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The most distinct method names a server reports; calls to others are counted as
+/// `other`, so that clients cannot grow the series without bound.
 pub const MAX_METHODS: usize = 64;
 
+type MetricLabels = Vec<(&'static str, String)>;
+
 /// Server-side call metrics, shared by every instance of a process.
+///
+/// Method names come from the network, so a method gets series of its own only once
+/// it is known: named with [`ServerMetrics::add_methods`] (a server's own methods), or
+/// answered by something other than UNIMPLEMENTED (a proxy learns its backends'
+/// methods so; the first call of each is counted as `other`). At most
+/// [`MAX_METHODS`] names.
 #[derive(Clone, Debug)]
 pub struct ServerMetrics {
-    started: Family<Vec<(&'static str, String)>, Counter>,
-    durations: Family<Vec<(&'static str, String)>, Histogram>,
-    in_flight: Family<Vec<(&'static str, String)>, Gauge>,
+    started: Family<MetricLabels, Counter>,
+    durations: Family<MetricLabels, Histogram>,
+    in_flight: Family<MetricLabels, Gauge>,
     methods: Arc<RwLock<HashSet<String>>>,
 }
 
@@ -353,12 +383,12 @@ impl ServerMetrics {
         };
         registry.register(
             "grpc_server_call_started",
-            "Calls the server received",
+            "Calls the server received, by method",
             metrics.started.clone(),
         );
         registry.register_with_unit(
             "grpc_server_call_duration",
-            "How long calls took, until the response started (all of a unary call)",
+            "How long calls took, until the response started (all of a unary call), by method and status",
             Unit::Seconds,
             metrics.durations.clone(),
         );
@@ -370,6 +400,14 @@ impl ServerMetrics {
         metrics
     }
 
+    /// Names methods the server serves (`package.Service/Method`), so that their calls
+    /// get series of their own from the first call on.
+    pub fn add_methods<'a>(&self, methods: impl IntoIterator<Item = &'a str>) {
+        for method in methods {
+            self.admit(method);
+        }
+    }
+
     /// A tower layer that records the calls of the server on `address`.
     pub fn layer(&self, address: SocketAddr) -> ServerMetricsLayer {
         ServerMetricsLayer {
@@ -377,21 +415,32 @@ impl ServerMetrics {
         }
     }
 
-    /// The method's name as gRPC writes it (`example.MyService/SayHello`), or `other`.
-    fn method(&self, path: &str) -> String {
-        let method = path.strip_prefix('/').unwrap_or(path);
-        let known = |set: &HashSet<String>| set.contains(method);
-        if known(&self.methods.read().unwrap_or_else(PoisonError::into_inner)) {
-            return method.to_string();
-        }
-        let mut methods = self.methods.write().unwrap_or_else(PoisonError::into_inner);
-        if methods.len() < MAX_METHODS && looks_like_a_method(method) {
-            methods.insert(method.to_string());
-            method.to_string()
-        } else if known(&methods) {
+    /// The label for `method`: its name if known, else `other`.
+    fn label(&self, method: &str) -> String {
+        let methods = self.methods.read().unwrap_or_else(PoisonError::into_inner);
+        if methods.contains(method) {
             method.to_string()
         } else {
             "other".to_string()
+        }
+    }
+
+    /// Knows `method` from now on, if it is well-formed and there is room.
+    fn admit(&self, method: &str) {
+        if !looks_like_a_method(method) {
+            return;
+        }
+        if self
+            .methods
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(method)
+        {
+            return;
+        }
+        let mut methods = self.methods.write().unwrap_or_else(PoisonError::into_inner);
+        if methods.len() < MAX_METHODS {
+            methods.insert(method.to_string());
         }
     }
 }
@@ -458,25 +507,17 @@ where
         let Some((metrics, address)) = &self.metrics else {
             return Either::Left(self.inner.call(request));
         };
-        let method = metrics.method(request.uri().path());
-        let server = vec![("server_address", address.to_string())];
-        let labels = vec![
-            ("grpc_method", method.clone()),
-            ("server_address", address.to_string()),
-        ];
-        metrics.started.get_or_create(&labels).inc();
-        let in_flight = metrics.in_flight.get_or_create(&server).clone();
-        in_flight.inc();
-        let started = Instant::now();
+        let record = CallRecord::start(metrics, address, request.uri().path());
         let response = self.inner.call(request);
-        let metrics = metrics.clone();
         Either::Right(Box::pin(async move {
+            // The whole record moves in (not just the field set below), so that it
+            // lives, and is dropped, with this future.
+            let mut record = record;
             let result = response.await;
-            in_flight.dec();
             // The status in the headers (a trailers-only answer), else OK: a unary
             // answer's status comes in trailers, after the message, and is OK unless
             // the handler failed, which tonic answers trailers-only.
-            let status = match &result {
+            record.status = Some(match &result {
                 Ok(response) => response
                     .headers()
                     .get("grpc-status")
@@ -484,18 +525,67 @@ where
                     .and_then(|v| v.parse::<i32>().ok())
                     .map_or("OK", code_name),
                 Err(_) => "UNKNOWN",
-            };
-            let [method, address] = [labels[0].1.clone(), labels[1].1.clone()];
-            metrics
-                .durations
-                .get_or_create(&vec![
-                    ("grpc_method", method),
-                    ("grpc_status", status.to_string()),
-                    ("server_address", address),
-                ])
-                .observe(started.elapsed().as_secs_f64());
+            });
             result
         }))
+    }
+}
+
+/// One call being answered: counted in flight until dropped, then recorded with its
+/// status, or as CANCELLED if it was dropped before an answer (the client went away).
+struct CallRecord {
+    metrics: ServerMetrics,
+    method: String,
+    label: String,
+    address: Arc<str>,
+    in_flight: Gauge,
+    started: Instant,
+    status: Option<&'static str>,
+}
+
+impl CallRecord {
+    fn start(metrics: &ServerMetrics, address: &Arc<str>, path: &str) -> Self {
+        let method = path.strip_prefix('/').unwrap_or(path).to_string();
+        let label = metrics.label(&method);
+        metrics
+            .started
+            .get_or_create(&vec![
+                ("grpc_method", label.clone()),
+                ("server_address", address.to_string()),
+            ])
+            .inc();
+        let in_flight = metrics
+            .in_flight
+            .get_or_create(&vec![("server_address", address.to_string())])
+            .clone();
+        in_flight.inc();
+        Self {
+            metrics: metrics.clone(),
+            method,
+            label,
+            address: address.clone(),
+            in_flight,
+            started: Instant::now(),
+            status: None,
+        }
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        self.in_flight.dec();
+        let status = self.status.unwrap_or("CANCELLED");
+        self.metrics
+            .durations
+            .get_or_create(&vec![
+                ("grpc_method", std::mem::take(&mut self.label)),
+                ("grpc_status", status.to_string()),
+                ("server_address", self.address.to_string()),
+            ])
+            .observe(self.started.elapsed().as_secs_f64());
+        if self.status.is_some_and(|s| s != "UNIMPLEMENTED") {
+            self.metrics.admit(&self.method);
+        }
     }
 }
 
@@ -573,22 +663,32 @@ pub async fn serve(addr: SocketAddr, registry: Arc<Registry>) -> Result<MetricsS
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     info!(%addr, "metrics at http://{addr}/metrics");
     let task = tokio::spawn(async move {
+        // The connections being answered, ended with the server.
+        let mut connections = tokio::task::JoinSet::new();
         loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
+            let accepted = tokio::select! {
+                // A free slot first, then a connection; shutdown ends either wait.
+                accepted = async {
+                    let permit = slots.clone().acquire_owned().await;
+                    (permit, listener.accept().await)
+                } => accepted,
+                _ = stopped.wait_for(|&stop| stop) => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             };
-            let stream = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(err) => {
-                        debug!(%err, "metrics: accept failed");
-                        continue;
-                    }
-                },
-                _ = stopped.wait_for(|&stop| stop) => return,
+            let (Ok(permit), accepted) = accepted else {
+                break;
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
+                    debug!(%err, "metrics: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let registry = registry.clone();
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let _permit = permit;
                 let service = hyper::service::service_fn(move |request| {
                     std::future::ready(Ok::<_, Infallible>(respond(&request, &registry)))
@@ -602,6 +702,7 @@ pub async fn serve(addr: SocketAddr, registry: Arc<Registry>) -> Result<MetricsS
                 let _ = tokio::time::timeout(Duration::from_secs(30), connection).await;
             });
         }
+        connections.abort_all();
     });
     Ok(MetricsServer { addr, stop, task })
 }
@@ -634,4 +735,55 @@ fn respond(
         http::HeaderValue::from_static(content_type),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duration_on_a_bound_counts_in_that_bucket() {
+        let histogram = DurationHistogram::default();
+        histogram.observe_nanos(5_000_000); // exactly 5 ms: in le="0.005"
+        histogram.observe_nanos(5_000_001); // just above: in le="0.01"
+        histogram.observe_nanos(0);
+        histogram.observe_nanos(60_000_000_000); // a minute: only +Inf
+        let snapshot = histogram.snapshot();
+        assert_eq!(snapshot.count, 4);
+        assert!((snapshot.sum_seconds - 60.010000001).abs() < 1e-9);
+        let buckets = snapshot.buckets();
+        let at = |bound: f64| buckets.iter().find(|(b, _)| *b == bound).map(|(_, n)| *n);
+        assert_eq!(at(0.0001), Some(1));
+        assert_eq!(at(0.005), Some(1));
+        assert_eq!(at(0.01), Some(1));
+        assert_eq!(at(f64::MAX), Some(1));
+        assert_eq!(buckets.iter().map(|(_, n)| n).sum::<u64>(), 4);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(
+            escape_label_value("file:///a\"b\\c\nd"),
+            "file:///a\\\"b\\\\c\\nd"
+        );
+    }
+
+    #[test]
+    fn only_well_formed_method_names_are_admitted() {
+        for good in ["example.MyService/SayHello", "a.B/C_d"] {
+            assert!(looks_like_a_method(good), "{good}");
+        }
+        for bad in [
+            "",
+            "/",
+            "a/",
+            "/b",
+            "a/b/c",
+            "a b/c",
+            "é/x",
+            &"a".repeat(201),
+        ] {
+            assert!(!looks_like_a_method(bad), "{bad}");
+        }
+    }
 }

@@ -38,7 +38,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
@@ -47,20 +47,30 @@ use crate::{Endpoint, Error};
 
 /// How a balancer's connections speak TLS: the CA it trusts, the certificate it shows
 /// (for mutual TLS), and optionally the name servers' certificates must carry.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientTls {
     config: ClientTlsConfig,
     server_name: Option<String>,
+    /// How long a handshake may take (set by the balancer to its connect timeout).
+    timeout: Duration,
+}
+
+/// Not derived: tonic's settings would print the client's private key.
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientTls {
     /// Trusts the CA certificates in `ca` (PEM) and, with `identity`, shows that
     /// certificate chain and key (PEM) to servers that ask (mutual TLS).
     pub fn from_pem(ca: &[u8], identity: Option<(&[u8], &[u8])>) -> Result<Self, Error> {
-        check_certificates(ca, "the CA")?;
+        check_ca(ca)?;
         if let Some((cert, key)) = identity {
-            check_certificates(cert, "the client certificate")?;
-            check_key(key, "the client key")?;
+            check_identity(cert, key).map_err(|e| at_pair(None, None, e))?;
         }
         Ok(Self::new(ca, identity))
     }
@@ -68,12 +78,12 @@ impl ClientTls {
     /// [`ClientTls::from_pem`] with the PEM read from files; errors name the file.
     pub fn from_files(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Self, Error> {
         let ca_pem = read(ca)?;
-        check_certificates(&ca_pem, "a CA certificate").map_err(|e| at(ca, e))?;
+        check_ca(&ca_pem).map_err(|e| at(ca, e))?;
         let identity = match identity {
             Some((cert, key)) => {
                 let (cert_pem, key_pem) = (read(cert)?, read(key)?);
-                check_certificates(&cert_pem, "a certificate").map_err(|e| at(cert, e))?;
-                check_key(&key_pem, "a private key").map_err(|e| at(key, e))?;
+                check_identity(&cert_pem, &key_pem)
+                    .map_err(|e| at_pair(Some(cert), Some(key), e))?;
                 Some((cert_pem, key_pem))
             }
             None => None,
@@ -92,13 +102,34 @@ impl ClientTls {
         Self {
             config,
             server_name: None,
+            timeout: HANDSHAKE_TIMEOUT,
         }
     }
 
-    /// Expect servers' certificates to name `name`, whatever address was dialled
-    /// (also the name sent in SNI).
-    pub fn server_name(mut self, name: impl Into<String>) -> Self {
-        self.server_name = Some(name.into());
+    /// Expect servers' certificates to name `name` (a DNS name or an IP address),
+    /// whatever address was dialled; also the name sent in SNI. A name TLS cannot
+    /// carry is an error.
+    pub fn server_name(mut self, name: &str) -> Result<Self, Error> {
+        rustls_pki_types::ServerName::try_from(name).map_err(|_| Error::Tls {
+            path: String::new(),
+            reason: format!("`{name}` is not a DNS name or an IP address a certificate can name"),
+        })?;
+        self.server_name = Some(name.to_string());
+        Ok(self)
+    }
+
+    /// The same, if no server name was set yet: for a `dns:///name:port` target, the
+    /// servers' certificates name the service, not each resolved address (as in gRPC).
+    pub fn server_name_if_unset(self, name: &str) -> Result<Self, Error> {
+        match self.server_name {
+            Some(_) => Ok(self),
+            None => self.server_name(name),
+        }
+    }
+
+    /// How long a handshake may take before the attempt fails.
+    pub(crate) fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
         self
     }
 
@@ -106,9 +137,13 @@ impl ClientTls {
     /// the endpoint's host (an IP address or DNS name) unless a server name was set.
     pub(crate) fn for_endpoint(&self, endpoint: &Endpoint) -> ClientTlsConfig {
         let name = self.server_name.as_deref().unwrap_or(endpoint.host());
-        self.config.clone().domain_name(name)
+        self.config.clone().domain_name(name).timeout(self.timeout)
     }
 }
+
+/// How long a TLS handshake may take, client or server side, unless told otherwise:
+/// a peer that accepts the connection and then says nothing must not hold it forever.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Server settings: show the certificate chain in `cert` with its key, and with
 /// `client_ca`, require every client to show a certificate signed by that CA
@@ -120,12 +155,13 @@ pub fn server_config(
 ) -> Result<ServerTlsConfig, Error> {
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
-    check_certificates(&cert_pem, "a certificate").map_err(|e| at(cert, e))?;
-    check_key(&key_pem, "a private key").map_err(|e| at(key, e))?;
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
+    check_identity(&cert_pem, &key_pem).map_err(|e| at_pair(Some(cert), Some(key), e))?;
+    let mut config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert_pem, key_pem))
+        .timeout(HANDSHAKE_TIMEOUT);
     if let Some(ca) = client_ca {
         let ca_pem = read(ca)?;
-        check_certificates(&ca_pem, "a CA certificate").map_err(|e| at(ca, e))?;
+        check_ca(&ca_pem).map_err(|e| at(ca, e))?;
         config = config
             .client_ca_root(Certificate::from_pem(ca_pem))
             .client_auth_optional(false);
@@ -151,31 +187,76 @@ fn at(path: &Path, err: Error) -> Error {
     }
 }
 
-/// At least one PEM certificate, every one well-formed.
-fn check_certificates(pem: &[u8], what: &str) -> Result<(), Error> {
-    let mut count = 0;
-    for cert in CertificateDer::pem_slice_iter(pem) {
-        cert.map_err(|e| Error::Tls {
-            path: String::new(),
-            reason: format!("{what}: not valid PEM: {e}"),
-        })?;
-        count += 1;
+/// Which of a certificate/key pair a problem is about.
+#[derive(Debug)]
+enum Part {
+    Cert,
+    Key,
+    Pair,
+}
+
+/// The same error, naming the file (or files) of the pair it is about.
+fn at_pair(cert: Option<&Path>, key: Option<&Path>, (part, reason): (Part, String)) -> Error {
+    let name = |p: Option<&Path>| p.map(|p| p.display().to_string()).unwrap_or_default();
+    let path = match part {
+        Part::Cert => name(cert),
+        Part::Key => name(key),
+        Part::Pair if cert.is_some() => format!("{} and {}", name(cert), name(key)),
+        Part::Pair => String::new(),
+    };
+    Error::Tls { path, reason }
+}
+
+/// PEM certificates, at least one, every one a certificate rustls can use.
+fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{what}: not valid PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{what}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it"
+        ));
     }
-    if count == 0 {
-        return Err(Error::Tls {
-            path: String::new(),
-            reason: format!("{what}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it"),
-        });
+    Ok(certs)
+}
+
+/// CA certificates that parse as trust anchors (tonic would drop others silently, and
+/// every server would then be "UnknownIssuer").
+fn check_ca(pem: &[u8]) -> Result<(), Error> {
+    let fail = |reason: String| Error::Tls {
+        path: String::new(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates(pem, "a CA certificate").map_err(fail)? {
+        roots
+            .add(cert)
+            .map_err(|e| fail(format!("a CA certificate that cannot be used: {e}")))?;
     }
     Ok(())
 }
 
-/// One PEM private key (PKCS#8, PKCS#1 or SEC1).
-fn check_key(pem: &[u8], what: &str) -> Result<(), Error> {
-    PrivateKeyDer::from_pem_slice(pem)
-        .map(drop)
-        .map_err(|e| Error::Tls {
-            path: String::new(),
-            reason: format!("{what}: no usable PEM private key in it ({e})"),
+/// A certificate chain and the private key of its first certificate.
+fn check_identity(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), (Part, String)> {
+    let certs = certificates(cert_pem, "a certificate").map_err(|e| (Part::Cert, e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
+        (
+            Part::Key,
+            format!("a private key: no usable PEM private key in it ({e})"),
+        )
+    })?;
+    let key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| {
+        (
+            Part::Key,
+            format!("a private key of a kind TLS cannot use: {e}"),
+        )
+    })?;
+    rustls::sign::CertifiedKey::new(certs, key)
+        .keys_match()
+        .map_err(|e| {
+            (
+                Part::Pair,
+                format!("the key does not belong to the certificate ({e})"),
+            )
         })
 }

@@ -110,11 +110,16 @@ impl Args {
                     .backend_tls_cert
                     .as_deref()
                     .zip(self.backend_tls_key.as_deref());
-                let tls = ClientTls::from_files(ca, identity)?;
-                Some(match &self.backend_tls_server_name {
-                    Some(name) => tls.server_name(name),
-                    None => tls,
-                })
+                let mut tls = ClientTls::from_files(ca, identity)?;
+                if let Some(name) = &self.backend_tls_server_name {
+                    tls = tls.server_name(name)?;
+                }
+                // Backends found by DNS: their certificates name the service (as in
+                // gRPC), not each resolved address.
+                if let Target::Dns { host, .. } = &self.backends {
+                    tls = tls.server_name_if_unset(host)?;
+                }
+                Some(tls)
             }
             None => None,
         };

@@ -197,7 +197,11 @@ async fn a_client_checks_the_servers_certificate() {
     // Expecting a name the certificate does not carry fails verification as well.
     let wrong_name = balancer(
         &endpoints,
-        Some(pki.client(false).server_name("example.com")),
+        Some(
+            pki.client(false)
+                .server_name("example.com")
+                .expect("a name"),
+        ),
         8,
     );
     wrong_name.wait_settled(Duration::from_secs(10)).await;
@@ -263,4 +267,96 @@ fn unusable_files_are_named() {
         err.to_string().contains("server.pem: a private key"),
         "{err}"
     );
+}
+
+#[test]
+fn mismatched_keys_unusable_cas_and_bad_names_are_refused_at_load() {
+    let pki = Pki::new("mismatch");
+    // The client's key with the server's certificate: both files named.
+    let err = lb_core::tls::server_config(&pki.file("server.pem"), &pki.file("client.key"), None)
+        .expect_err("the key is not the certificate's");
+    let text = err.to_string();
+    assert!(text.contains("server.pem and "), "{text}");
+    assert!(text.contains("client.key"), "{text}");
+    assert!(
+        text.contains("does not belong to the certificate"),
+        "{text}"
+    );
+
+    // A PEM block labelled CERTIFICATE that holds no certificate.
+    let bogus = pki.file("bogus.pem");
+    std::fs::write(
+        &bogus,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .expect("written");
+    let err = ClientTls::from_files(&bogus, None).expect_err("not a certificate");
+    assert!(err.to_string().contains("bogus.pem"), "{err}");
+
+    // Names a certificate cannot carry.
+    for bad in ["bad name", "[::1]", ""] {
+        assert!(pki.client(false).server_name(bad).is_err(), "{bad:?}");
+    }
+    for good in ["localhost", "::1", "127.0.0.1", "greeter.default.svc"] {
+        assert!(pki.client(false).server_name(good).is_ok(), "{good:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_the_handshake_is_a_failed_attempt_not_a_hang() {
+    let pki = Pki::new("silent");
+    // Accepts connections and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint: Endpoint = silent
+        .local_addr()
+        .expect("addr")
+        .to_string()
+        .parse()
+        .expect("valid");
+    let keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let balancer = Balancer::builder([endpoint.clone()])
+        .tls(pki.client(false))
+        .connect_timeout(Duration::from_millis(300))
+        .seed(12)
+        .build()
+        .expect("builds");
+    let statuses = balancer.wait_settled(Duration::from_secs(10)).await;
+    assert_eq!(
+        statuses[0].connectivity,
+        lb_core::Connectivity::TransientFailure,
+        "{statuses:?}"
+    );
+    let reason = statuses[0].last_error.clone().unwrap_or_default();
+    assert!(
+        reason.contains("no connection within") || reason.contains("handshake"),
+        "{reason}"
+    );
+    keep.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_over_ipv6_checks_the_address_in_the_certificate() {
+    let pki = Pki::new("ipv6");
+    let mut config = Config::on_ports(&[0]).with_tls(pki.server(true));
+    config.host = "::1".parse().expect("an address");
+    let Ok(servers) = greeter_server::spawn(config).await else {
+        eprintln!("SKIPPED: no IPv6 loopback here");
+        return;
+    };
+    let endpoint: Endpoint = servers.addrs()[0].to_string().parse().expect("valid");
+    assert!(endpoint.to_string().starts_with("[::1]:"), "{endpoint}");
+    let balancer = balancer(&[endpoint], Some(pki.client(true)), 13);
+    all_ready(&balancer).await;
+    assert_eq!(
+        say_hello(&balancer).await.expect("answered").get_ref(),
+        "Hello, tls!"
+    );
+    servers.shutdown().await.expect("clean shutdown");
 }

@@ -182,6 +182,11 @@ impl BalancerBuilder {
     /// Must be called inside a Tokio runtime: each endpoint's connection task is spawned
     /// on it.
     pub fn build(mut self) -> Result<Balancer, Error> {
+        let handshake_limit = self.settings.connect_timeout;
+        self.settings.tls = self
+            .settings
+            .tls
+            .map(|tls| tls.with_timeout(handshake_limit));
         if self.endpoints.is_empty() && self.following.is_none() {
             return Err(Error::NoEndpoints);
         }
@@ -336,10 +341,15 @@ impl Balancer {
                 self.remove_endpoint(&current.endpoint);
             }
         }
+        // Every endpoint that can be added is, even if one cannot: the first error
+        // is returned after.
+        let mut first_error = None;
         for endpoint in endpoints {
-            self.add_endpoint(endpoint.clone())?;
+            if let Err(err) = self.add_endpoint(endpoint.clone()) {
+                first_error.get_or_insert(err);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Follows a resolver: applies every endpoint set it publishes, in the background,

@@ -586,12 +586,16 @@ impl ConnectionTask {
                 return;
             }
             self.set(Connectivity::Connecting, None);
+            // The whole attempt (TCP, TLS, HTTP/2) is bounded: tonic's connect timeout
+            // covers the TCP connect only, and a peer that accepts and then says
+            // nothing must not keep the endpoint CONNECTING.
+            let limit = self.core.settings.connect_timeout;
             let attempt = tokio::select! {
-                attempt = self.sub.target.connect() => attempt,
+                attempt = tokio::time::timeout(limit, self.sub.target.connect()) => attempt,
                 _ = Self::stop(&mut self.stopped, &mut self.removed) => return,
             };
             let reason = match attempt {
-                Ok(channel) => {
+                Ok(Ok(channel)) => {
                     self.sub.connects.fetch_add(1, Ordering::Relaxed);
                     generation += 1;
                     *lock(&self.sub.connection) = Some((channel.clone(), generation));
@@ -617,9 +621,13 @@ impl ConnectionTask {
                         }
                     }
                 }
-                Err(err) => {
+                Ok(Err(err)) => {
                     self.sub.connect_failures.fetch_add(1, Ordering::Relaxed);
                     describe(&err)
+                }
+                Err(_) => {
+                    self.sub.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    format!("no connection within {limit:?} (connect and handshakes)")
                 }
             };
             let delay = backoff.delay(failures, &mut self.rng);
