@@ -55,16 +55,16 @@ explain() {
 for policy in pick_first round_robin random least_connections; do
   echo
   echo "== $(explain "$policy")"
-  echo "\$ greeter-client --servers $servers --policy $policy --requests $requests --concurrency $concurrency ${TLS_CLIENT_ARGS[*]}"
+  echo "\$ greeter-client --servers $servers --policy $policy --requests $requests --concurrency $concurrency ${TLS_CLIENT_ARGS[*]:-}"
   "$BIN_DIR/greeter-client" --servers "$servers" --policy "$policy" \
-    --requests "$requests" --concurrency "$concurrency" "${TLS_CLIENT_ARGS[@]}"
+    --requests "$requests" --concurrency "$concurrency" ${TLS_CLIENT_ARGS[@]+"${TLS_CLIENT_ARGS[@]}"}
 done
 
 echo
 echo "== Every policy on the same calls, side by side (Jain = fairness: 1.000 is an even split) =="
-echo "\$ greeter-client compare --servers $servers --requests $requests --concurrency $concurrency --keys 100 ${TLS_CLIENT_ARGS[*]}"
+echo "\$ greeter-client compare --servers $servers --requests $requests --concurrency $concurrency --keys 100 ${TLS_CLIENT_ARGS[*]:-}"
 "$BIN_DIR/greeter-client" compare --servers "$servers" \
-  --requests "$requests" --concurrency "$concurrency" --keys 100 "${TLS_CLIENT_ARGS[@]}"
+  --requests "$requests" --concurrency "$concurrency" --keys 100 ${TLS_CLIENT_ARGS[@]+"${TLS_CLIENT_ARGS[@]}"}
 
 echo
 echo "== Done. Stopping the servers. =="

@@ -62,7 +62,7 @@ round() {
     label=" [mutual TLS]"
     server_tls=(--tls-cert "$c/server.pem" --tls-key "$c/server.key" --ca "$c/ca.pem")
     client_tls=(--ca "$c/ca.pem" --tls-cert "$c/client.pem" --tls-key "$c/client.key")
-    proxy_tls=("${server_tls[@]}" --backend-ca "$c/ca.pem" --backend-tls-cert "$c/client.pem"
+    proxy_tls=(${server_tls[@]+"${server_tls[@]}"} --backend-ca "$c/ca.pem" --backend-tls-cert "$c/client.pem"
       --backend-tls-key "$c/client.key")
     py_tls=(--tls "$c")
   fi
@@ -73,10 +73,10 @@ round() {
   for i in 1 2 3; do
     port=$((base + i))
     start_bg "$work/greeter-$port.log" env RUST_LOG=info "$BIN_DIR/greeter-server" --port "$port" \
-      "${server_tls[@]}" ${metrics[@]+"${metrics[@]}" "127.0.0.1:$((base + 60 + i))"}
+      ${server_tls[@]+"${server_tls[@]}"} ${metrics[@]+"${metrics[@]}" "127.0.0.1:$((base + 60 + i))"}
     ours+=("127.0.0.1:$port")
     port=$((base + 10 + i))
-    start_bg "$work/python-$port.log" "$py" scripts/python/server.py "$port" "${py_tls[@]}"
+    start_bg "$work/python-$port.log" "$py" scripts/python/server.py "$port" ${py_tls[@]+"${py_tls[@]}"}
     theirs+=("127.0.0.1:$port")
   done
   for i in 1 2 3; do
@@ -87,22 +87,22 @@ round() {
   ours_list="$(IFS=,; echo "${ours[*]}")"
   theirs_list="$(IFS=,; echo "${theirs[*]}")"
   start_bg "$work/lb-proxy-$mode.log" env RUST_LOG=info "$BIN_DIR/lb-proxy" --listen "$proxy" \
-    --backends "$ours_list" --policy round_robin "${proxy_tls[@]}" \
+    --backends "$ours_list" --policy round_robin ${proxy_tls[@]+"${proxy_tls[@]}"} \
     ${metrics[@]+"${metrics[@]}" "127.0.0.1:$((base + 64))"}
   wait_for_log "$work/lb-proxy-$mode.log" "lb-proxy listening"
 
   echo "== Checks$label"
   local reply report shares counts spread
-  reply="$("$py" scripts/python/client.py "${ours[0]}" "${py_tls[@]}" 2>&1 || true)"
+  reply="$("$py" scripts/python/client.py "${ours[0]}" ${py_tls[@]+"${py_tls[@]}"} 2>&1 || true)"
   check "the article's client -> greeter-server$label" \
     "$([[ "$reply" == "Hello, World!" ]] && echo yes || echo no)" "$reply"
 
-  reply="$("$py" scripts/python/client.py "$proxy" "${py_tls[@]}" 2>&1 || true)"
+  reply="$("$py" scripts/python/client.py "$proxy" ${py_tls[@]+"${py_tls[@]}"} 2>&1 || true)"
   check "the article's client -> lb-proxy -> greeter-servers$label" \
     "$([[ "$reply" == "Hello, World!" ]] && echo yes || echo no)" "$reply"
 
   report="$("$BIN_DIR/greeter-client" --servers "$theirs_list" --policy round_robin \
-    --requests 30 --concurrency 1 --name interop --json "${client_tls[@]}" \
+    --requests 30 --concurrency 1 --name interop --json ${client_tls[@]+"${client_tls[@]}"} \
     2>"$work/greeter-client-$mode.log" || true)"
   shares="$(printf '%s' "$report" | "$py" -c '
 import json, sys
@@ -118,7 +118,7 @@ print(("yes " if ok else "no ") + " ".join("%s=%s" % (b["address"], b["calls"]) 
 
   # grpcio's round robin starts on the servers it has connected to first, so the split
   # of 60 calls is near, not exactly, 20 each: every server must get at least 10.
-  counts="$("$py" scripts/python/spread.py "ipv4:$ours_list" 60 round_robin "${py_tls[@]}" 2>&1 || true)"
+  counts="$("$py" scripts/python/spread.py "ipv4:$ours_list" 60 round_robin ${py_tls[@]+"${py_tls[@]}"} 2>&1 || true)"
   spread="$(printf '%s' "$counts" | "$py" -c '
 import json, sys
 try:
@@ -149,7 +149,8 @@ metrics_checks() {
     "127.0.0.1:$((base + 64))" grpc_client_attempt_started_total "$ours_list"
   start_bg "$work/client-metrics.log" env RUST_LOG=info "$BIN_DIR/greeter-client" \
     --servers "$ours_list" --duration 5s --concurrency 2 --metrics "127.0.0.1:$((base + 65))"
-  wait_for_log "$work/client-metrics.log" "metrics at"
+  # Its balancer reports once its servers are READY (the log says so for each).
+  wait_for_log "$work/client-metrics.log" "-> READY" 3
   metrics_check "greeter-client /metrics while it runs: a series per server" \
     "127.0.0.1:$((base + 65))" grpc_client_attempt_started_total "$ours_list"
 }

@@ -47,7 +47,7 @@ for ((i = 0; i < count; i++)); do
     args+=(--latency "$SLOW_LAST")
   fi
   # shellcheck disable=SC2206 # SERVER_ARGS is meant to split into flags.
-  args+=(${SERVER_ARGS:-} "${TLS_SERVER_ARGS[@]}")
+  args+=(${SERVER_ARGS:-} ${TLS_SERVER_ARGS[@]+"${TLS_SERVER_ARGS[@]}"})
   # RUST_LOG=info: the "serving" line below is how we know the port is ours.
   RUST_LOG=info "$BIN_DIR/greeter-server" "${args[@]}" >"$RUN_DIR/server-$port.log" 2>&1 &
   echo $! >"$pidfile"
@@ -80,7 +80,7 @@ fi
 
 # Then wait until every one answers grpc.health.v1.Health with SERVING.
 list="$(IFS=,; echo "${servers[*]}")"
-if ! "$BIN_DIR/greeter-client" health --servers "$list" "${TLS_CLIENT_ARGS[@]}" --wait 10s; then
+if ! "$BIN_DIR/greeter-client" health --servers "$list" ${TLS_CLIENT_ARGS[@]+"${TLS_CLIENT_ARGS[@]}"} --wait 10s; then
   "$(dirname "${BASH_SOURCE[0]}")/stop-servers.sh"
   exit 1
 fi

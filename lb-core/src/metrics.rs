@@ -23,8 +23,10 @@
 //!
 //! and on servers (greeter-server, and lb-proxy's front), per `server_address`:
 //! `grpc_server_call_started_total{grpc_method}`,
-//! `grpc_server_call_duration_seconds{grpc_method, grpc_status}` and
-//! `grpc_server_call_in_flight`.
+//! `grpc_server_call_duration_seconds{grpc_method, grpc_status}` (a call dropped before
+//! its answer, because the client went away, is `CANCELLED`) and
+//! `grpc_server_call_in_flight`. The same address twice in one balancer (with two
+//! weights) is told apart by a suffix: `grpc_lb_endpoint="127.0.0.1:50051#2"`.
 //!
 //! A worked example: after 2 calls to `127.0.0.1:50051`, one answered in 3 ms and one
 //! in 40 ms, the histogram reads `_bucket{le="0.0025"} 0`, `{le="0.005"} 1`,
@@ -102,8 +104,8 @@ impl DurationHistogram {
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
-    /// The counts now (read bucket by bucket, so a scrape during calls may see one
-    /// call in `count` and not yet in a bucket; Prometheus tolerates that).
+    /// The counts now (`count` is the buckets' total; `sum` is read apart, so a scrape
+    /// during calls may see a call in one and not yet the other).
     pub fn snapshot(&self) -> HistogramSnapshot {
         let counts: Vec<u64> = self
             .counts

@@ -16,8 +16,10 @@
 //! expect. With mutual TLS, the server also asks for a client certificate and refuses
 //! the handshake without one signed by its CA: such a client never gets to send a call.
 //!
-//! Files are read and parsed when loaded, so a wrong path or a file that holds no
-//! certificate is an error at start-up naming the file, not a failed handshake later.
+//! Files are read and checked when loaded (each certificate parsed, the key matched to
+//! its certificate), so a wrong path, a file that holds no usable certificate or a key
+//! that belongs to another certificate is an error at start-up naming the file, not a
+//! failed handshake later. A handshake is bounded in time on both sides.
 //!
 //! ```
 //! use lb_core::tls::{ClientTls, server_config};

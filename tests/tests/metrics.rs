@@ -484,9 +484,11 @@ async fn the_grafana_dashboard_asks_only_for_metrics_and_labels_that_exist() {
         serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard is there"))
             .expect("valid JSON");
     let mut queries: Vec<String> = Vec::new();
+    let mut legends: Vec<String> = Vec::new();
     for panel in dashboard["panels"].as_array().expect("panels") {
         for target in panel["targets"].as_array().expect("targets") {
             queries.push(target["expr"].as_str().expect("an expr").to_string());
+            legends.push(target["legendFormat"].as_str().unwrap_or("").to_string());
         }
     }
     for variable in dashboard["templating"]["list"]
@@ -501,16 +503,48 @@ async fn the_grafana_dashboard_asks_only_for_metrics_and_labels_that_exist() {
         );
     }
     assert!(queries.len() >= 10, "{queries:?}");
+    names.insert("le".into()); // Every histogram's buckets carry it.
+    const PROMQL: [&str; 6] = [
+        "sum",
+        "by",
+        "rate",
+        "increase",
+        "histogram_quantile",
+        "label_values",
+    ];
     for query in &queries {
-        let words: Vec<&str> = query
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .filter(|w| w.starts_with("grpc_"))
+        // Every word left once strings ("..."), ranges ([...]), variables ($x) and
+        // numbers are taken out is a metric or a label we export, or PromQL.
+        let mut bare = String::new();
+        let (mut quoted, mut ranged) = (false, false);
+        for c in query.chars() {
+            match c {
+                '"' => quoted = !quoted,
+                '[' if !quoted => ranged = true,
+                ']' if !quoted => ranged = false,
+                _ if quoted || ranged => {}
+                _ => bare.push(c),
+            }
+        }
+        let words: Vec<&str> = bare
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
+            .filter(|w| !w.is_empty() && !w.starts_with('$'))
+            .filter(|w| !w.starts_with(|c: char| c.is_ascii_digit()))
             .collect();
-        assert!(!words.is_empty(), "{query}");
+        assert!(words.iter().any(|w| w.starts_with("grpc_")), "{query}");
         for word in words {
             assert!(
-                names.contains(word),
-                "`{word}` in `{query}` is not exported"
+                names.contains(word) || PROMQL.contains(&word),
+                "`{word}` in `{query}` is neither exported nor PromQL"
+            );
+        }
+    }
+    for legend in &legends {
+        for label in legend.split("{{").skip(1) {
+            let label = label.split("}}").next().unwrap_or_default();
+            assert!(
+                names.contains(label),
+                "legend `{legend}`: no label `{label}`"
             );
         }
     }
