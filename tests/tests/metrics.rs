@@ -178,8 +178,8 @@ async fn balancer_metrics_are_per_endpoint_and_follow_the_calls() {
         assert_eq!(buckets.last().map(|b| b.count), Some(10.0));
     }
 
-    // One server goes away: its state and its disconnections say so; the others'
-    // counts do not move.
+    // One server reports NOT_SERVING (its connection stays open): its state and its
+    // health say so, and the others are still READY with their counts unchanged.
     let (gone, rest) = (endpoints[0].clone(), servers);
     rest.set_instance_serving(0, false).await;
     wait_for(&balancer, |statuses| {
@@ -200,6 +200,20 @@ async fn balancer_metrics_are_per_endpoint_and_follow_the_calls() {
         value(&later, "grpc_lb_endpoint_health_serving", &labels),
         0.0
     );
+    assert_eq!(
+        value(&later, "grpc_subchannel_open_connections", &labels),
+        1.0
+    );
+    for e in &endpoints[1..] {
+        let address = at(e);
+        let ready = [("grpc_lb_endpoint", address.as_str()), ("state", "READY")];
+        assert_eq!(value(&later, "grpc_lb_endpoint_state", &ready), 1.0);
+        let labels = [("grpc_lb_endpoint", address.as_str())];
+        assert_eq!(
+            value(&later, "grpc_client_attempt_started_total", &labels),
+            10.0
+        );
+    }
 
     endpoint.shutdown().await;
     rest.shutdown().await.expect("clean shutdown");
