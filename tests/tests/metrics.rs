@@ -68,6 +68,22 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     }
 }
 
+/// Serves `registry` at `/metrics` on a free loopback port.
+async fn serve_metrics(registry: Registry) -> lb_core::metrics::MetricsServer {
+    lb_core::metrics::serve("127.0.0.1:0".parse().expect("addr"), Arc::new(registry))
+        .await
+        .expect("metrics listen")
+}
+
+/// A plain channel to one server.
+async fn connect(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connects")
+}
+
 /// Waits (10 s at most) until the balancer's endpoints are as `what` wants.
 async fn wait_for(balancer: &Balancer, what: impl Fn(&[lb_core::EndpointStatus]) -> bool) {
     let mut changes = balancer.changes();
@@ -106,10 +122,7 @@ async fn balancer_metrics_are_per_endpoint_and_follow_the_calls() {
         .expect("builds");
     metrics.watch(&balancer);
     balancer.wait_settled(Duration::from_secs(5)).await;
-    let endpoint =
-        lb_core::metrics::serve("127.0.0.1:0".parse().expect("addr"), Arc::new(registry))
-            .await
-            .expect("metrics listen");
+    let endpoint = serve_metrics(registry).await;
 
     let at = |e: &Endpoint| e.to_string();
     let before = scrape(endpoint.addr()).await;
@@ -233,10 +246,7 @@ async fn server_metrics_count_calls_by_method_status_and_instance() {
     )
     .await
     .expect("a failing server starts");
-    let endpoint =
-        lb_core::metrics::serve("127.0.0.1:0".parse().expect("addr"), Arc::new(registry))
-            .await
-            .expect("metrics listen");
+    let endpoint = serve_metrics(registry).await;
 
     let list = servers.endpoints_list();
     let balancer = Balancer::builder(lb_core::parse_endpoint_list(&list).expect("valid"))
@@ -305,15 +315,8 @@ async fn method_names_from_the_network_cannot_grow_the_series_without_bound() {
     let servers = greeter_server::spawn(Config::on_ports(&[0]).with_metrics(metrics))
         .await
         .expect("server starts");
-    let endpoint =
-        lb_core::metrics::serve("127.0.0.1:0".parse().expect("addr"), Arc::new(registry))
-            .await
-            .expect("metrics listen");
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", servers.addrs()[0]))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connects");
+    let endpoint = serve_metrics(registry).await;
+    let channel = connect(servers.addrs()[0]).await;
     // 200 made-up methods (UNIMPLEMENTED, each one): they never get series of their own.
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     for i in 0..200 {
@@ -370,10 +373,7 @@ async fn lb_proxy_reports_its_backends_and_its_callers() {
     let proxy = lb_proxy::spawn_with("127.0.0.1:0".parse().expect("addr"), behind, options)
         .await
         .expect("proxy starts");
-    let endpoint =
-        lb_core::metrics::serve("127.0.0.1:0".parse().expect("addr"), Arc::new(registry))
-            .await
-            .expect("metrics listen");
+    let endpoint = serve_metrics(registry).await;
 
     let front: Endpoint = proxy.addr().to_string().parse().expect("valid");
     let caller = Balancer::builder([front])
@@ -593,15 +593,8 @@ async fn a_call_the_client_gives_up_on_is_recorded_cancelled_and_leaves_no_call_
     )
     .await
     .expect("a slow server starts");
-    let endpoint =
-        lb_core::metrics::serve("127.0.0.1:0".parse().expect("addr"), Arc::new(registry))
-            .await
-            .expect("metrics listen");
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", servers.addrs()[0]))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connects");
+    let endpoint = serve_metrics(registry).await;
+    let channel = connect(servers.addrs()[0]).await;
     let mut request = tonic::Request::new(HelloRequest {
         name: "gone".into(),
     });
