@@ -139,10 +139,8 @@ impl Servers {
                 .server_name(name)
                 .map_err(|e| usage(format!("--tls-server-name: {e}")))?;
         }
-        if let Some(Target::Dns { host, .. }) = &self.target {
-            tls = tls
-                .server_name_if_unset(host)
-                .map_err(|e| usage(e.to_string()))?;
+        if let Some(target) = &self.target {
+            tls = tls.for_target(target).map_err(|e| usage(e.to_string()))?;
         }
         Ok(Some(tls))
     }

@@ -120,12 +120,13 @@ impl ClientTls {
         Ok(self)
     }
 
-    /// The same, if no server name was set yet: for a `dns:///name:port` target, the
-    /// servers' certificates name the service, not each resolved address (as in gRPC).
-    pub fn server_name_if_unset(self, name: &str) -> Result<Self, Error> {
-        match self.server_name {
-            Some(_) => Ok(self),
-            None => self.server_name(name),
+    /// The settings for servers found through `target`: for a `dns:///name:port`
+    /// target, unless a server name was set, their certificates must name `name` (the
+    /// service, as in gRPC), not each resolved address. Other targets change nothing.
+    pub fn for_target(self, target: &crate::resolver::Target) -> Result<Self, Error> {
+        match (target, &self.server_name) {
+            (crate::resolver::Target::Dns { host, .. }, None) => self.server_name(host),
+            _ => Ok(self),
         }
     }
 
@@ -261,4 +262,28 @@ fn check_identity(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), (Part, String)>
                 format!("the key does not belong to the certificate ({e})"),
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resolver::Target;
+
+    fn tls() -> ClientTls {
+        let pki = greeter_server::certs::DemoPki::generate().expect("certificates");
+        ClientTls::from_pem(pki.ca_pem.as_bytes(), None).expect("valid")
+    }
+
+    #[test]
+    fn a_dns_target_expects_its_name_unless_told_otherwise() {
+        let dns: Target = "dns:///greeter.default.svc:50051".parse().expect("valid");
+        let list: Target = "127.0.0.1:50051".parse().expect("valid");
+        let named = |tls: &ClientTls| tls.server_name.clone();
+        let by_dns = tls().for_target(&dns).expect("a name");
+        assert_eq!(named(&by_dns).as_deref(), Some("greeter.default.svc"));
+        assert_eq!(named(&tls().for_target(&list).expect("ok")), None);
+        let chosen = tls().server_name("other.example").expect("a name");
+        let kept = chosen.for_target(&dns).expect("ok");
+        assert_eq!(named(&kept).as_deref(), Some("other.example"));
+    }
 }

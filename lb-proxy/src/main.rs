@@ -114,12 +114,7 @@ impl Args {
                 if let Some(name) = &self.backend_tls_server_name {
                     tls = tls.server_name(name)?;
                 }
-                // Backends found by DNS: their certificates name the service (as in
-                // gRPC), not each resolved address.
-                if let Target::Dns { host, .. } = &self.backends {
-                    tls = tls.server_name_if_unset(host)?;
-                }
-                Some(tls)
+                Some(tls.for_target(&self.backends)?)
             }
             None => None,
         };
