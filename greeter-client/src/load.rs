@@ -206,7 +206,7 @@ pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
                 until,
                 progress: progress.clone(),
             };
-            tokio::spawn(worker(client, budget, call))
+            tokio::spawn(worker(client, balancer.clone(), budget, call))
         })
         .collect();
 
@@ -269,10 +269,12 @@ pub async fn compare(spec: &LoadSpec, policies: &[Policy]) -> Result<Vec<Report>
 /// Takes calls from the shared budget until it is empty.
 async fn worker(
     mut client: MyServiceClient<Balancer>,
+    balancer: Balancer,
     budget: Arc<AtomicU64>,
     call: CallSpec,
 ) -> Tally {
     let mut tally = Tally::new();
+    let mut changes = balancer.changes();
     // `fetch_update` never takes the budget below zero, however many workers race.
     while let Ok(left) =
         budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
@@ -324,11 +326,21 @@ async fn worker(
                     .entry(status.code())
                     .or_insert((0, status.message().to_string()))
                     .0 += 1;
+                if balancer.usable_endpoints() == 0 {
+                    // Every server is down: the next call would fail at once too.
+                    // Rather than spin through thousands of them a second, wait for
+                    // an endpoint's state to change (a reconnect), at most a moment.
+                    changes.borrow_and_update();
+                    let _ = tokio::time::timeout(OUTAGE_PAUSE, changes.changed()).await;
+                }
             }
         }
     }
     tally
 }
+
+/// The longest a worker waits after a call failed for want of any usable server.
+const OUTAGE_PAUSE: Duration = Duration::from_millis(100);
 
 /// The server's name for itself. A server that does not stamp `x-served-by` (the
 /// article's Python server, say) is counted under the endpoint the balancer picked.

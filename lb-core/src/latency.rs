@@ -66,6 +66,12 @@ impl PeakEwma {
         self.updated_at.store(now.max(1), Ordering::Release);
     }
 
+    /// Forgets every sample, as if no call had finished yet.
+    pub fn reset(&self) {
+        self.updated_at.store(0, Ordering::Release);
+        self.estimate.store(0f64.to_bits(), Ordering::Release);
+    }
+
     /// The estimate at `now` in nanoseconds, decayed towards zero since the last
     /// sample, or `None` before the first sample.
     pub fn estimate(&self, now: u64) -> Option<f64> {

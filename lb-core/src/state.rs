@@ -126,6 +126,12 @@ impl EndpointState {
         self.inner.latency.estimate(now)
     }
 
+    /// Forgets the latency estimate: the endpoint is as new to `peak_ewma` as before
+    /// its first call (the balancer does this when it reconnects).
+    pub fn reset_latency(&self) {
+        self.inner.latency.reset();
+    }
+
     /// Calls sent to this endpoint whose response has not finished yet.
     pub fn in_flight(&self) -> usize {
         self.inner.in_flight.load(Ordering::Relaxed)

@@ -89,28 +89,38 @@ impl Route {
                 let reason = describe(&err);
                 let (mut status, kind) = if has_cause::<tonic::TimeoutExpired>(&err) {
                     // The call's own deadline ran out: the endpoint may be fine, only
-                    // slower than the caller allows. Not retried: no time is left.
+                    // slower than the caller allows; either way it did not answer in
+                    // time, which counts against it (as Envoy and linkerd count
+                    // timeouts). Not retried: no time is left.
+                    self.core.record_outcome(&self.sub, false);
                     let status =
                         Status::deadline_exceeded(format!("endpoint {endpoint}: {reason}"));
                     (status, FailureKind::Deadline)
                 } else {
-                    // A connection that could not be made takes the endpoint out of the
-                    // snapshot until its task has reconnected it. Other failures (a
-                    // connection closed under the call, GOAWAY) leave it in: tonic's
-                    // channel reconnects by itself, and the health stream notices a
-                    // dead server.
-                    let could_not_connect = has_cause::<tonic::ConnectError>(&err);
-                    if could_not_connect {
-                        self.core.report_broken(&self.sub, self.generation, &reason);
-                    }
                     let kind = if never_reached_a_server(&err) {
                         FailureKind::Unsent
                     } else {
                         FailureKind::Cut
                     };
-                    // A stream refused by a connection closing with GOAWAY is routine
-                    // (a server recycling connections), not a sign of a bad server.
-                    if could_not_connect || kind == FailureKind::Cut {
+                    if asked_to_calm_down(&err) {
+                        self.sub.calm_down();
+                    }
+                    if has_cause::<tonic::ConnectError>(&err) {
+                        // A connection that could not be made takes the endpoint out of
+                        // the snapshot until its task has reconnected it.
+                        self.core.report_broken(&self.sub, self.generation, &reason);
+                        self.core.record_outcome(&self.sub, false);
+                    } else if connection_lost(&err) {
+                        // The connection under the call is gone (closed, reset, or
+                        // declared dead by a liveness ping): out of the rotation until
+                        // reconnected and healthy. Connectivity deals with this; it is
+                        // not held against the endpoint by outlier detection, so a
+                        // server that hung and recovered is back as soon as it answers.
+                        self.core.report_broken(&self.sub, self.generation, &reason);
+                    } else if kind == FailureKind::Cut {
+                        // The server reset the call itself: its own failure. (A stream
+                        // refused by a connection closing with GOAWAY is routine: a
+                        // server recycling connections, not a sign of a bad server.)
                         self.core.record_outcome(&self.sub, false);
                     }
                     let status = Status::unavailable(format!("endpoint {endpoint}: {reason}"));
@@ -139,15 +149,54 @@ fn never_reached_a_server(err: &(dyn std::error::Error + 'static)) -> bool {
             return true;
         }
         if let Some(e) = e.downcast_ref::<h2::Error>() {
-            // Refused outright, or beyond the last stream a graceful GOAWAY (NO_ERROR)
-            // said the server would process: h2 fails only those streams with the
-            // GOAWAY itself (nginx sends one after every 1,000 calls on a connection).
+            // Refused outright, or beyond the last stream a GOAWAY said the server
+            // would process: h2 fails only those streams with the GOAWAY itself,
+            // whatever its reason (graceful, as nginx after every 1,000 calls on a
+            // connection, or not, as a server that thinks it is abused); the streams
+            // it did take end with the connection, as calls cut off.
             let refused = e.reason() == Some(h2::Reason::REFUSED_STREAM);
-            let after_goaway =
-                e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR);
+            let after_goaway = e.is_go_away() && e.is_remote();
             if refused || after_goaway {
                 return true;
             }
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// Whether a transport error says the connection itself is gone, not only this call:
+/// closed or reset under it (h2 fails every open stream with an I/O error then), or
+/// not answering a liveness ping (hyper's keep-alive timeout).
+fn connection_lost(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(e) = e.downcast_ref::<hyper::Error>()
+            && e.is_timeout()
+        {
+            return true;
+        }
+        if let Some(e) = e.downcast_ref::<h2::Error>()
+            && e.is_io()
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// Whether the server closed the connection with `ENHANCE_YOUR_CALM`: gRPC servers
+/// send it to a client that pings too often.
+fn asked_to_calm_down(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(e) = e.downcast_ref::<h2::Error>()
+            && e.is_go_away()
+            && e.is_remote()
+            && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+        {
+            return true;
         }
         current = e.source();
     }

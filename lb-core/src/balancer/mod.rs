@@ -27,6 +27,7 @@
 //! endpoint with its state and last error.
 
 mod call;
+pub mod liveness;
 pub mod outlier;
 pub mod retry;
 pub mod subchannel;
@@ -49,6 +50,7 @@ use tower::Service;
 use tracing::{debug, info};
 
 pub use call::{PickedEndpoint, ResponseBody};
+pub use liveness::Liveness;
 pub use outlier::{OutlierDetection, SuccessRate};
 pub use retry::RetryPolicy;
 pub use subchannel::{EndpointStatus, Health};
@@ -162,6 +164,15 @@ impl BalancerBuilder {
     /// (`""`, the default, asks about the whole server); `None` turns it off.
     pub fn health_check(mut self, service: Option<&str>) -> Self {
         self.settings.health_service = service.map(String::from);
+        self
+    }
+
+    /// Pings an endpoint's connection when its calls get no answer, and takes the
+    /// endpoint out of the rotation if the ping is not answered either (default: ping
+    /// after 500 ms of silence, dead after 1 s more; `None` turns it off). See
+    /// [`liveness`].
+    pub fn liveness(mut self, liveness: Option<Liveness>) -> Self {
+        self.settings.liveness = liveness;
         self
     }
 
@@ -284,6 +295,7 @@ impl Balancer {
                 latency_decay: crate::latency::DEFAULT_DECAY,
                 seed: 0,
                 tls: None,
+                liveness: Some(Liveness::default()),
             },
         }
     }
@@ -315,6 +327,12 @@ impl Balancer {
     /// The state of every endpoint, in the order they were added.
     pub fn endpoints(&self) -> Vec<EndpointStatus> {
         self.shared.core.statuses()
+    }
+
+    /// How many endpoints calls can be sent to now (READY and not ejected). Reads the
+    /// current snapshot: no lock.
+    pub fn usable_endpoints(&self) -> usize {
+        self.shared.core.snapshot.load().ready.len()
     }
 
     /// Calls retried on another endpoint so far.
@@ -584,6 +602,10 @@ impl Shared {
                 Some(deadline) => match tokio::time::timeout_at(deadline, send).await {
                     Ok(result) => result,
                     Err(_) => {
+                        // An endpoint that lets calls run out of time is failing them,
+                        // as Envoy and linkerd count it (and its latency estimate has
+                        // just taken the whole wait, for the load-aware policies).
+                        self.core.record_outcome(&sub, false);
                         return Err(Status::deadline_exceeded(format!(
                             "endpoint {endpoint}: deadline exceeded"
                         )));
@@ -749,6 +771,11 @@ impl Shared {
                 return Ok(route);
             }
             if !self.core.any_connecting() {
+                // Failing fast must not mean failing without ever yielding: a caller
+                // that retries in a loop would then hold its worker thread, and the
+                // timers that reconnect the endpoints would never run. This yields
+                // once the task has used up its scheduling budget.
+                tokio::task::coop::consume_budget().await;
                 return Err(self.no_ready_endpoint("all endpoints failed"));
             }
             if tokio::time::timeout_at(deadline, changes.changed())

@@ -13,9 +13,14 @@
 //! With health checking on, a connected endpoint stays CONNECTING until the server's
 //! first `grpc.health.v1.Health/Watch` answer (gRFC A17), goes READY on SERVING, and
 //! TRANSIENT_FAILURE on anything else; a server without the health service
-//! (UNIMPLEMENTED) counts as healthy. Because the Watch stream lives on the endpoint's
-//! connection, a server that dies is noticed at once, without waiting for a call to
-//! fail.
+//! (UNIMPLEMENTED) counts as healthy. Because the Watch stream stays open on a
+//! connection to the server, a server that dies is noticed at once, without waiting
+//! for a call to fail.
+//!
+//! With health checking on, an endpoint has two HTTP/2 connections: one for calls,
+//! which is pinged while calls wait on it (see [`super::liveness`]), and one for the
+//! Watch stream, which would otherwise count as a call in flight forever. They are
+//! made, and lost, together: policies see one endpoint.
 //!
 //! Every change rebuilds the `Snapshot` (READY, not ejected endpoints and their
 //! picker) and wakes calls waiting for one.
@@ -36,16 +41,15 @@ use tonic_health::pb::{
 };
 use tracing::{info, warn};
 
+use super::liveness::{
+    HEALTH_KEEPALIVE_INTERVAL, HEALTH_KEEPALIVE_TIMEOUT, Liveness, MAX_INTERVAL,
+};
 use super::outlier::OutlierDetection;
 use crate::{
     Backoff, Connectivity, Endpoint, EndpointState, clock,
     error::describe,
     policy::{BuildPicker, Picker},
 };
-
-/// How often an idle connection is pinged, and how long a ping may go unanswered.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Settings every subchannel shares.
 #[derive(Clone, Debug)]
@@ -59,6 +63,8 @@ pub(crate) struct Settings {
     pub seed: u64,
     /// TLS for every connection, or `None`: plaintext HTTP/2.
     pub tls: Option<crate::tls::ClientTls>,
+    /// When to ping a call connection whose calls get no answer (`None`: never).
+    pub liveness: Option<Liveness>,
 }
 
 /// The endpoints and their connections, shared by all balancer clones and tasks.
@@ -100,7 +106,12 @@ pub(crate) struct SnapshotRoute {
 /// One endpoint, its connection and its counters.
 pub(crate) struct Subchannel {
     pub state: EndpointState,
+    /// Where and how to connect (address, TLS, connect timeout); each connection
+    /// adds its own keepalive settings.
     target: tonic::transport::Endpoint,
+    /// The liveness ping interval for the next call connection, in nanoseconds:
+    /// doubled each time the server complains of too many pings (gRFC A8).
+    liveness_interval: AtomicU64,
     /// The connection while connected, with its generation (connections made so far),
     /// so that a failure seen on an old connection cannot tear down a newer one.
     connection: Mutex<Option<(Channel, u64)>>,
@@ -213,15 +224,15 @@ impl Core {
         let target = endpoint
             .to_tonic(self.settings.tls.as_ref())?
             .connect_timeout(self.settings.connect_timeout)
-            .tcp_nodelay(true)
-            // HTTP/2 pings find a peer that vanished without closing the connection
-            // (power loss, a partition), which no call or health stream would notice.
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
+            .tcp_nodelay(true);
+        let interval = self
+            .settings
+            .liveness
+            .map_or(Duration::ZERO, |l| l.interval);
         let sub = Arc::new(Subchannel {
             state: EndpointState::with_decay(endpoint, self.settings.latency_decay),
             target,
+            liveness_interval: AtomicU64::new(nanos(interval)),
             connection: Mutex::new(None),
             last_error: Mutex::new(None),
             broken: watch::Sender::new(0),
@@ -512,6 +523,50 @@ impl Subchannel {
     pub fn is_ejected(&self) -> bool {
         self.ejected_at.load(Ordering::Relaxed) != 0
     }
+
+    /// The server closed a connection with `ENHANCE_YOUR_CALM`, as gRPC servers do
+    /// when pinged more often than they allow: ping it half as often from now on
+    /// (gRFC A8), up to [`MAX_INTERVAL`].
+    pub fn calm_down(&self) {
+        let _ = self
+            .liveness_interval
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n > 0).then(|| n.saturating_mul(2).min(nanos(MAX_INTERVAL)))
+            });
+        warn!(endpoint = %self.state.endpoint(),
+            interval = ?Duration::from_nanos(self.liveness_interval.load(Ordering::Relaxed)),
+            "the server asked for fewer pings (ENHANCE_YOUR_CALM): liveness interval doubled");
+    }
+
+    /// The target for the connection that carries calls: pinged while calls are in
+    /// flight and nothing is read (see [`super::liveness`]), or, with liveness off,
+    /// kept alive as gently as the health connection.
+    fn call_target(&self, liveness: Option<Liveness>) -> tonic::transport::Endpoint {
+        match liveness {
+            Some(liveness) => {
+                let interval = Duration::from_nanos(self.liveness_interval.load(Ordering::Relaxed));
+                self.target
+                    .clone()
+                    .http2_keep_alive_interval(interval.max(Duration::from_millis(1)))
+                    .keep_alive_timeout(liveness.timeout)
+                    .keep_alive_while_idle(false)
+            }
+            None => self.health_target(),
+        }
+    }
+
+    /// The target for the connection that carries the health `Watch` stream.
+    fn health_target(&self) -> tonic::transport::Endpoint {
+        self.target
+            .clone()
+            .http2_keep_alive_interval(HEALTH_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(HEALTH_KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+    }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Keeps one endpoint connected (and health-checked) until it is removed or the
@@ -591,16 +646,16 @@ impl ConnectionTask {
             // nothing must not keep the endpoint CONNECTING.
             let limit = self.core.settings.connect_timeout;
             let attempt = tokio::select! {
-                attempt = tokio::time::timeout(limit, self.sub.target.connect()) => attempt,
+                attempt = tokio::time::timeout(limit, Self::connect(&self.sub, &self.core.settings)) => attempt,
                 _ = Self::stop(&mut self.stopped, &mut self.removed) => return,
             };
             let reason = match attempt {
-                Ok(Ok(channel)) => {
+                Ok(Ok((channel, health))) => {
                     self.sub.connects.fetch_add(1, Ordering::Relaxed);
                     generation += 1;
-                    *lock(&self.sub.connection) = Some((channel.clone(), generation));
+                    *lock(&self.sub.connection) = Some((channel, generation));
                     let connected_at = tokio::time::Instant::now();
-                    let ended = self.serve(channel, generation).await;
+                    let ended = self.serve(health, generation).await;
                     *lock(&self.sub.connection) = None;
                     self.sub.health.store(0, Ordering::Relaxed);
                     if let Ended::Lost(_) = ended {
@@ -642,11 +697,35 @@ impl ConnectionTask {
         }
     }
 
+    /// Connects the call connection and, with health checking on, the health
+    /// connection beside it.
+    async fn connect(
+        sub: &Subchannel,
+        settings: &Settings,
+    ) -> Result<(Channel, Option<Channel>), tonic::transport::Error> {
+        let calls = sub.call_target(settings.liveness);
+        if settings.health_service.is_none() {
+            return Ok((calls.connect().await?, None));
+        }
+        let health = sub.health_target();
+        let (calls, health) = tokio::try_join!(calls.connect(), health.connect())?;
+        Ok((calls, Some(health)))
+    }
+
+    /// READY on a new connection: what was learnt of the endpoint's latency belongs to
+    /// the old one (a server that hung, say, would otherwise be shunned by `peak_ewma`
+    /// for as long as its stall takes to decay).
+    fn ready_on_new_connection(&self) {
+        self.sub.state.reset_latency();
+        self.set(Connectivity::Ready, None);
+    }
+
     /// While connected: READY (or as the health check says) until the connection is
     /// lost, a call reports it broken, or the task must stop.
-    async fn serve(&mut self, channel: Channel, generation: u64) -> Ended {
-        let Some(service) = self.core.settings.health_service.clone() else {
-            self.set(Connectivity::Ready, None);
+    async fn serve(&mut self, health: Option<Channel>, generation: u64) -> Ended {
+        let (Some(service), Some(channel)) = (self.core.settings.health_service.clone(), health)
+        else {
+            self.ready_on_new_connection();
             return tokio::select! {
                 _ = Self::broken(&mut self.broken, generation) => Ended::Lost(self.last_error()),
                 _ = Self::stop(&mut self.stopped, &mut self.removed) => Ended::Stop,
@@ -669,7 +748,7 @@ impl ConnectionTask {
             Err(status) if status.code() == tonic::Code::Unimplemented => {
                 // gRFC A17: a server without the health service is taken as healthy.
                 info!(endpoint = %self.sub.state.endpoint(), "no health service: treated as SERVING");
-                self.set(Connectivity::Ready, None);
+                self.ready_on_new_connection();
                 return tokio::select! {
                     _ = Self::broken(&mut self.broken, generation) => Ended::Lost(self.last_error()),
                     _ = Self::stop(&mut self.stopped, &mut self.removed) => Ended::Stop,
@@ -687,13 +766,18 @@ impl ConnectionTask {
                 ));
             }
         };
+        let mut first_serving = true;
         loop {
             tokio::select! {
                 message = stream.message() => match message {
                     Ok(Some(answer)) => match answer.status() {
                         ServingStatus::Serving => {
                             self.sub.health.store(1, Ordering::Relaxed);
-                            self.set(Connectivity::Ready, None);
+                            if std::mem::take(&mut first_serving) {
+                                self.ready_on_new_connection();
+                            } else {
+                                self.set(Connectivity::Ready, None);
+                            }
                         }
                         other => {
                             self.sub.health.store(2, Ordering::Relaxed);
