@@ -16,8 +16,8 @@ use std::{
 use greeter_proto::{HelloRequest, MyServiceClient};
 use hdrhistogram::Histogram;
 use lb_core::{
-    Balancer, Connectivity, Endpoint, EndpointStatus, OutlierDetection, PickedEndpoint, Policy,
-    RetryPolicy,
+    Balancer, Connectivity, Endpoint, EndpointStatus, Liveness, OutlierDetection, PickedEndpoint,
+    Policy, RetryPolicy,
 };
 use tokio::time::Instant;
 use tonic::{Code, Request};
@@ -57,6 +57,8 @@ pub struct LoadSpec {
     pub retry: RetryPolicy,
     /// Watch each server's `grpc.health.v1.Health`.
     pub health_check: bool,
+    /// Ping connections whose calls get no answer (`None`: never).
+    pub liveness: Option<Liveness>,
     /// Eject servers whose calls keep failing.
     pub outlier: Option<OutlierDetection>,
     /// Print one line (or, in a terminal, a fresh table) per second while running.
@@ -89,6 +91,7 @@ impl LoadSpec {
             duration: None,
             retry: RetryPolicy::default(),
             health_check: true,
+            liveness: Some(Liveness::default()),
             outlier: None,
             live: false,
             updates: None,
@@ -156,6 +159,7 @@ pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
         .explain(spec.explain)
         .retry(spec.retry.clone())
         .health_check(spec.health_check.then_some(""))
+        .liveness(spec.liveness)
         .outlier_detection(spec.outlier.clone());
     if let Some(seed) = spec.seed {
         builder = builder.seed(seed);

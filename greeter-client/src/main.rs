@@ -187,6 +187,20 @@ struct Workload {
     #[arg(long)]
     no_health_check: bool,
 
+    /// Ping a server's connection when its calls have had no answer for this long
+    /// (and drop the connection, retrying its calls elsewhere, if the ping is not
+    /// answered within --liveness-timeout): how a hung server leaves the rotation.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    liveness_interval: Duration,
+
+    /// See --liveness-interval.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    liveness_timeout: Duration,
+
+    /// Never ping: a hung server keeps its calls until their deadlines.
+    #[arg(long, conflicts_with_all = ["liveness_interval", "liveness_timeout"])]
+    no_liveness: bool,
+
     /// Eject servers whose calls keep failing (5 in a row, or a success rate far
     /// below the others'), for 5 s, then 10 s, ... at most 30 s; never more than half.
     #[arg(long)]
@@ -237,6 +251,10 @@ impl Workload {
                 ..RetryPolicy::default()
             },
             health_check: !self.no_health_check,
+            liveness: (!self.no_liveness).then_some(lb_core::Liveness {
+                interval: self.liveness_interval,
+                timeout: self.liveness_timeout,
+            }),
             outlier: self.outlier_detection.then(demo_outlier_detection),
             live: self.live,
             updates: None,

@@ -43,7 +43,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{
     Request, Response, Status,
     metadata::{AsciiMetadataValue, MetadataValue},
-    transport::{Server, ServerTlsConfig, server::TcpIncoming},
+    transport::Server,
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
@@ -84,7 +84,10 @@ pub struct Config {
     pub token: Option<String>,
     /// Serve TLS (and, if it names a client CA, require client certificates: mutual
     /// TLS) instead of plaintext HTTP/2. See [`lb_core::tls::server_config`].
-    pub tls: Option<ServerTlsConfig>,
+    pub tls: Option<lb_core::tls::ServerTls>,
+    /// Limits on the connections each instance accepts (how many, how long before
+    /// the HTTP/2 preface, how long idle). See [`lb_core::server`].
+    pub connections: lb_core::server::ConnectionLimits,
     /// Record every call in these metrics (see [`lb_core::metrics`]).
     pub metrics: Option<lb_core::metrics::ServerMetrics>,
 }
@@ -102,6 +105,7 @@ impl Config {
             request_timeout: REQUEST_TIMEOUT,
             token: None,
             tls: None,
+            connections: lb_core::server::ConnectionLimits::default(),
             metrics: None,
         }
     }
@@ -113,7 +117,7 @@ impl Config {
     }
 
     /// The same, serving TLS (mutual TLS if `tls` names a client CA).
-    pub fn with_tls(mut self, tls: ServerTlsConfig) -> Self {
+    pub fn with_tls(mut self, tls: lb_core::tls::ServerTls) -> Self {
         self.tls = Some(tls);
         self
     }
@@ -189,9 +193,6 @@ pub enum ServerError {
         /// The wildcard host.
         host: IpAddr,
     },
-    /// The TLS settings could not be used.
-    #[error("TLS: {0}")]
-    Tls(#[source] tonic::transport::Error),
     /// A server task panicked (a bug).
     #[error("server task on {addr} panicked")]
     Panicked {
@@ -305,6 +306,7 @@ pub struct Servers {
 struct Instance {
     addr: SocketAddr,
     health: HealthReporter,
+    connections: Arc<lb_core::server::ConnectionStats>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
@@ -357,6 +359,11 @@ impl Servers {
     /// The health reporter of instance `index`, to flip its health.
     pub fn health(&self, index: usize) -> Option<&HealthReporter> {
         self.instances.get(index).map(|i| &i.health)
+    }
+
+    /// What instance `index` has accepted, refused and closed of its connections.
+    pub fn connections(&self, index: usize) -> Option<&lb_core::server::ConnectionStats> {
+        self.instances.get(index).map(|i| &*i.connections)
     }
 
     /// Sets every instance's health (for `""` and `example.MyService`) to SERVING or
@@ -505,9 +512,6 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
             TokenCheck::new(config.token.as_deref()),
         );
         let mut builder = Server::builder();
-        if let Some(tls) = &config.tls {
-            builder = builder.tls_config(tls.clone()).map_err(ServerError::Tls)?;
-        }
         if let Some(age) = config.max_connection_age {
             // No grace period on purpose: with one, tonic 0.14 waits out the age and
             // the grace and then drops the connection without a GOAWAY, cutting calls
@@ -520,6 +524,10 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
             .http2_max_header_list_size(limits::MAX_HEADER_LIST_SIZE)
             .http2_keepalive_interval(Some(limits::KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(limits::KEEPALIVE_TIMEOUT))
+            .http2_max_pending_accept_reset_streams(Some(
+                lb_core::server::MAX_PENDING_ACCEPT_RESETS,
+            ))
+            .layer(lb_core::server::GrpcOnlyLayer)
             .layer(match &config.metrics {
                 Some(metrics) => metrics.layer(addr),
                 None => lb_core::metrics::ServerMetricsLayer::off(),
@@ -529,7 +537,11 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        // Connections are accepted (and TLS handshakes done) with every limit of
+        // lb_core::server: how many at once, the preface and idle timeouts.
+        let incoming =
+            lb_core::server::incoming(listener, config.connections.clone(), config.tls.clone());
+        let connections = incoming.stats();
         let mut stopped = stop.subscribe();
         let shutdown = async move {
             // An error means the `Servers` handle is gone: stop too.
@@ -544,7 +556,12 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
             "serving example.MyService, grpc.health.v1.Health and reflection"
         );
         let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
-        instances.push(Instance { addr, health, task });
+        instances.push(Instance {
+            addr,
+            health,
+            connections,
+            task,
+        });
     }
     Ok(Servers {
         instances,

@@ -90,6 +90,21 @@ struct Args {
     #[arg(long, value_name = "IP:PORT")]
     metrics: Option<std::net::SocketAddr>,
 
+    /// Connections open at once per port; more are accepted and closed at once
+    /// (logged and counted), while the open ones keep working.
+    #[arg(long, default_value_t = lb_core::server::MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: u64,
+
+    /// How long a new connection may take to send the HTTP/2 preface (after its TLS
+    /// handshake) before it is closed: a peer that connects and says nothing, or
+    /// one byte a second, holds nothing for long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    preface_timeout: Duration,
+
+    /// Close a connection that has carried no call for this long (0s: never).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+
     /// The address to register in etcd (default: --host, which must then not be a
     /// wildcard such as 0.0.0.0).
     #[arg(long, value_name = "IP", requires = "register")]
@@ -143,6 +158,12 @@ async fn main() -> ExitCode {
         request_timeout: args.request_timeout,
         token,
         tls,
+        connections: lb_core::server::ConnectionLimits {
+            max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+            preface_timeout: args.preface_timeout,
+            idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
+            ..lb_core::server::ConnectionLimits::default()
+        },
         metrics: None,
     };
     let registration = args

@@ -77,12 +77,14 @@ pub mod latency;
 pub mod metrics;
 pub mod policy;
 pub mod resolver;
+pub mod server;
 pub mod state;
 pub mod tls;
 
 pub use backoff::Backoff;
 pub use balancer::{
-    Balancer, BalancerBuilder, EndpointStatus, OutlierDetection, PickedEndpoint, RetryPolicy,
+    Balancer, BalancerBuilder, EndpointStatus, Liveness, OutlierDetection, PickedEndpoint,
+    RetryPolicy,
 };
 pub use endpoint::{Endpoint, parse_endpoint_list};
 pub use error::Error;

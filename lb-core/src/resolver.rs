@@ -384,13 +384,31 @@ impl Dns {
     }
 }
 
+/// The largest endpoints file read, in bytes: 1 MiB holds some 40,000 endpoints. A
+/// larger file (or `/dev/zero`, or a FIFO that never ends) is refused after reading
+/// this much, not read into memory until it runs out.
+pub const MAX_ENDPOINTS_FILE_BYTES: u64 = 1024 * 1024;
+
 /// Reads an endpoints file: `{"endpoints": [...]}` or a bare JSON list of `host:port`
-/// (optionally `=weight`) strings. Errors name the file and the line.
+/// (optionally `=weight`) strings. Errors name the file and the line; a file larger
+/// than [`MAX_ENDPOINTS_FILE_BYTES`] is an error naming the limit.
 pub fn read_endpoints_file(path: &Path) -> Result<Vec<Endpoint>, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::EndpointsFile {
+    use std::io::Read;
+    let failed = |reason: String| Error::EndpointsFile {
         path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| failed(e.to_string()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_ENDPOINTS_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| failed(e.to_string()))?;
+    if bytes.len() as u64 > MAX_ENDPOINTS_FILE_BYTES {
+        return Err(failed(format!(
+            "larger than the limit of {MAX_ENDPOINTS_FILE_BYTES} bytes (1 MiB) for an endpoints file"
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| failed(format!("not UTF-8 text: {e}")))?;
     parse_endpoints_json(&text).map_err(|reason| Error::EndpointsFile {
         path: path.to_path_buf(),
         reason,

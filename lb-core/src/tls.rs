@@ -40,10 +40,10 @@
 //! # Ok(()) }
 //! ```
 
-use std::{path::Path, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::{Endpoint, Error};
 
@@ -151,25 +151,154 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Server settings: show the certificate chain in `cert` with its key, and with
 /// `client_ca`, require every client to show a certificate signed by that CA
 /// (mutual TLS; a client without one fails the handshake).
+///
+/// The server side of the handshake is [`crate::server::incoming`]'s: it bounds it in
+/// time and logs every refused handshake with the peer's address and the reason.
 pub fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
-) -> Result<ServerTlsConfig, Error> {
+) -> Result<ServerTls, Error> {
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
     check_identity(&cert_pem, &key_pem).map_err(|e| at_pair(Some(cert), Some(key), e))?;
-    let mut config = ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert_pem, key_pem))
-        .timeout(HANDSHAKE_TIMEOUT);
-    if let Some(ca) = client_ca {
-        let ca_pem = read(ca)?;
-        check_ca(&ca_pem).map_err(|e| at(ca, e))?;
-        config = config
-            .client_ca_root(Certificate::from_pem(ca_pem))
-            .client_auth_optional(false);
+    let fail = |path: &Path, reason: String| Error::Tls {
+        path: path.display().to_string(),
+        reason,
+    };
+    let chain = certificates(&cert_pem, "a certificate").map_err(|e| fail(cert, e))?;
+    let private_key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| fail(key, format!("a private key: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(cert, e.to_string()))?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let ca_pem = read(ca)?;
+            check_ca(&ca_pem).map_err(|e| at(ca, e))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for anchor in certificates(&ca_pem, "a CA certificate").map_err(|e| fail(ca, e))? {
+                roots.add(anchor).map_err(|e| fail(ca, e.to_string()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| fail(ca, e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, private_key)
+        .map_err(|e| fail(cert, e.to_string()))?;
+    // gRPC is HTTP/2: say so in ALPN, as every gRPC client expects.
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(ServerTls(Arc::new(config)))
+}
+
+/// A server's TLS settings, from [`server_config`], for [`crate::server::incoming`].
+#[derive(Clone)]
+pub struct ServerTls(Arc<rustls::ServerConfig>);
+
+impl ServerTls {
+    pub(crate) fn config(&self) -> Arc<rustls::ServerConfig> {
+        self.0.clone()
     }
-    Ok(config)
+}
+
+/// Not derived: it would print the private key.
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").finish_non_exhaustive()
+    }
+}
+
+/// Why a server refused a client's handshake, for its log.
+pub(crate) fn describe_handshake_error(err: &std::io::Error) -> String {
+    let Some(tls) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
+        return format!("connection closed during the TLS handshake ({err})");
+    };
+    match tls {
+        rustls::Error::NoCertificatesPresented => {
+            "the client showed no certificate, and this server requires one (mutual TLS)".into()
+        }
+        rustls::Error::InvalidCertificate(why) => {
+            format!(
+                "the client's certificate was refused: {}",
+                certificate_problem(why)
+            )
+        }
+        rustls::Error::AlertReceived(alert) => {
+            format!("the client ended the handshake: {}", alert_name(*alert))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// What a TLS failure means, in words, for the side that saw it: `Some` when `err`
+/// is (or is caused by) a TLS error a user can act on.
+pub(crate) fn explain(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(match tls {
+                rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+                    "the server refused the connection: certificate required (it wants a \
+                     client certificate: give --tls-cert and --tls-key)"
+                        .into()
+                }
+                rustls::Error::AlertReceived(alert) => {
+                    format!("the server refused the connection: {}", alert_name(*alert))
+                }
+                rustls::Error::InvalidCertificate(why) => format!(
+                    "the server's certificate was refused: {}",
+                    certificate_problem(why)
+                ),
+                other => format!("TLS: {other}"),
+            });
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// A TLS alert as a person would say it.
+fn alert_name(alert: rustls::AlertDescription) -> String {
+    use rustls::AlertDescription as A;
+    match alert {
+        A::CertificateRequired => "certificate required".into(),
+        A::CertificateExpired => "certificate expired".into(),
+        A::UnknownCA => "unknown CA (the certificate is not signed by a CA it trusts)".into(),
+        A::BadCertificate => "bad certificate".into(),
+        A::CertificateRevoked => "certificate revoked".into(),
+        A::CertificateUnknown => "certificate unknown".into(),
+        A::UnsupportedCertificate => "unsupported certificate".into(),
+        A::AccessDenied => "access denied".into(),
+        A::HandshakeFailure => "handshake failure (no cipher or version in common)".into(),
+        A::NoApplicationProtocol => "no application protocol (it does not speak h2)".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn certificate_problem(why: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    match why {
+        C::Expired | C::ExpiredContext { .. } => "certificate expired".into(),
+        C::NotValidYet | C::NotValidYetContext { .. } => "certificate not valid yet".into(),
+        C::UnknownIssuer => "unknown CA (not signed by a CA that is trusted here)".into(),
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "not valid for the name dialled (see --tls-server-name)".into()
+        }
+        C::Revoked => "certificate revoked".into(),
+        C::BadSignature => "bad signature".into(),
+        other => format!("{other:?}"),
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, Error> {

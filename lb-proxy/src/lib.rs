@@ -28,11 +28,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use lb_core::Balancer;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tonic::{
-    Status,
-    body::Body,
-    transport::{Server, ServerTlsConfig, server::TcpIncoming},
-};
+use tonic::{Status, body::Body, transport::Server};
 use tower::Service;
 use tracing::info;
 
@@ -55,9 +51,6 @@ pub enum ProxyError {
         /// What tonic said.
         source: tonic::transport::Error,
     },
-    /// The TLS settings could not be used.
-    #[error("TLS: {0}")]
-    Tls(#[source] tonic::transport::Error),
 }
 
 /// The proxy as a `tower::Service`: its own health service for
@@ -205,7 +198,10 @@ pub struct Options {
     /// Serve TLS (mutual TLS if it names a client CA; see
     /// [`lb_core::tls::server_config`]). How the proxy reaches its backends, over TLS
     /// or not, is the balancer's setting ([`lb_core::BalancerBuilder::tls`]).
-    pub tls: Option<ServerTlsConfig>,
+    pub tls: Option<lb_core::tls::ServerTls>,
+    /// Limits on the connections callers open (how many, how long before the HTTP/2
+    /// preface, how long idle). See [`lb_core::server`].
+    pub connections: lb_core::server::ConnectionLimits,
     /// Record the calls it receives (`grpc_server_call_*`; the balancer's own
     /// per-backend metrics are [`lb_core::metrics::BalancerMetrics`]).
     pub metrics: Option<lb_core::metrics::ServerMetrics>,
@@ -217,10 +213,11 @@ pub async fn spawn_with(
     balancer: Balancer,
     options: Options,
 ) -> Result<Running, ProxyError> {
-    let mut server = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
-    if let Some(tls) = options.tls {
-        server = server.tls_config(tls).map_err(ProxyError::Tls)?;
-    }
+    let server = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Callers' cancellations after a backend stall must not cost every call on
+        // their connection: see lb_core::server::MAX_PENDING_ACCEPT_RESETS.
+        .http2_max_pending_accept_reset_streams(Some(lb_core::server::MAX_PENDING_ACCEPT_RESETS));
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ProxyError::Bind { addr, source })?;
@@ -237,13 +234,14 @@ pub async fn spawn_with(
     info!(%addr, "lb-proxy listening: every call is balanced over the backends");
     let task = tokio::spawn(async move {
         server
+            .layer(lb_core::server::GrpcOnlyLayer)
             .layer(match &options.metrics {
                 Some(metrics) => metrics.layer(addr),
                 None => lb_core::metrics::ServerMetricsLayer::off(),
             })
             .serve_with_incoming_shutdown(
                 proxy,
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                lb_core::server::incoming(listener, options.connections, options.tls),
                 async move {
                     let _ = stopped.wait_for(|&stop| stop).await;
                 },

@@ -18,7 +18,6 @@ use lb_core::{
     resolver::{Resolution, Target},
     tls::{ClientTls, server_config},
 };
-use tonic::transport::ServerTlsConfig;
 use tracing::{info, warn};
 
 /// Accepts any gRPC call on one address and forwards it, unchanged, to one of the
@@ -55,9 +54,38 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     token_file: Option<std::path::PathBuf>,
 
+    /// Connections open at once ; more are accepted and closed at once
+    /// (logged and counted), while the open ones keep working.
+    #[arg(long, default_value_t = lb_core::server::MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: u64,
+
+    /// How long a new connection may take to send the HTTP/2 preface (after its TLS
+    /// handshake) before it is closed: a peer that connects and says nothing, or
+    /// one byte a second, holds nothing for long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    preface_timeout: Duration,
+
+    /// Close a connection that has carried no call for this long (0s: never).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+
     /// Do not watch the backends' grpc.health.v1.Health.
     #[arg(long)]
     no_health_check: bool,
+
+    /// Ping a backend's connection when its calls have had no answer for this long
+    /// (and drop it, retrying its calls elsewhere, if the ping is not answered within
+    /// --liveness-timeout): how a hung backend leaves the rotation.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    liveness_interval: Duration,
+
+    /// See --liveness-interval.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    liveness_timeout: Duration,
+
+    /// Never ping: a hung backend keeps its calls until their deadlines.
+    #[arg(long, conflicts_with_all = ["liveness_interval", "liveness_timeout"])]
+    no_liveness: bool,
 
     /// Serve Prometheus metrics at http://ADDR/metrics: per backend (picks, in
     /// flight, durations, state, ejections, retries, health) and the calls received.
@@ -99,7 +127,7 @@ struct Args {
 impl Args {
     /// The TLS settings for callers and for backends; unusable files are errors that
     /// name the file.
-    fn tls(&self) -> Result<(Option<ServerTlsConfig>, Option<ClientTls>), lb_core::Error> {
+    fn tls(&self) -> Result<(Option<lb_core::tls::ServerTls>, Option<ClientTls>), lb_core::Error> {
         let front = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(server_config(cert, key, self.ca.as_deref())?),
             _ => None,
@@ -174,7 +202,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             max_attempts: args.max_attempts,
             ..RetryPolicy::default()
         })
-        .health_check((!args.no_health_check).then_some(""));
+        .health_check((!args.no_health_check).then_some(""))
+        .liveness((!args.no_liveness).then_some(lb_core::Liveness {
+            interval: args.liveness_interval,
+            timeout: args.liveness_timeout,
+        }));
     if let Some(token) = &token {
         builder = builder.bearer_token(token)?;
     }
@@ -184,6 +216,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let balancer = builder.build()?;
     let mut options = lb_proxy::Options {
         tls: front_tls,
+        connections: lb_core::server::ConnectionLimits {
+            max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+            preface_timeout: args.preface_timeout,
+            idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
+            ..lb_core::server::ConnectionLimits::default()
+        },
         metrics: None,
     };
     let metrics = match args.metrics {

@@ -28,7 +28,7 @@ impl Pki {
     }
 
     /// Server settings; with `mutual`, client certificates signed by this CA required.
-    fn server(&self, mutual: bool) -> tonic::transport::ServerTlsConfig {
+    fn server(&self, mutual: bool) -> lb_core::tls::ServerTls {
         let ca = self.file("ca.pem");
         lb_core::tls::server_config(
             &self.file("server.pem"),

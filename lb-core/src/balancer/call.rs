@@ -108,7 +108,8 @@ impl Route {
                     if has_cause::<tonic::ConnectError>(&err) {
                         // A connection that could not be made takes the endpoint out of
                         // the snapshot until its task has reconnected it.
-                        self.core.report_broken(&self.sub, self.generation, &reason);
+                        self.core
+                            .report_broken(&self.sub, self.generation, &reason, false);
                         self.core.record_outcome(&self.sub, false);
                     } else if connection_lost(&err) {
                         // The connection under the call is gone (closed, reset, or
@@ -116,7 +117,8 @@ impl Route {
                         // reconnected and healthy. Connectivity deals with this; it is
                         // not held against the endpoint by outlier detection, so a
                         // server that hung and recovered is back as soon as it answers.
-                        self.core.report_broken(&self.sub, self.generation, &reason);
+                        self.core
+                            .report_broken(&self.sub, self.generation, &reason, true);
                     } else if kind == FailureKind::Cut {
                         // The server reset the call itself: its own failure. (A stream
                         // refused by a connection closing with GOAWAY is routine: a

@@ -654,7 +654,11 @@ impl Shared {
                     continue;
                 }
                 Err(Failure { status, kind }) => {
-                    self.budget.on_failure();
+                    // As gRFC A6 throttles: a call that ran out of time is not a
+                    // failure that a retry could have saved, and costs no token.
+                    if kind != FailureKind::Deadline {
+                        self.budget.on_failure();
+                    }
                     let retryable = match kind {
                         FailureKind::Unsent => true,
                         FailureKind::Cut => self.retry.retry_cut_calls,

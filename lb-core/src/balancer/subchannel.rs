@@ -399,19 +399,32 @@ impl Core {
             .collect()
     }
 
-    /// A call on connection `generation` of `sub` could not connect.
-    pub fn report_broken(&self, sub: &Subchannel, generation: u64, error: &str) {
+    /// A call on connection `generation` of `sub` could not connect (`lost`: false),
+    /// or found the connection gone (`lost`: true).
+    ///
+    /// A connection that could not be made is TRANSIENT_FAILURE: calls fail fast
+    /// rather than wait for the backoff. A connection lost is IDLE, as in gRPC: the
+    /// task reconnects at once, and calls wait for it (within their deadline) instead
+    /// of failing in the moment between the loss and the new attempt.
+    pub fn report_broken(&self, sub: &Subchannel, generation: u64, error: &str, lost: bool) {
         let current = lock(&sub.connection).as_ref().map(|(_, g)| *g);
         if current != Some(generation) {
             return; // An older connection; the current one may be fine.
         }
-        // Only the first report moves READY -> TRANSIENT_FAILURE and wakes the task.
-        if sub
-            .state
-            .transition(Connectivity::Ready, Connectivity::TransientFailure)
-        {
+        let next = if lost {
+            Connectivity::Idle
+        } else {
+            Connectivity::TransientFailure
+        };
+        // Only the first report moves the endpoint out of READY and wakes the task.
+        if sub.state.transition(Connectivity::Ready, next) {
             *lock(&sub.last_error) = Some(error.to_string());
-            info!(endpoint = %sub.state.endpoint(), %error, "TRANSIENT_FAILURE: a call could not connect");
+            let why = if lost {
+                "a call found its connection gone"
+            } else {
+                "a call could not connect"
+            };
+            info!(endpoint = %sub.state.endpoint(), %error, "{next}: {why}");
             self.publish();
             // The task's own `set` will find the state already changed; count the
             // failure here, so that the resolver is asked to look again now.
@@ -669,7 +682,11 @@ impl ConnectionTask {
                             // attempt, so that a flapping server is backed off from.
                             if connected_at.elapsed() >= backoff.initial {
                                 failures = 0;
-                                self.set(Connectivity::TransientFailure, Some(reason));
+                                // IDLE, not TRANSIENT_FAILURE: calls wait for the new
+                                // attempt instead of failing fast. The resolver is
+                                // asked to look again all the same.
+                                self.core.failures.send_modify(|n| *n += 1);
+                                self.set(Connectivity::Idle, Some(reason));
                                 continue;
                             }
                             reason
