@@ -67,7 +67,8 @@ impl Server {
                 .next()
                 .expect("the server says where it listens")
                 .expect("readable");
-            if let Some(addr) = line.strip_prefix("LISTENING ") {
+            // libtest may have written "test server_process ... " on the same line.
+            if let Some((_, addr)) = line.split_once("LISTENING ") {
                 break addr.parse().expect("an address");
             }
         };
@@ -207,7 +208,11 @@ impl Client {
     /// Waits for the client to finish; its live lines and its JSON report.
     fn finish(mut self) -> (Vec<Live>, serde_json::Value) {
         let status = self.child.wait().expect("the client runs");
-        assert!(status.success(), "greeter-client exited with {status}");
+        // 1 is "some calls failed", which the report then says; anything else is not.
+        assert!(
+            matches!(status.code(), Some(0 | 1)),
+            "greeter-client exited with {status}"
+        );
         self.seen.extend(self.lines.try_iter());
         // The reader thread has seen the end of stdout once the channel closes.
         while let Ok(live) = self.lines.recv() {
@@ -215,7 +220,7 @@ impl Client {
         }
         let json = self.stdout.lock().expect("not poisoned").clone();
         let report = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
-        (self.seen, report)
+        (std::mem::take(&mut self.seen), report)
     }
 }
 
@@ -307,7 +312,10 @@ fn every_server_down_then_one_back_calls_succeed_again_and_the_live_view_keeps_g
         ok + failed
     );
     let total_ok = report["backends"][0]["calls"].as_u64().expect("calls");
-    assert_eq!(total_ok, to.ok, "the report agrees with the live view");
+    assert!(
+        total_ok >= to.ok,
+        "the report counts what the live view did, and the calls after its last line"
+    );
 }
 
 /// One SIGSTOP scenario: 3 servers, 16 callers, 2 s deadlines; server 1 stopped 3 s
