@@ -246,16 +246,17 @@ pub(crate) fn describe_handshake_error(err: &std::io::Error) -> String {
 pub(crate) fn explain(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut current = Some(err);
     while let Some(e) = current {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        // An io::Error's `source()` skips the error it wraps: look inside it too.
+        let inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        let tls = e
+            .downcast_ref::<rustls::Error>()
+            .or_else(|| inner.and_then(|i| i.downcast_ref::<rustls::Error>()));
+        if let Some(tls) = tls {
             return Some(match tls {
-                rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
-                    "the server refused the connection: certificate required (it wants a \
-                     client certificate: give --tls-cert and --tls-key)"
-                        .into()
-                }
-                rustls::Error::AlertReceived(alert) => {
-                    format!("the server refused the connection: {}", alert_name(*alert))
-                }
+                rustls::Error::AlertReceived(alert) => refused_by_server(*alert),
                 rustls::Error::InvalidCertificate(why) => format!(
                     "the server's certificate was refused: {}",
                     certificate_problem(why)
@@ -263,10 +264,49 @@ pub(crate) fn explain(err: &(dyn std::error::Error + 'static)) -> Option<String>
                 other => format!("TLS: {other}"),
             });
         }
+        // h2 keeps only the text of an I/O error, so an alert that reached the
+        // client through HTTP/2 is known by rustls's words for it.
+        if let Some((_, name)) = e.to_string().split_once("received fatal alert: ") {
+            let name = name.split(|c: char| !c.is_ascii_alphanumeric()).next()?;
+            let alert = ALERTS.iter().find(|(n, _)| *n == name).map(|(_, a)| *a);
+            return Some(match alert {
+                Some(alert) => refused_by_server(alert),
+                None => format!("the server refused the connection: {name}"),
+            });
+        }
         current = e.source();
     }
     None
 }
+
+/// What a client is told when the server ended the handshake with `alert`.
+fn refused_by_server(alert: rustls::AlertDescription) -> String {
+    match alert {
+        rustls::AlertDescription::CertificateRequired => {
+            "the server refused the connection: certificate required (it wants a client \
+             certificate: give --tls-cert and --tls-key)"
+                .into()
+        }
+        alert => format!("the server refused the connection: {}", alert_name(alert)),
+    }
+}
+
+/// The alerts a refused handshake ends with, by the name rustls prints for them.
+const ALERTS: [(&str, rustls::AlertDescription); 10] = {
+    use rustls::AlertDescription as A;
+    [
+        ("CertificateRequired", A::CertificateRequired),
+        ("CertificateExpired", A::CertificateExpired),
+        ("UnknownCA", A::UnknownCA),
+        ("BadCertificate", A::BadCertificate),
+        ("CertificateRevoked", A::CertificateRevoked),
+        ("CertificateUnknown", A::CertificateUnknown),
+        ("UnsupportedCertificate", A::UnsupportedCertificate),
+        ("AccessDenied", A::AccessDenied),
+        ("HandshakeFailure", A::HandshakeFailure),
+        ("NoApplicationProtocol", A::NoApplicationProtocol),
+    ]
+};
 
 /// A TLS alert as a person would say it.
 fn alert_name(alert: rustls::AlertDescription) -> String {

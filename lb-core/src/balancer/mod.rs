@@ -27,6 +27,7 @@
 //! endpoint with its state and last error.
 
 mod call;
+mod connector;
 pub mod liveness;
 pub mod outlier;
 pub mod retry;

@@ -41,6 +41,7 @@ use tonic_health::pb::{
 };
 use tracing::{info, warn};
 
+use super::connector::Connector;
 use super::liveness::{
     HEALTH_KEEPALIVE_INTERVAL, HEALTH_KEEPALIVE_TIMEOUT, Liveness, MAX_INTERVAL,
 };
@@ -695,7 +696,12 @@ impl ConnectionTask {
                 }
                 Ok(Err(err)) => {
                     self.sub.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    describe(&err)
+                    if super::call::has_cause::<tokio::time::error::Elapsed>(&err) {
+                        // tonic's own TLS timer, set to the same limit, fired first.
+                        format!("no connection within {limit:?} (connect and handshakes)")
+                    } else {
+                        describe(&err)
+                    }
                 }
                 Err(_) => {
                     self.sub.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -720,12 +726,16 @@ impl ConnectionTask {
         sub: &Subchannel,
         settings: &Settings,
     ) -> Result<(Channel, Option<Channel>), tonic::transport::Error> {
+        // Our own connector: a TLS refusal is then read as such (see `connector`).
         let calls = sub.call_target(settings.liveness);
         if settings.health_service.is_none() {
-            return Ok((calls.connect().await?, None));
+            return Ok((calls.connect_with_connector(Connector).await?, None));
         }
         let health = sub.health_target();
-        let (calls, health) = tokio::try_join!(calls.connect(), health.connect())?;
+        let (calls, health) = tokio::try_join!(
+            calls.connect_with_connector(Connector),
+            health.connect_with_connector(Connector)
+        )?;
         Ok((calls, Some(health)))
     }
 
@@ -772,8 +782,13 @@ impl ConnectionTask {
                 };
             }
             Err(status) => {
-                // The cause (a TLS alert, a reset) is in the status's sources.
-                let cause = std::error::Error::source(&status)
+                // The cause (a TLS alert, a reset) is in the status's sources. A TLS
+                // refusal is said first and plainly: it is what the user must fix.
+                let source = std::error::Error::source(&status);
+                if let Some(tls) = source.and_then(crate::tls::explain) {
+                    return Ended::Lost(tls);
+                }
+                let cause = source
                     .map(|cause| format!(" ({})", describe(cause)))
                     .unwrap_or_default();
                 return Ended::Lost(format!(
