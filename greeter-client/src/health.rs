@@ -18,16 +18,11 @@ pub async fn check(
     tls: Option<&ClientTls>,
     timeout: Duration,
 ) -> Result<ServingStatus, String> {
-    let target = endpoint
-        .to_tonic(tls)
-        .map_err(|e| e.to_string())?
-        .connect_timeout(timeout)
-        .timeout(timeout);
-    // Bounded as a whole: the connect timeout covers TCP only, not the handshakes.
-    let channel = tokio::time::timeout(timeout, target.connect())
+    // Bounded as a whole: connect and handshakes.
+    let channel = endpoint
+        .connect(tls, timeout)
         .await
-        .map_err(|_| format!("cannot connect within {timeout:?}"))?
-        .map_err(|e| format!("cannot connect: {}", lb_core::error::describe(&e)))?;
+        .map_err(|e| format!("cannot connect: {e}"))?;
     let response = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: String::new(),

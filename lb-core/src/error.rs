@@ -17,6 +17,15 @@ pub enum Error {
         /// Why it was rejected.
         reason: String,
     },
+    /// A connection to an endpoint could not be made (see
+    /// [`Endpoint::connect`](crate::Endpoint::connect)).
+    #[error("endpoint {endpoint}: {reason}")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// Why not, e.g. "connection refused" or a TLS refusal.
+        reason: String,
+    },
     /// A balancer needs at least one endpoint.
     #[error("no endpoints given (expected a list such as 127.0.0.1:50051,127.0.0.1:50052)")]
     NoEndpoints,

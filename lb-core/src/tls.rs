@@ -43,21 +43,23 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::{Endpoint, Error};
 
 /// How a balancer's connections speak TLS: the CA it trusts, the certificate it shows
 /// (for mutual TLS), and optionally the name servers' certificates must carry.
+///
+/// The balancer does the handshake itself (see `balancer/connector.rs`), so that a
+/// server's refusal is read and reported for what it is.
 #[derive(Clone)]
 pub struct ClientTls {
-    config: ClientTlsConfig,
+    config: Arc<rustls::ClientConfig>,
     server_name: Option<String>,
     /// How long a handshake may take (set by the balancer to its connect timeout).
     timeout: Duration,
 }
 
-/// Not derived: tonic's settings would print the client's private key.
+/// Not derived: the settings hold the client's private key.
 impl std::fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientTls")
@@ -74,7 +76,7 @@ impl ClientTls {
         if let Some((cert, key)) = identity {
             check_identity(cert, key).map_err(|e| at_pair(None, None, e))?;
         }
-        Ok(Self::new(ca, identity))
+        Self::new(ca, identity)
     }
 
     /// [`ClientTls::from_pem`] with the PEM read from files; errors name the file.
@@ -90,22 +92,45 @@ impl ClientTls {
             }
             None => None,
         };
-        Ok(Self::new(
+        Self::new(
             &ca_pem,
             identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
-        ))
+        )
     }
 
-    fn new(ca: &[u8], identity: Option<(&[u8], &[u8])>) -> Self {
-        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
-        if let Some((cert, key)) = identity {
-            config = config.identity(Identity::from_pem(cert, key));
+    /// Checked PEM to rustls settings.
+    fn new(ca: &[u8], identity: Option<(&[u8], &[u8])>) -> Result<Self, Error> {
+        let fail = |reason: String| Error::Tls {
+            path: String::new(),
+            reason,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for anchor in certificates(ca, "a CA certificate").map_err(fail)? {
+            roots.add(anchor).map_err(|e| fail(e.to_string()))?;
         }
-        Self {
-            config,
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| fail(e.to_string()))?
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            Some((cert, key)) => {
+                let chain = certificates(cert, "a certificate").map_err(fail)?;
+                let key = PrivateKeyDer::from_pem_slice(key)
+                    .map_err(|e| fail(format!("a private key: {e}")))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| fail(e.to_string()))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        // gRPC is HTTP/2: say so in ALPN, as gRPC servers expect.
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Self {
+            config: Arc::new(config),
             server_name: None,
             timeout: HANDSHAKE_TIMEOUT,
-        }
+        })
     }
 
     /// Expect servers' certificates to name `name` (a DNS name or an IP address),
@@ -136,11 +161,29 @@ impl ClientTls {
         self
     }
 
-    /// The tonic settings for a connection to `endpoint`: the certificate must name
-    /// the endpoint's host (an IP address or DNS name) unless a server name was set.
-    pub(crate) fn for_endpoint(&self, endpoint: &Endpoint) -> ClientTlsConfig {
+    /// What a connection to `endpoint` needs: the rustls settings, the name its
+    /// certificate must carry (the endpoint's host unless a server name was set), and
+    /// the handshake's time limit.
+    pub(crate) fn for_endpoint(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<
+        (
+            Arc<rustls::ClientConfig>,
+            rustls_pki_types::ServerName<'static>,
+            Duration,
+        ),
+        Error,
+    > {
         let name = self.server_name.as_deref().unwrap_or(endpoint.host());
-        self.config.clone().domain_name(name).timeout(self.timeout)
+        let name =
+            rustls_pki_types::ServerName::try_from(name.to_string()).map_err(|_| Error::Tls {
+                path: String::new(),
+                reason: format!(
+                    "`{name}` is not a DNS name or an IP address a certificate can name"
+                ),
+            })?;
+        Ok((self.config.clone(), name, self.timeout))
     }
 }
 

@@ -1,46 +1,76 @@
-//! Opening an endpoint's TCP connection, so that a refusal can be read for what it is.
+//! Opening an endpoint's connection (TCP, then TLS if asked), so that a refusal can be
+//! read for what it is.
 //!
 //! With TLS 1.3 a client's handshake is over before the server has looked at the
 //! client's certificate. A server that requires one and got none sends the alert
-//! `certificate_required` and closes the connection; meanwhile the client has already
-//! written its HTTP/2 preface. Its next write then fails with "broken pipe" (or
-//! "connection reset"), and if the HTTP/2 layer reports that first, the alert, which
-//! is already waiting in the socket, is never read: the user is told "broken pipe"
-//! instead of "certificate required".
+//! `certificate_required` and closes the connection; meanwhile the client has gone on
+//! to HTTP/2. If its first call is still queued when the connection dies, hyper tells
+//! that call only "connection closed"; if its next write fails first, it says "broken
+//! pipe". Either way the alert, which was there to be read, is lost, and the user is
+//! not told what to fix.
 //!
-//! So this connector's stream holds back a write error of that kind (pretending the
-//! write succeeded: the connection is lost anyway) until the read side has said what it
-//! has to say. The TLS layer above then reads the alert and fails with it; only if the
-//! peer closed without a word does the read side report the original write error.
+//! So this connector does the TLS handshake itself and then waits for the server's
+//! verdict before handing the connection to hyper: it sends the HTTP/2 connection
+//! preface (which hyper would send first anyway; hyper's own copy is then skipped) and
+//! reads until the server's first bytes (its SETTINGS) arrive, or its alert does. A
+//! refusal thus fails the connection attempt itself, with rustls's error for it
+//! ("certificate required", "unknown CA", ...).
+//!
+//! Underneath, the TCP stream holds back a write error of the "peer is gone" kind
+//! (pretending the write succeeded: the connection is lost anyway) until the read side
+//! has said what it has to say, so that an alert already in the socket is read first.
 
 use std::{
     future::Future,
     io,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
+    time::Duration,
 };
 
 use hyper_util::rt::TokioIo;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::TcpStream,
 };
 
+/// The HTTP/2 client connection preface (RFC 9113, section 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a TLS connection needs: settings, the name to verify, the time allowed.
+pub(crate) type TlsFor = (
+    Arc<rustls::ClientConfig>,
+    rustls_pki_types::ServerName<'static>,
+    Duration,
+);
+
 /// A `tower::Service<Uri>` for tonic's `connect_with_connector`: a TCP connection
-/// (with `TCP_NODELAY`) to the URI's host and port, as a [`Deferred`] stream.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Connector;
+/// (with `TCP_NODELAY`) to the URI's host and port, with TLS if set.
+#[derive(Clone, Default)]
+pub(crate) struct Connector {
+    tls: Option<Arc<TlsFor>>,
+}
+
+impl Connector {
+    pub(crate) fn new(tls: Option<TlsFor>) -> Self {
+        Self {
+            tls: tls.map(Arc::new),
+        }
+    }
+}
 
 impl tower::Service<http::Uri> for Connector {
-    type Response = TokioIo<Deferred>;
+    type Response = TokioIo<Stream>;
     type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<Deferred>>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<Stream>>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let tls = self.tls.clone();
         Box::pin(async move {
             let host = uri.host().unwrap_or_default();
             // An IPv6 address comes in brackets in a URI.
@@ -51,11 +81,146 @@ impl tower::Service<http::Uri> for Connector {
             let port = uri.port_u16().unwrap_or(80);
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
-            Ok(TokioIo::new(Deferred {
+            let tcp = Deferred {
                 tcp,
                 write_error: None,
-            }))
+            };
+            let Some(tls) = tls else {
+                return Ok(TokioIo::new(Stream::Plain(tcp)));
+            };
+            let (config, name, limit) = &*tls;
+            let verdict = async {
+                let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name.clone(), tcp)
+                    .await?;
+                tls.write_all(PREFACE).await?;
+                tls.flush().await?;
+                let mut first = vec![0; 4096];
+                let read = tls.read(&mut first).await?;
+                if read == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the server closed the connection right after the TLS handshake",
+                    ));
+                }
+                first.truncate(read);
+                Ok(Primed {
+                    io: tls,
+                    first,
+                    skip: PREFACE.len(),
+                })
+            };
+            match tokio::time::timeout(*limit, verdict).await {
+                Ok(primed) => Ok(TokioIo::new(Stream::Tls(Box::new(primed?)))),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no TLS handshake and HTTP/2 greeting within {}",
+                        humantime::format_duration(*limit)
+                    ),
+                )),
+            }
         })
+    }
+}
+
+/// A connection as hyper gets it.
+pub(crate) enum Stream {
+    Plain(Deferred),
+    Tls(Box<Primed<tokio_rustls::client::TlsStream<Deferred>>>),
+}
+
+/// A stream on which the HTTP/2 preface was sent and the server's first bytes read:
+/// it replays those bytes to hyper, and skips hyper's own preface.
+pub(crate) struct Primed<T> {
+    io: T,
+    first: Vec<u8>,
+    skip: usize,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Primed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.first.is_empty() {
+            let n = self.first.len().min(buf.remaining());
+            buf.put_slice(&self.first[..n]);
+            self.first.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Primed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.skip > 0 {
+            // hyper's first bytes are the preface, already sent: take them as written.
+            let at = PREFACE.len() - self.skip;
+            let n = self.skip.min(data.len());
+            if data[..n] != PREFACE[at..at + n] {
+                return Poll::Ready(Err(io::Error::other(
+                    "HTTP/2 started with something other than its preface",
+                )));
+            }
+            self.skip -= n;
+            return Poll::Ready(Ok(n));
+        }
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, data),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

@@ -51,6 +51,7 @@ use tower::Service;
 use tracing::{debug, info};
 
 pub use call::{PickedEndpoint, ResponseBody};
+pub(crate) use connector::Connector;
 pub use liveness::Liveness;
 pub use outlier::{OutlierDetection, SuccessRate};
 pub use retry::RetryPolicy;

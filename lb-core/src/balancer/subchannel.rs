@@ -110,6 +110,8 @@ pub(crate) struct Subchannel {
     /// Where and how to connect (address, TLS, connect timeout); each connection
     /// adds its own keepalive settings.
     target: tonic::transport::Endpoint,
+    /// Opens its connections (TCP, TLS): see `connector`.
+    connector: Connector,
     /// The liveness ping interval for the next call connection, in nanoseconds:
     /// doubled each time the server complains of too many pings (gRFC A8).
     liveness_interval: AtomicU64,
@@ -222,10 +224,8 @@ impl Core {
 
     /// Adds `endpoint` and starts connecting to it; `false` if it is already here.
     pub fn add(self: &Arc<Self>, endpoint: Endpoint) -> Result<bool, crate::Error> {
-        let target = endpoint
-            .to_tonic(self.settings.tls.as_ref())?
-            .connect_timeout(self.settings.connect_timeout)
-            .tcp_nodelay(true);
+        let (target, connector) = endpoint.to_tonic(self.settings.tls.as_ref())?;
+        let target = target.connect_timeout(self.settings.connect_timeout);
         let interval = self
             .settings
             .liveness
@@ -233,6 +233,7 @@ impl Core {
         let sub = Arc::new(Subchannel {
             state: EndpointState::with_decay(endpoint, self.settings.latency_decay),
             target,
+            connector,
             liveness_interval: AtomicU64::new(nanos(interval)),
             connection: Mutex::new(None),
             last_error: Mutex::new(None),
@@ -729,12 +730,15 @@ impl ConnectionTask {
         // Our own connector: a TLS refusal is then read as such (see `connector`).
         let calls = sub.call_target(settings.liveness);
         if settings.health_service.is_none() {
-            return Ok((calls.connect_with_connector(Connector).await?, None));
+            return Ok((
+                calls.connect_with_connector(sub.connector.clone()).await?,
+                None,
+            ));
         }
         let health = sub.health_target();
         let (calls, health) = tokio::try_join!(
-            calls.connect_with_connector(Connector),
-            health.connect_with_connector(Connector)
+            calls.connect_with_connector(sub.connector.clone()),
+            health.connect_with_connector(sub.connector.clone())
         )?;
         Ok((calls, Some(health)))
     }
