@@ -296,6 +296,12 @@ pub(crate) fn has_cause<E: std::error::Error + 'static>(
         if e.is::<E>() {
             return true;
         }
+        // An io::Error's `source()` skips the error it wraps: look at that one too.
+        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref())
+            && (inner.is::<E>() || has_cause::<E>(inner))
+        {
+            return true;
+        }
         current = e.source();
     }
     false

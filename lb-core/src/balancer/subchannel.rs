@@ -698,7 +698,7 @@ impl ConnectionTask {
                 Ok(Err(err)) => {
                     self.sub.connect_failures.fetch_add(1, Ordering::Relaxed);
                     if super::call::has_cause::<tokio::time::error::Elapsed>(&err) {
-                        // tonic's own TLS timer, set to the same limit, fired first.
+                        // tonic's own connect timer, set to the same limit, fired first.
                         format!("no connection within {limit:?} (connect and handshakes)")
                     } else {
                         describe(&err)
