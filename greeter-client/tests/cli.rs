@@ -347,3 +347,15 @@ async fn mutual_tls_from_the_command_line() {
     servers.shutdown().await.expect("clean shutdown");
     std::fs::remove_dir_all(&dir).expect("cleaned up");
 }
+
+#[test]
+fn an_endpoints_file_that_never_ends_is_refused_at_its_size_limit() {
+    // /dev/zero used to be read until memory ran out (about 1 GB/s).
+    let out = client(&["--servers", "file:///dev/zero"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("/dev/zero") && stderr.contains("larger than the limit of 1048576 bytes"),
+        "{stderr}"
+    );
+}

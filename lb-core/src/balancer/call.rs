@@ -297,7 +297,9 @@ pub(crate) fn has_cause<E: std::error::Error + 'static>(
             return true;
         }
         // An io::Error's `source()` skips the error it wraps: look at that one too.
-        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref())
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
             && (inner.is::<E>() || has_cause::<E>(inner))
         {
             return true;
