@@ -49,6 +49,7 @@ port_open() {
 
 echo "== Building (release)"
 cargo build --release -p greeter-server -p lb-proxy -p lb-bench
+BIN_DIR="$TARGET_DIR/release" # measured optimised, whatever PROFILE says
 
 echo "== Python: venv with grpcio in $work/venv"
 python_client=""
@@ -97,7 +98,7 @@ servers=()
 for i in 1 2 3; do
   port=$((base + i))
   start "greeter-server :$port" "$work/server-$port.log" \
-    env RUST_LOG=info target/release/greeter-server --port "$port"
+    env RUST_LOG=info "$BIN_DIR"/greeter-server --port "$port"
   servers+=("127.0.0.1:$port")
 done
 hetero=()
@@ -106,7 +107,7 @@ for i in 1 2 3; do
   latency=0ms
   [[ $i == 3 ]] && latency=20ms
   start "greeter-server :$port (latency $latency)" "$work/server-$port.log" \
-    env RUST_LOG=info target/release/greeter-server --port "$port" --latency "$latency"
+    env RUST_LOG=info "$BIN_DIR"/greeter-server --port "$port" --latency "$latency"
   hetero+=("127.0.0.1:$port")
 done
 for i in 1 2 3; do
@@ -122,7 +123,7 @@ scale_first=$((base + 1000))
 scale_last=$((scale_first + 999))
 if ulimit -n 8192 2>/dev/null; then
   start "greeter-server :$scale_first-$scale_last" "$work/scale.log" \
-    env RUST_LOG=info target/release/greeter-server --port "$scale_first-$scale_last"
+    env RUST_LOG=info "$BIN_DIR"/greeter-server --port "$scale_first-$scale_last"
   wait_for_log "$work/scale.log" "serving example.MyService" 1000
   scale_args=(--scale "127.0.0.1:$scale_first-$scale_last")
 else
@@ -131,7 +132,7 @@ fi
 
 proxy_port=$((base + 10))
 start "lb-proxy :$proxy_port" "$work/lb-proxy.log" \
-  env RUST_LOG=info target/release/lb-proxy --listen "127.0.0.1:$proxy_port" \
+  env RUST_LOG=info "$BIN_DIR"/lb-proxy --listen "127.0.0.1:$proxy_port" \
   --backends "$server_list" --policy round_robin
 wait_for_log "$work/lb-proxy.log" "lb-proxy listening"
 extra=(--proxy "127.0.0.1:$proxy_port")
@@ -197,7 +198,7 @@ skip_args=()
 for why in "${skipped[@]}"; do skip_args+=(--skipped "$why"); done
 
 echo "== Measuring"
-target/release/lb-bench --servers "$server_list" --hetero "$hetero_list" \
+"$BIN_DIR"/lb-bench --servers "$server_list" --hetero "$hetero_list" \
   "${extra[@]}" "${scale_args[@]}" "${timing[@]}" "${skip_args[@]}" \
   --out docs/BENCHMARKS.md --svg docs/bench.svg --json "$work/bench.json"
 echo "== Done: docs/BENCHMARKS.md and docs/bench.svg updated; figures in $work/bench.json"

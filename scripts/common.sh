@@ -5,9 +5,14 @@
 #   CERT_DIR  the demo certificates (default: $RUN_DIR/certs)
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PROFILE="${PROFILE:-release}"
+# Where cargo puts what it builds: ./target, unless CARGO_TARGET_DIR (or a
+# build.target-dir in a cargo config) says otherwise. cargo metadata knows.
+TARGET_DIR="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
+  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+TARGET_DIR="${TARGET_DIR:-$ROOT/target}"
 case "$PROFILE" in
-  release) BIN_DIR="$ROOT/target/release" ;;
-  debug | dev) BIN_DIR="$ROOT/target/debug" ;;
+  release) BIN_DIR="$TARGET_DIR/release" ;;
+  debug | dev) BIN_DIR="$TARGET_DIR/debug" ;;
   *) echo "PROFILE must be release or debug, not '$PROFILE'" >&2; exit 2 ;;
 esac
 RUN_DIR="${RUN_DIR:-$ROOT/.run}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole tutorial in one command: builds everything, starts 3 greeter-servers (the
+# The whole tutorial in one command: builds the two programs, starts 3 greeter-servers (the
 # third one 20 ms slower), sends the same load with each of the article's policies,
 # prints a table per policy, compares every policy side by side, and always stops its
 # servers, on success, failure or Ctrl-C.
@@ -8,6 +8,7 @@
 #
 # Environment: BASE_PORT (default 50051), REQUESTS (300), CONCURRENCY (8),
 # PROFILE (release; debug skips the optimised build if tests were just run),
+# CARGO_TARGET_DIR (wherever cargo builds; the binaries are looked for there),
 # TLS=1 (the same over mutual TLS, with throwaway certificates made for the run).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -17,7 +18,7 @@ base="${BASE_PORT:-50051}"
 requests="${REQUESTS:-300}"
 concurrency="${CONCURRENCY:-8}"
 
-echo "== Building (cargo build, $PROFILE profile) =="
+echo "== Building greeter-server and greeter-client (cargo build, $PROFILE profile) =="
 if [[ "$PROFILE" == release ]]; then
   cargo build --release -p greeter-server -p greeter-client
 else
@@ -37,6 +38,8 @@ if [[ "${TLS:-0}" == 1 ]]; then
   "$ROOT/scripts/gen-certs.sh" "$CERT_DIR"
   source "$ROOT/scripts/common.sh" # again, for the TLS flags with this CERT_DIR
 fi
+
+echo "(binaries in $BIN_DIR)"
 
 echo
 echo "== Starting 3 servers; the third adds 20 ms to every call =="

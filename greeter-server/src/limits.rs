@@ -15,6 +15,10 @@
 //! | request header size | 16 KiB | the stream is refused (HTTP/2) |
 //! | idle connection check | HTTP/2 ping every 30 s, closed after 10 s unanswered | the connection is closed |
 //! | connection age | none (`--max-connection-age`) | GOAWAY, then the calls in flight finish |
+//!
+//! The limits on connections themselves (how many, the TLS handshake, the HTTP/2
+//! preface, idle connections, non-gRPC content types, streams reset before they were
+//! accepted) are [`lb_core::server`]'s, shared with lb-proxy.
 
 use std::{
     task::{Context, Poll},

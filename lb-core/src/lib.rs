@@ -23,7 +23,8 @@
 //! - [`balancer`]: the [`Balancer`], a `tower::Service` that any tonic-generated client
 //!   runs on. It connects to every endpoint and watches its health, asks the picker for
 //!   each call, counts the call in flight until its response body ends, retries calls
-//!   that never reached a server, ejects endpoints that keep failing, and names the
+//!   that never reached a server, pings connections whose calls get no answer
+//!   ([`balancer::liveness`]), ejects endpoints that keep failing, and names the
 //!   endpoint in errors.
 //! - [`latency`] and [`clock`]: the peak-EWMA latency estimate `peak_ewma` reads.
 //! - [`backoff`]: gRPC's connection backoff, used when reconnecting.
@@ -31,6 +32,9 @@
 //!   changes they produce, which the balancer follows.
 //! - [`metrics`]: Prometheus metrics per endpoint, and a `/metrics` endpoint to serve them.
 //! - [`tls`]: TLS and mutual TLS for the balancer's connections (and servers' settings).
+//! - [`server`]: for servers (greeter-server, lb-proxy, yours): the limits on what
+//!   connects (how many, the handshake, the HTTP/2 preface, idle time, non-gRPC
+//!   requests).
 //!
 //! # Example: a balanced client
 //! Three real servers on loopback, one tonic client on top of the balancer:

@@ -21,10 +21,15 @@
 //! [`Balancer::follow`]); a removed one finishes its calls in flight. Outlier detection
 //! ([`outlier`]) ejects endpoints whose calls keep failing.
 //!
+//! A server that hangs (connected, never answering) is noticed by [`liveness`]
+//! pings while calls wait on it; its connection is then dropped, its calls retried
+//! elsewhere, and it returns once it answers its health check again.
+//!
 //! When no endpoint is usable, a call waits while some endpoint is still CONNECTING (up
 //! to [`BalancerBuilder::queue_timeout`], or its deadline), as gRPC does, and fails at
 //! once with `UNAVAILABLE` when all of them have failed; the message lists every
-//! endpoint with its state and last error.
+//! endpoint with its state and last error. Failing at once still lets the runtime run
+//! (the reconnect timers above all): see `pick_when_ready`.
 
 mod call;
 mod connector;
