@@ -4,8 +4,9 @@
 # (SIGSTOP: connected, never answering) for 10 s, then continued. Clients: greeter-client
 # with round_robin (with and without outlier detection), peak_ewma and least_request,
 # grpcio's round_robin, and grpc-js's round_robin (if node and npm are here). Prints a
-# table: calls failed, calls the stopped server was sent from 2 s after the stop, and
-# how soon after SIGCONT it had calls again; the README's section 6 shows one run.
+# table: calls failed, calls answered per second while one server was stopped (and
+# before), calls the stopped server was sent from 3 s after the stop, and how soon after
+# SIGCONT it answered again; the README's section 6 shows one run.
 #
 #   scripts/resilience.sh        # about 3 minutes; RESILIENCE_PORT (default 50260)
 set -euo pipefail
@@ -83,10 +84,16 @@ if failed is None:  # greeter-client's JSON report spans lines
     text = open(log).read()
     report = json.loads(text[text.index("\n{") + 1:])
     failed = sum(e["count"] for e in report["errors"])
+# Calls answered per second before the stop (t 1-3 s) and while stopped (6-13 s).
+before = (lines[3][0] - lines[1][0]) / 2
+during = (lines[13][0] - lines[6][0]) / 7
+# Where calls went is visible only to greeter-client (the others count answers, and a
+# stopped server answers nothing).
 sent = sum(lines[t][2] for t in range(6, 14) if t in lines)
+sent = str(sent) if name.startswith("greeter-client") else "(not visible)"
 back = next((t - 13 for t in sorted(lines) if t > 13 and lines[t][2] > 0), None)
-back = f"{back} s" if back is not None else "not in the run"
-print(f"| {name} | {failed} | {sent} | {back} |")
+back = f"within {back} s" if back is not None else "not in the run"
+print(f"| {name} | {failed} | {during:.0f} (before: {before:.0f}) | {sent} | {back} |")
 PY
   tail -1 "$results"
 }
@@ -105,6 +112,6 @@ if [[ "$node_ok" == yes ]]; then
 fi
 
 echo
-echo "| client | calls failed | calls sent to the stopped server, 2-10 s after the stop | serving again after SIGCONT |"
-echo "|---|---|---|---|"
+echo "| client | calls failed | calls/s answered while stopped | calls sent to the stopped server, 2-10 s after the stop | serving again after SIGCONT |"
+echo "|---|---|---|---|---|"
 cat "$results"
