@@ -16,7 +16,13 @@ cd "$ROOT"
 base="${RESILIENCE_PORT:-50260}"
 work="$RUN_DIR/resilience"
 mkdir -p "$work"
-trap stop_started EXIT
+# A server still stopped would never act on the SIGTERM of stop_started: continue
+# every process first.
+cont_all() {
+  local pid
+  for pid in "${STARTED_PIDS[@]}"; do kill -CONT "$pid" 2>/dev/null || true; done
+}
+trap 'cont_all; stop_started' EXIT
 trap 'exit 130' INT TERM
 
 echo "== Building"

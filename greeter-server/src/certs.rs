@@ -55,6 +55,16 @@ impl std::fmt::Debug for DemoPki {
 impl DemoPki {
     /// A new CA, and a server and a client certificate signed by it.
     pub fn generate() -> Result<Self, rcgen::Error> {
+        Self::make(false)
+    }
+
+    /// The same, but the client certificate expired long ago (to see a server refuse
+    /// it: "certificate expired").
+    pub fn generate_with_expired_client() -> Result<Self, rcgen::Error> {
+        Self::make(true)
+    }
+
+    fn make(expired_client: bool) -> Result<Self, rcgen::Error> {
         let ca_key = KeyPair::generate()?;
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
         ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -70,9 +80,16 @@ impl DemoPki {
         let ca_cert = ca.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca, ca_key);
 
-        let leaf = |names: Vec<String>, common_name: &str, usage: ExtendedKeyUsagePurpose| {
+        let leaf = |names: Vec<String>,
+                    common_name: &str,
+                    usage: ExtendedKeyUsagePurpose,
+                    expired: bool| {
             let key = KeyPair::generate()?;
             let mut params = CertificateParams::new(names)?;
+            if expired {
+                params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+            }
             params
                 .distinguished_name
                 .push(DnType::CommonName, common_name);
@@ -85,11 +102,13 @@ impl DemoPki {
             SERVER_NAMES.iter().map(|name| name.to_string()).collect(),
             "localhost",
             ExtendedKeyUsagePurpose::ServerAuth,
+            false,
         )?;
         let (client_cert_pem, client_key_pem) = leaf(
             vec!["grpc-lb-rs-client".into()],
             "grpc-lb-rs-client",
             ExtendedKeyUsagePurpose::ClientAuth,
+            expired_client,
         )?;
         Ok(Self {
             ca_pem: ca_cert.pem(),

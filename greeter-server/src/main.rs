@@ -97,7 +97,7 @@ struct Args {
 
     /// How long a new connection may take to send the HTTP/2 preface (after its TLS
     /// handshake) before it is closed: a peer that connects and says nothing, or
-    /// one byte a second, holds nothing for long.
+    /// one byte a second, holds nothing for long (0s: no limit).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     preface_timeout: Duration,
 

@@ -385,8 +385,9 @@ impl Dns {
 }
 
 /// The largest endpoints file read, in bytes: 1 MiB holds some 40,000 endpoints. A
-/// larger file (or `/dev/zero`, or a FIFO that never ends) is refused after reading
-/// this much, not read into memory until it runs out.
+/// larger file (or `/dev/zero`, or a pipe that keeps writing) is refused after reading
+/// this much, not read into memory until it runs out. (A pipe that sends nothing is
+/// waited for: point `file://` at regular files.)
 pub const MAX_ENDPOINTS_FILE_BYTES: u64 = 1024 * 1024;
 
 /// Reads an endpoints file: `{"endpoints": [...]}` or a bare JSON list of `host:port`

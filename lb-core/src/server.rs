@@ -10,8 +10,8 @@
 //! |---|---|---|
 //! | connections open at once | 4,096 ([`MAX_CONNECTIONS`]) | the connection is accepted and closed at once; logged and counted |
 //! | TLS handshake | 10 s ([`crate::tls::HANDSHAKE_TIMEOUT`]) | closed; logged with the peer and the reason |
-//! | from accept to the HTTP/2 preface | 10 s ([`PREFACE_TIMEOUT`]) | closed: a slowloris peer holds nothing for long |
-//! | no call on a connection | 5 min ([`IDLE_TIMEOUT`]) | closed (a client reconnects when it next needs to) |
+//! | from accept to the HTTP/2 preface | 10 s ([`PREFACE_TIMEOUT`]) | closed: a slowloris peer holds nothing for long (past the preface, a connection is bounded by the idle timeout, and each call by the server's request timeout) |
+//! | no call on a connection | 5 min ([`IDLE_TIMEOUT`]) | closed once nothing is left to read (a client reconnects when it next needs to); without a GOAWAY, as tonic does not hand a server its connections, so a call sent at that very moment is cut (and retried by a balancer that retries cut calls) |
 //! | content-type not `application/grpc…` | — | HTTP 415, as the gRPC spec says |
 //! | streams reset before the server took them | 4,096 per connection ([`MAX_PENDING_ACCEPT_RESETS`]) | GOAWAY `ENHANCE_YOUR_CALM` |
 //!
@@ -41,7 +41,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -90,7 +90,8 @@ const PREFACE_LEN: usize = 24;
 pub struct ConnectionLimits {
     /// Connections open at once; more are closed as soon as accepted.
     pub max_connections: usize,
-    /// From accept (or the end of the TLS handshake) to the HTTP/2 preface.
+    /// From accept (or the end of the TLS handshake) to the HTTP/2 preface (zero:
+    /// no limit).
     pub preface_timeout: Duration,
     /// A connection with no call for this long is closed (`None`: never).
     pub idle_timeout: Option<Duration>,
@@ -124,6 +125,8 @@ pub struct ConnectionStats {
     pub preface_timeouts: AtomicU64,
     /// Connections closed after carrying no call for the idle timeout.
     pub idle_closed: AtomicU64,
+    /// Says so in the log, at most once a second.
+    close_log: RateLimited,
 }
 
 /// The connections a listener accepts, with the [`ConnectionLimits`] applied, as
@@ -264,7 +267,7 @@ impl Drop for Slot {
 
 /// Logs at most once a second, saying how many messages it held back meanwhile: a
 /// flood of bad connections must not become a flood of log lines.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct RateLimited {
     last: Mutex<Option<Instant>>,
     held_back: AtomicU64,
@@ -318,11 +321,12 @@ struct CallGuard(Arc<Calls>);
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0
-                .idle_since_ms
-                .store(self.0.now_ms(), Ordering::Release);
-        }
+        // When idleness starts is written before the count can reach 0, so that the
+        // idle timer never sees "no call" with an old start.
+        self.0
+            .idle_since_ms
+            .store(self.0.now_ms(), Ordering::Release);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -354,7 +358,9 @@ impl Conn {
                 }),
             },
             preface_left: PREFACE_LEN,
-            preface: Some(Box::pin(tokio::time::sleep(limits.preface_timeout))),
+            // Zero: no preface timeout.
+            preface: (!limits.preface_timeout.is_zero())
+                .then(|| Box::pin(tokio::time::sleep(limits.preface_timeout))),
             preface_timeout: limits.preface_timeout,
             idle_timeout: limits.idle_timeout,
             idle: limits
@@ -366,8 +372,12 @@ impl Conn {
 
     /// An error that makes the HTTP/2 server close the connection, once counted.
     fn close(&mut self, why: &str, counter: fn(&ConnectionStats) -> &AtomicU64) -> io::Error {
-        counter(&self._slot.stats).fetch_add(1, Ordering::Relaxed);
-        info!(peer = %self.info.remote_addr, "closing connection: {why}");
+        let stats = &self._slot.stats;
+        counter(stats).fetch_add(1, Ordering::Relaxed);
+        let peer = self.info.remote_addr;
+        stats
+            .close_log
+            .warn(|more| info!(%peer, more, "closing connection: {why}"));
         io::Error::new(io::ErrorKind::TimedOut, why.to_string())
     }
 
@@ -402,6 +412,24 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        // Read first: what is already in the socket counts as in time. The timers
+        // are looked at only when there is nothing to read (which also registers
+        // their wakers).
+        let before = buf.filled().len();
+        let read = match &mut this.io {
+            Io::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        };
+        if let Poll::Ready(result) = read {
+            if this.preface.is_some() {
+                let read = buf.filled().len() - before;
+                this.preface_left = this.preface_left.saturating_sub(read);
+                if this.preface_left == 0 {
+                    this.preface = None;
+                }
+            }
+            return Poll::Ready(result);
+        }
         if let Some(preface) = this.preface.as_mut()
             && preface.as_mut().poll(cx).is_ready()
         {
@@ -415,19 +443,7 @@ impl AsyncRead for Conn {
             let why = "no call for the idle timeout";
             return Poll::Ready(Err(this.close(why, |s| &s.idle_closed)));
         }
-        let before = buf.filled().len();
-        match &mut this.io {
-            Io::Plain(tcp) => ready!(Pin::new(tcp).poll_read(cx, buf))?,
-            Io::Tls(tls) => ready!(Pin::new(tls.as_mut()).poll_read(cx, buf))?,
-        }
-        if this.preface.is_some() {
-            let read = buf.filled().len() - before;
-            this.preface_left = this.preface_left.saturating_sub(read);
-            if this.preface_left == 0 {
-                this.preface = None;
-            }
-        }
-        Poll::Ready(Ok(()))
+        Poll::Pending
     }
 }
 
@@ -527,7 +543,8 @@ where
         let grpc = request
             .headers()
             .get(http::header::CONTENT_TYPE)
-            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+            .and_then(|value| value.as_bytes().get(..16))
+            .is_some_and(|start| start.eq_ignore_ascii_case(b"application/grpc"));
         if !grpc {
             let given = request
                 .headers()

@@ -17,8 +17,11 @@ struct Pki {
 
 impl Pki {
     fn new(name: &str) -> Self {
+        Self::from(name, DemoPki::generate().expect("certificates"))
+    }
+
+    fn from(name: &str, pki: DemoPki) -> Self {
         let dir = std::env::temp_dir().join(format!("lb-tls-{name}-{}", std::process::id()));
-        let pki = DemoPki::generate().expect("certificates");
         pki.write_to(&dir).expect("written");
         Self { dir, pki }
     }
@@ -181,6 +184,21 @@ async fn mutual_tls_refuses_a_client_without_a_certificate_and_balances_with_one
     // None of that hurt the servers: the good client still gets every call answered.
     let counts = spread(&with, 3).await;
     assert_eq!(counts.values().sum::<usize>(), 3);
+    servers.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_client_certificate_is_refused_as_expired() {
+    let expired = DemoPki::generate_with_expired_client().expect("certificates");
+    let pki = Pki::from("expired", expired);
+    let (servers, endpoints) = tls_fleet(&pki, 1, true).await;
+    let client = balancer(&endpoints, Some(pki.client(true)), 14);
+    client.wait_settled(Duration::from_secs(10)).await;
+    let status = say_hello(&client).await.expect_err("refused");
+    assert!(
+        status.message().contains("certificate expired"),
+        "{status:?}"
+    );
     servers.shutdown().await.expect("clean shutdown");
 }
 

@@ -45,8 +45,8 @@ pub(crate) enum FailureKind {
     /// The request never reached a server (no connection, refused stream, never
     /// sent): sending it elsewhere cannot do anything twice.
     Unsent,
-    /// The connection broke while the call was out (reset, GOAWAY error, closed): a
-    /// server may have run it. Retried only if the policy says so.
+    /// The connection broke while the call was out (reset, closed, declared dead by
+    /// a liveness ping): a server may have run it. Retried only if the policy says so.
     Cut,
     /// The call's own deadline passed: no time is left for another attempt.
     Deadline,
@@ -65,6 +65,7 @@ impl Route {
         let endpoint = self.state.endpoint();
         match result {
             Ok(response) => {
+                self.sub.answers.fetch_add(1, Ordering::Relaxed);
                 let (mut parts, body) = response.into_parts();
                 parts.extensions.insert(PickedEndpoint(endpoint.clone()));
                 // A "trailers-only" answer carries its status in the headers: the call
@@ -103,7 +104,7 @@ impl Route {
                         FailureKind::Cut
                     };
                     if asked_to_calm_down(&err) {
-                        self.sub.calm_down();
+                        self.sub.calm_down(self.generation);
                     }
                     if has_cause::<tonic::ConnectError>(&err) {
                         // A connection that could not be made takes the endpoint out of
@@ -136,73 +137,40 @@ impl Route {
 }
 
 /// Whether a transport error proves that no server saw the request: the connection
-/// could not be made, the server refused the stream or announced with a graceful
-/// GOAWAY that it would not process it, or the request was cancelled before it was
-/// sent.
+/// could not be made, the server refused the stream or announced with a GOAWAY that
+/// it would not process it, or the request was cancelled before it was sent.
 fn never_reached_a_server(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if e.is::<tonic::ConnectError>() {
-            return true;
-        }
-        if let Some(e) = e.downcast_ref::<hyper::Error>()
-            && e.is_canceled()
-        {
-            return true;
-        }
-        if let Some(e) = e.downcast_ref::<h2::Error>() {
+    has_cause::<tonic::ConnectError>(err)
+        || any_cause(err, hyper::Error::is_canceled)
+        || any_cause(err, |e: &h2::Error| {
             // Refused outright, or beyond the last stream a GOAWAY said the server
             // would process: h2 fails only those streams with the GOAWAY itself,
             // whatever its reason (graceful, as nginx after every 1,000 calls on a
             // connection, or not, as a server that thinks it is abused); the streams
             // it did take end with the connection, as calls cut off.
-            let refused = e.reason() == Some(h2::Reason::REFUSED_STREAM);
-            let after_goaway = e.is_go_away() && e.is_remote();
-            if refused || after_goaway {
-                return true;
-            }
-        }
-        current = e.source();
-    }
-    false
+            e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
+        })
 }
 
 /// Whether a transport error says the connection itself is gone, not only this call:
 /// closed or reset under it (h2 fails every open stream with an I/O error then), or
 /// not answering a liveness ping (hyper's keep-alive timeout).
 fn connection_lost(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(e) = e.downcast_ref::<hyper::Error>()
-            && e.is_timeout()
-        {
-            return true;
-        }
-        if let Some(e) = e.downcast_ref::<h2::Error>()
-            && e.is_io()
-        {
-            return true;
-        }
-        current = e.source();
-    }
-    false
+    any_cause(err, hyper::Error::is_timeout) || any_cause(err, h2::Error::is_io)
 }
 
-/// Whether the server closed the connection with `ENHANCE_YOUR_CALM`: gRPC servers
-/// send it to a client that pings too often.
+/// Whether the server closed the connection with `ENHANCE_YOUR_CALM` and the debug
+/// data `too_many_pings`, as gRPC servers do to a client that pings too often. (Only
+/// the calls above the GOAWAY's last stream get that error; the others end with the
+/// connection. Other `ENHANCE_YOUR_CALM`s, such as h2's `too_many_resets`, are not
+/// about pings.)
 fn asked_to_calm_down(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(e) = e.downcast_ref::<h2::Error>()
-            && e.is_go_away()
+    any_cause(err, |e: &h2::Error| {
+        e.is_go_away()
             && e.is_remote()
             && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
-        {
-            return true;
-        }
-        current = e.source();
-    }
-    false
+            && e.to_string().contains("too_many_pings")
+    })
 }
 
 /// The `grpc-status` in response headers (a trailers-only response), if any.
@@ -291,16 +259,24 @@ impl fmt::Debug for ResponseBody {
 pub(crate) fn has_cause<E: std::error::Error + 'static>(
     err: &(dyn std::error::Error + 'static),
 ) -> bool {
+    any_cause(err, |_: &E| true)
+}
+
+/// Whether `err` or one of its causes is an `E` for which `test` holds.
+fn any_cause<E: std::error::Error + 'static>(
+    err: &(dyn std::error::Error + 'static),
+    test: impl Fn(&E) -> bool + Copy,
+) -> bool {
     let mut current = Some(err);
     while let Some(e) = current {
-        if e.is::<E>() {
+        if e.downcast_ref::<E>().is_some_and(test) {
             return true;
         }
         // An io::Error's `source()` skips the error it wraps: look at that one too.
         if let Some(inner) = e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
-            && (inner.is::<E>() || has_cause::<E>(inner))
+            && any_cause(inner, test)
         {
             return true;
         }

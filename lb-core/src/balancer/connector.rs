@@ -14,7 +14,9 @@
 //! preface (which hyper would send first anyway; hyper's own copy is then skipped) and
 //! reads until the server's first bytes (its SETTINGS) arrive, or its alert does. A
 //! refusal thus fails the connection attempt itself, with rustls's error for it
-//! ("certificate required", "unknown CA", ...).
+//! ("certificate required", "unknown CA", ...). (This counts on the server to send
+//! its SETTINGS once it has read the client's 24-byte preface, without waiting for
+//! the client's own SETTINGS: hyper, grpc-go, gRPC C-core and nginx all do.)
 //!
 //! Underneath, the TCP stream holds back a write error of the "peer is gone" kind
 //! (pretending the write succeeded: the connection is lost anyway) until the read side
@@ -93,6 +95,15 @@ impl tower::Service<http::Uri> for Connector {
                 let mut tls = tokio_rustls::TlsConnector::from(config.clone())
                     .connect(name.clone(), tcp)
                     .await?;
+                // gRPC needs HTTP/2: a server that did not agree to it in ALPN would
+                // answer the preface with HTTP/1 (tonic checks this too).
+                if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the server did not agree to HTTP/2 in the TLS handshake (ALPN h2): \
+                         is it a gRPC server?",
+                    ));
+                }
                 tls.write_all(PREFACE).await?;
                 tls.flush().await?;
                 let mut first = vec![0; 4096];

@@ -29,10 +29,22 @@
 //! within a 2 s deadline; no new call is sent to the stopped server until it answers its
 //! health check again.
 //!
-//! Strict servers (grpc-go, C-core and Java by default) count pings that come without
-//! data in between as abuse and close the connection with `GOAWAY ENHANCE_YOUR_CALM`
-//! ("too_many_pings") after a few. As gRFC A8 asks, the balancer then doubles that
-//! endpoint's interval for its next connections.
+//! # Against grpc-go, Java and C-core servers
+//! Those servers allow, by default, one ping per 5 minutes while they have sent
+//! nothing, and close the connection with `GOAWAY ENHANCE_YOUR_CALM` ("too_many_pings")
+//! after the third one too many. Pings come only when nothing has been read for the
+//! interval, so a busy connection never gets there; but a call that keeps such a server
+//! silent for about 4 intervals (2 s with the defaults: a slow unary call, a quiet
+//! server stream) does, and the calls on that connection are cut (and retried, if
+//! cut calls are). For such servers and such calls, allow the pings on the server
+//! (grpc-go: `keepalive.EnforcementPolicy{MinTime}`; C-core:
+//! `grpc.http2.min_ping_interval_without_data_ms`, `grpc.http2.max_ping_strikes`), or
+//! raise the interval (`--liveness-interval 10s`, which also makes a hang take longer
+//! to notice), or turn liveness off. When a call does see the complaint, the balancer
+//! doubles that endpoint's interval for its next connections, once per connection, as
+//! gRFC A8 asks; but only the calls opened after the GOAWAY see it, so this is a
+//! safety net, not a cure. The greeter-server and lb-proxy of this project accept any
+//! ping rate.
 
 use std::time::Duration;
 

@@ -581,8 +581,13 @@ impl Shared {
                 }
             };
             // Each attempt carries what is left of the call's deadline, not all of it.
+            let mut fair_share = true;
             if let Some(deadline) = deadline {
                 let left = deadline.saturating_duration_since(Instant::now());
+                // An attempt sent with less than half of the call's time (after a wait
+                // for a reconnect, or a retry late in the call) running out is no
+                // verdict on its endpoint.
+                fair_share = timeout.is_none_or(|total| left * 2 >= total);
                 if left.is_zero() {
                     return Err(Status::deadline_exceeded(format!(
                         "deadline passed after {} attempt(s)",
@@ -612,7 +617,9 @@ impl Shared {
                         // An endpoint that lets calls run out of time is failing them,
                         // as Envoy and linkerd count it (and its latency estimate has
                         // just taken the whole wait, for the load-aware policies).
-                        self.core.record_outcome(&sub, false);
+                        if fair_share {
+                            self.core.record_outcome(&sub, false);
+                        }
                         return Err(Status::deadline_exceeded(format!(
                             "endpoint {endpoint}: deadline exceeded"
                         )));

@@ -1,4 +1,4 @@
-//! One connection per endpoint, and the shared state every call reads.
+//! The connections of each endpoint, and the shared state every call reads.
 //!
 //! Each endpoint is a `Subchannel` with a task that keeps it connected:
 //!
@@ -7,7 +7,8 @@
 //!        ▼                                    │ connect failed
 //!  CONNECTING ──connected──▶ (health Watch) ──┼──▶ READY ◀──▶ TRANSIENT_FAILURE
 //!        ▲                   first answer     │    SERVING      NOT_SERVING
-//!        └──── connection lost / call failed to connect / health stream ended
+//!        └── IDLE ◀── connection lost / health stream ended (a call that could not
+//!                     connect: TRANSIENT_FAILURE and backoff)
 //! ```
 //!
 //! With health checking on, a connected endpoint stays CONNECTING until the server's
@@ -20,7 +21,9 @@
 //! With health checking on, an endpoint has two HTTP/2 connections: one for calls,
 //! which is pinged while calls wait on it (see [`super::liveness`]), and one for the
 //! Watch stream, which would otherwise count as a call in flight forever. They are
-//! made, and lost, together: policies see one endpoint.
+//! made together, and the loss of either, once a call or the health stream sees it,
+//! ends both: policies see one endpoint. (A call connection that the server closes
+//! while no call is on it is reconnected by tonic itself, at the next call.)
 //!
 //! Every change rebuilds the `Snapshot` (READY, not ejected endpoints and their
 //! picker) and wakes calls waiting for one.
@@ -115,6 +118,12 @@ pub(crate) struct Subchannel {
     /// The liveness ping interval for the next call connection, in nanoseconds:
     /// doubled each time the server complains of too many pings (gRFC A8).
     liveness_interval: AtomicU64,
+    /// The last connection generation the interval was doubled for: once per
+    /// connection, however many of its calls saw the complaint.
+    calmed: AtomicU64,
+    /// Answers received (calls and health), to tell a connection that served from one
+    /// that only hung: see `ConnectionTask::run`.
+    pub answers: AtomicU64,
     /// The connection while connected, with its generation (connections made so far),
     /// so that a failure seen on an old connection cannot tear down a newer one.
     connection: Mutex<Option<(Channel, u64)>>,
@@ -235,6 +244,8 @@ impl Core {
             target,
             connector,
             liveness_interval: AtomicU64::new(nanos(interval)),
+            calmed: AtomicU64::new(0),
+            answers: AtomicU64::new(0),
             connection: Mutex::new(None),
             last_error: Mutex::new(None),
             broken: watch::Sender::new(0),
@@ -539,18 +550,25 @@ impl Subchannel {
         self.ejected_at.load(Ordering::Relaxed) != 0
     }
 
-    /// The server closed a connection with `ENHANCE_YOUR_CALM`, as gRPC servers do
-    /// when pinged more often than they allow: ping it half as often from now on
-    /// (gRFC A8), up to [`MAX_INTERVAL`].
-    pub fn calm_down(&self) {
-        let _ = self
-            .liveness_interval
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n > 0).then(|| n.saturating_mul(2).min(nanos(MAX_INTERVAL)))
-            });
-        warn!(endpoint = %self.state.endpoint(),
-            interval = ?Duration::from_nanos(self.liveness_interval.load(Ordering::Relaxed)),
-            "the server asked for fewer pings (ENHANCE_YOUR_CALM): liveness interval doubled");
+    /// The server closed connection `generation` with `ENHANCE_YOUR_CALM`
+    /// "too_many_pings", as gRPC servers do when pinged more often than they allow:
+    /// ping it half as often from its next connection on (gRFC A8), up to
+    /// [`MAX_INTERVAL`]; once per connection.
+    pub fn calm_down(&self, generation: u64) {
+        if self.calmed.swap(generation, Ordering::Relaxed) == generation {
+            return;
+        }
+        let doubled =
+            self.liveness_interval
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n > 0 && n < nanos(MAX_INTERVAL))
+                        .then(|| n.saturating_mul(2).min(nanos(MAX_INTERVAL)))
+                });
+        if let Ok(before) = doubled {
+            warn!(endpoint = %self.state.endpoint(),
+                interval = ?Duration::from_nanos(before.saturating_mul(2).min(nanos(MAX_INTERVAL))),
+                "the server asked for fewer pings (too_many_pings): liveness interval doubled");
+        }
     }
 
     /// The target for the connection that carries calls: pinged while calls are in
@@ -670,7 +688,9 @@ impl ConnectionTask {
                     generation += 1;
                     *lock(&self.sub.connection) = Some((channel, generation));
                     let connected_at = tokio::time::Instant::now();
+                    let answers_before = self.sub.answers.load(Ordering::Relaxed);
                     let ended = self.serve(health, generation).await;
+                    let answered = self.sub.answers.load(Ordering::Relaxed) > answers_before;
                     *lock(&self.sub.connection) = None;
                     self.sub.health.store(0, Ordering::Relaxed);
                     if let Ended::Lost(_) = ended {
@@ -679,10 +699,12 @@ impl ConnectionTask {
                     match ended {
                         Ended::Stop => return,
                         Ended::Lost(reason) => {
-                            // A connection that lasted is a fresh start: reconnect at
-                            // once, as gRPC does. One lost at once counts as a failed
-                            // attempt, so that a flapping server is backed off from.
-                            if connected_at.elapsed() >= backoff.initial {
+                            // A connection that lasted and served is a fresh start:
+                            // reconnect at once, as gRPC does. One lost at once, or
+                            // one that never answered (a hung server accepts
+                            // connections all the same), counts as a failed attempt,
+                            // so that a flapping or hung server is backed off from.
+                            if answered && connected_at.elapsed() >= backoff.initial {
                                 failures = 0;
                                 // IDLE, not TRANSIENT_FAILURE: calls wait for the new
                                 // attempt instead of failing fast. The resolver is
@@ -778,6 +800,7 @@ impl ConnectionTask {
             Ok(response) => response.into_inner(),
             Err(status) if status.code() == tonic::Code::Unimplemented => {
                 // gRFC A17: a server without the health service is taken as healthy.
+                self.sub.answers.fetch_add(1, Ordering::Relaxed);
                 info!(endpoint = %self.sub.state.endpoint(), "no health service: treated as SERVING");
                 self.ready_on_new_connection();
                 return tokio::select! {
@@ -808,6 +831,7 @@ impl ConnectionTask {
                 message = stream.message() => match message {
                     Ok(Some(answer)) => match answer.status() {
                         ServingStatus::Serving => {
+                            self.sub.answers.fetch_add(1, Ordering::Relaxed);
                             self.sub.health.store(1, Ordering::Relaxed);
                             if std::mem::take(&mut first_serving) {
                                 self.ready_on_new_connection();
@@ -816,6 +840,7 @@ impl ConnectionTask {
                             }
                         }
                         other => {
+                            self.sub.answers.fetch_add(1, Ordering::Relaxed);
                             self.sub.health.store(2, Ordering::Relaxed);
                             self.set(
                                 Connectivity::TransientFailure,
