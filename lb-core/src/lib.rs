@@ -36,6 +36,12 @@
 //!   connects (how many, the handshake, the HTTP/2 preface, idle time, non-gRPC
 //!   requests).
 //!
+//! # Features
+//! - `etcd` (off by default): etcd discovery and registration
+//!   ([`resolver::etcd`]). etcd-client's build script needs a `protoc`, so without it
+//!   this crate builds with nothing but Rust; an `etcd://` target then still parses,
+//!   and resolving it says to enable the feature.
+//!
 //! # Example: a balanced client
 //! Three real servers on loopback, one tonic client on top of the balancer:
 //!
