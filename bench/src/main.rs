@@ -18,6 +18,7 @@ use lb_bench::{
     report::{Report, Row, Scale, splice, today},
     resident_bytes,
 };
+use lb_core::policy::RoundRobinConfig;
 use lb_core::{Balancer, Endpoint, Policy};
 
 #[derive(Parser, Debug)]
@@ -263,7 +264,7 @@ async fn scale_run(spec: &str, settings: &Settings) -> anyhow::Result<Scale> {
     eprintln!("== {n} endpoints in one balancer");
     let before = resident_bytes().unwrap_or(0);
     let balancer = Balancer::builder(endpoints)
-        .policy(Policy::RoundRobin)
+        .policy(Policy::new(RoundRobinConfig {}))
         .seed(2)
         .build()?;
     let statuses = balancer.wait_settled(Duration::from_secs(60)).await;

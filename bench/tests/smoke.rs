@@ -8,6 +8,7 @@ use lb_bench::{
     Client, Settings, chart, measure,
     report::{Report, Row, splice},
 };
+use lb_core::policy::RoundRobinConfig;
 use lb_core::{Balancer, Endpoint, Policy};
 
 fn quick() -> Settings {
@@ -43,7 +44,7 @@ async fn every_subject_is_measured_and_the_report_and_chart_are_written() {
         ("direct", Client::direct(addrs[0]).await.expect("connects")),
         (
             "balancer/round_robin",
-            Client::balancer(Policy::RoundRobin, &addrs)
+            Client::balancer(Policy::new(RoundRobinConfig {}), &addrs)
                 .await
                 .expect("builds"),
         ),

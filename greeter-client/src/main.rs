@@ -20,6 +20,7 @@ use greeter_client::{
     report::comparison_table,
     simulate::{BackendSpec, Event, Scenario, simulate},
 };
+use lb_core::policy::RoundRobinConfig;
 use lb_core::{
     Endpoint, OutlierDetection, Policy, RetryPolicy,
     balancer::SuccessRate,
@@ -439,7 +440,9 @@ async fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     };
     let tls = args.servers.tls()?;
     let (servers, updates) = args.servers.resolve().await?;
-    let mut spec = args.workload.spec(servers, Policy::RoundRobin);
+    let mut spec = args
+        .workload
+        .spec(servers, Policy::new(RoundRobinConfig {}));
     spec.updates = updates;
     spec.token = args.workload.token()?;
     spec.tls = tls;

@@ -23,10 +23,10 @@
 //!
 //! ```
 //! use greeter_client::simulate::{Scenario, simulate};
-//! use lb_core::Policy;
+//! use lb_core::{Policy, policy::RoundRobinConfig};
 //!
 //! let scenario: Scenario = Scenario::with_backends(&["2ms", "2ms", "20ms"]).unwrap();
-//! let report = simulate(&scenario, &Policy::RoundRobin).report;
+//! let report = simulate(&scenario, &Policy::new(RoundRobinConfig {})).report;
 //! assert_eq!(report.backends.len(), 3);
 //! ```
 
@@ -625,6 +625,7 @@ impl<'s> Simulation<'s> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lb_core::policy::RoundRobinConfig;
 
     #[test]
     fn backends_and_events_parse_and_say_what_is_wrong() {
@@ -683,7 +684,7 @@ mod tests {
             "2s remove 1".parse().unwrap(),
             "2s add 2ms".parse().unwrap(),
         ];
-        let report = simulate(&scenario, &Policy::RoundRobin).report;
+        let report = simulate(&scenario, &Policy::new(RoundRobinConfig {})).report;
         let calls: Vec<u64> = report.backends.iter().map(|b| b.calls).collect();
         // Backend 1 served only the first half; 2 and 3 split the second half.
         assert!(calls[0] > 0 && calls[2] > 0, "{calls:?}");

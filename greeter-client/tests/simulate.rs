@@ -4,6 +4,7 @@ use std::process::Command;
 
 use greeter_client::simulate::{Scenario, simulate};
 use lb_core::Policy;
+use lb_core::policy::RoundRobinConfig;
 
 /// 3 backends (2 ms, 2 ms, 20 ms, capacity 8 each) at 60 % utilisation, 10 simulated
 /// seconds: round robin sends the slow backend a third of the calls, four times what it
@@ -12,7 +13,7 @@ use lb_core::Policy;
 fn load_aware_policies_halve_round_robins_p99() {
     let scenario = Scenario::with_backends(&["2ms", "2ms", "20ms"]).expect("valid");
     let p99 = |policy: Policy| simulate(&scenario, &policy).report.latency_ms.p99;
-    let round_robin = p99(Policy::RoundRobin);
+    let round_robin = p99(Policy::new(RoundRobinConfig {}));
     let least_request = p99("least_request".parse().expect("known"));
     let peak_ewma = p99("peak_ewma".parse().expect("known"));
     println!(

@@ -1,7 +1,5 @@
 //! The library's typed errors. Each names the thing that failed.
 
-use crate::policy::Policy;
-
 /// Errors from parsing configuration and building a [`Balancer`](crate::Balancer).
 ///
 /// Errors of individual calls are [`tonic::Status`] values instead (see the
@@ -29,11 +27,19 @@ pub enum Error {
     /// A balancer needs at least one endpoint.
     #[error("no endpoints given (expected a list such as 127.0.0.1:50051,127.0.0.1:50052)")]
     NoEndpoints,
-    /// A policy name that no picker answers to.
-    #[error("unknown policy `{name}`; valid policies: {}", Policy::names().join(", "))]
+    /// A policy name that no registered policy answers to.
+    #[error("unknown policy `{name}`; valid policies: {valid}")]
     UnknownPolicy {
         /// The name as the user wrote it.
         name: String,
+        /// The registered names, comma-separated.
+        valid: String,
+    },
+    /// A policy registered under a name another policy already has.
+    #[error("policy `{name}` is already registered (by another type); choose another name")]
+    PolicyNameTaken {
+        /// The name.
+        name: &'static str,
     },
     /// Service-config JSON that could not be used.
     #[error("invalid service config: {reason}")]

@@ -33,7 +33,7 @@ pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 /// calls finishing at the same instant may interleave, which at worst loses one sample.
 /// That is the price of taking no lock on every call, and it does not bias the estimate.
 #[derive(Debug)]
-pub struct PeakEwma {
+pub struct LatencyEstimate {
     /// The estimate in nanoseconds, as `f64` bits.
     estimate: AtomicU64,
     /// When the estimate was last updated (clock nanoseconds); 0 = never.
@@ -41,7 +41,7 @@ pub struct PeakEwma {
     decay_ns: f64,
 }
 
-impl PeakEwma {
+impl LatencyEstimate {
     /// An estimate with no samples, decaying with time constant `decay`.
     pub fn new(decay: Duration) -> Self {
         Self {
@@ -94,7 +94,7 @@ mod tests {
 
     #[test]
     fn jumps_to_a_peak_and_decays_slowly_after() {
-        let ewma = PeakEwma::new(Duration::from_secs(10));
+        let ewma = LatencyEstimate::new(Duration::from_secs(10));
         assert_eq!(ewma.estimate(S), None);
         ewma.record(2 * MS, S);
         assert_eq!(ewma.estimate(S), Some((2 * MS) as f64));
@@ -112,7 +112,7 @@ mod tests {
 
     #[test]
     fn an_idle_estimate_decays_towards_zero() {
-        let ewma = PeakEwma::new(Duration::from_secs(1));
+        let ewma = LatencyEstimate::new(Duration::from_secs(1));
         ewma.record(100 * MS, S);
         let later = ewma.estimate(S + 3 * S).unwrap();
         // e^(-3) ≈ 0.0498

@@ -56,7 +56,7 @@
 //! // "127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053", or wherever yours listen.
 //! let endpoints = lb_core::parse_endpoint_list(&servers_list)?;
 //! let balancer = Balancer::builder(endpoints)
-//!     .policy(Policy::RoundRobin)
+//!     .policy(Policy::default())
 //!     .seed(7)
 //!     .build()?;
 //! balancer.wait_settled(std::time::Duration::from_secs(5)).await;

@@ -16,7 +16,7 @@ use std::{
 use crate::metrics::DurationHistogram;
 use crate::{
     Endpoint, clock,
-    latency::{DEFAULT_DECAY, PeakEwma},
+    latency::{DEFAULT_DECAY, LatencyEstimate},
 };
 
 /// gRPC's connectivity states of a subchannel (one connection to one endpoint).
@@ -75,7 +75,7 @@ struct Inner {
     endpoint: Endpoint,
     in_flight: AtomicUsize,
     connectivity: AtomicU8,
-    latency: PeakEwma,
+    latency: LatencyEstimate,
     /// Every call's duration, for metrics.
     durations: DurationHistogram,
 }
@@ -94,7 +94,7 @@ impl EndpointState {
                 endpoint,
                 in_flight: AtomicUsize::new(0),
                 connectivity: AtomicU8::new(Connectivity::Idle as u8),
-                latency: PeakEwma::new(decay),
+                latency: LatencyEstimate::new(decay),
                 durations: DurationHistogram::default(),
             }),
         }

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use greeter_proto::{HelloRequest, MyServiceClient};
+use lb_core::policy::RoundRobinConfig;
 use lb_core::{Balancer, Endpoint, Policy};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
@@ -53,7 +54,7 @@ async fn the_balancer_adds_few_allocations_to_a_call() {
 
     let endpoint: Endpoint = addr.to_string().parse().expect("valid");
     let balancer = Balancer::builder([endpoint])
-        .policy(Policy::RoundRobin)
+        .policy(Policy::new(RoundRobinConfig {}))
         .seed(1)
         .build()
         .expect("builds");

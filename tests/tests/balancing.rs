@@ -5,6 +5,7 @@ use std::time::Duration;
 use greeter_client::{LoadSpec, Report};
 use greeter_proto::{HelloRequest, MyServiceClient};
 use greeter_server::{Config, Servers};
+use lb_core::policy::{LeastConnectionsConfig, PickFirstConfig, RoundRobinConfig};
 use lb_core::{Balancer, Endpoint, Policy};
 use tonic::Code;
 
@@ -58,7 +59,7 @@ async fn load(endpoints: &[Endpoint], policy: Policy, requests: u64, concurrency
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_lands_100_100_100_by_the_servers_own_word() {
     let (servers, _, endpoints) = fleet(3, None).await;
-    let report = load(&endpoints, Policy::RoundRobin, 300, 8).await;
+    let report = load(&endpoints, Policy::new(RoundRobinConfig {}), 300, 8).await;
 
     assert_eq!(report.failed, 0, "{}", report.to_table());
     assert!(report.replies_ok, "every reply is `Hello, world!`");
@@ -79,8 +80,8 @@ async fn least_connections_sends_the_slow_server_fewer_calls_than_round_robin() 
     let (fast, slow, endpoints) = fleet(2, Some(Duration::from_millis(20))).await;
     let slow_address = endpoints[2].to_string();
 
-    let rr = load(&endpoints, Policy::RoundRobin, 300, 8).await;
-    let lc = load(&endpoints, Policy::LeastConnections, 300, 8).await;
+    let rr = load(&endpoints, Policy::new(RoundRobinConfig {}), 300, 8).await;
+    let lc = load(&endpoints, Policy::new(LeastConnectionsConfig {}), 300, 8).await;
     assert_eq!(rr.failed + lc.failed, 0);
 
     let (rr_slow, lc_slow) = (calls_to(&rr, &slow_address), calls_to(&lc, &slow_address));
@@ -104,7 +105,7 @@ async fn least_connections_sends_the_slow_server_fewer_calls_than_round_robin() 
 async fn replies_are_hello_name_and_name_the_server() {
     let (servers, _, endpoints) = fleet(2, None).await;
     let balancer = Balancer::builder(endpoints.clone())
-        .policy(Policy::PickFirst)
+        .policy(Policy::new(PickFirstConfig {}))
         .seed(1)
         .build()
         .expect("builds");
@@ -160,7 +161,7 @@ async fn a_server_that_shuts_down_is_left_without_a_failed_call() {
     let (second, _, others) = fleet(1, None).await;
     endpoints.extend(others);
     let balancer = Balancer::builder(endpoints.clone())
-        .policy(Policy::PickFirst)
+        .policy(Policy::new(PickFirstConfig {}))
         .seed(3)
         .build()
         .expect("builds");

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use greeter_proto::{HelloRequest, MyServiceClient};
 use greeter_server::Config;
+use lb_core::policy::RoundRobinConfig;
 use lb_core::{
     Balancer, Endpoint, Policy,
     metrics::{BalancerMetrics, Registry, ServerMetrics},
@@ -116,7 +117,7 @@ async fn balancer_metrics_are_per_endpoint_and_follow_the_calls() {
     let target = "greeters";
     let metrics = BalancerMetrics::register(&mut registry, target);
     let balancer = Balancer::builder(endpoints.clone())
-        .policy(Policy::RoundRobin)
+        .policy(Policy::new(RoundRobinConfig {}))
         .seed(3)
         .build()
         .expect("builds");

@@ -15,6 +15,7 @@ use std::{
 
 use greeter_proto::{HelloRequest, MyServiceClient};
 use greeter_server::{Config, Servers};
+use lb_core::policy::RoundRobinConfig;
 use lb_core::{Balancer, Connectivity, Endpoint, OutlierDetection, Policy, RetryPolicy};
 use tokio::{runtime::Runtime, time::Instant};
 use tonic::Status;
@@ -495,7 +496,7 @@ async fn servers_recycling_connections_every_500_ms_cost_no_call() {
     .expect("start");
     let endpoints: Vec<Endpoint> = endpoints_of(&servers);
     let balancer = fast_reconnects(Balancer::builder(endpoints))
-        .policy(Policy::RoundRobin)
+        .policy(Policy::new(RoundRobinConfig {}))
         .seed(17)
         .build()
         .expect("builds");

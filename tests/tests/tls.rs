@@ -5,6 +5,7 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use greeter_proto::{HelloRequest, MyServiceClient};
 use greeter_server::{Config, SERVED_BY, Servers, certs::DemoPki};
+use lb_core::policy::RoundRobinConfig;
 use lb_core::{Balancer, Endpoint, Policy, tls::ClientTls};
 use tonic::Code;
 
@@ -68,7 +69,7 @@ async fn tls_fleet(pki: &Pki, n: usize, mutual: bool) -> (Servers, Vec<Endpoint>
 
 fn balancer(endpoints: &[Endpoint], tls: Option<ClientTls>, seed: u64) -> Balancer {
     let mut builder = Balancer::builder(endpoints.to_vec())
-        .policy(Policy::RoundRobin)
+        .policy(Policy::new(RoundRobinConfig {}))
         .seed(seed);
     if let Some(tls) = tls {
         builder = builder.tls(tls);

@@ -269,7 +269,7 @@ async fn outlier_task(core: Arc<Core>, config: OutlierDetection, mut stopped: wa
 /// use lb_core::{Balancer, Policy, parse_endpoint_list};
 ///
 /// let endpoints = parse_endpoint_list("127.0.0.1:50051,127.0.0.1:50052")?;
-/// let balancer = Balancer::builder(endpoints).policy(Policy::RoundRobin).build()?;
+/// let balancer = Balancer::builder(endpoints).policy(Policy::default()).build()?;
 /// // let mut client = MyServiceClient::new(balancer);
 /// # Ok(()) }
 /// ```
@@ -289,7 +289,7 @@ impl Balancer {
             endpoints: endpoints.into_iter().collect(),
             following: None,
             authorization: None,
-            policy: Arc::new(Policy::RoundRobin),
+            policy: Arc::new(Policy::default()),
             explain: 0,
             seed: None,
             queue_timeout: Duration::from_secs(10),

@@ -18,11 +18,29 @@
 //! choices, `least_request`, samples instead); and each client sees only its own calls,
 //! not the server's total load.
 
-use super::{PickContext, PickError, Picker, label};
+use std::sync::Arc;
+use rand::RngCore;
+use serde::Deserialize;
+
+use super::{PickContext, PickError, Picker, PolicyConfig, label};
 use crate::EndpointState;
 
 /// The name users type.
 pub const NAME: &str = "least_connections";
+
+/// `least_connections` has no settings: `{"least_connections": {}}` in service-config JSON.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeastConnectionsConfig {}
+
+impl PolicyConfig for LeastConnectionsConfig {
+    const NAME: &'static str = NAME;
+    const SUMMARY: &'static str = "the fewest calls in flight, of all endpoints (最少连接)";
+
+    fn build(&self, _: &[EndpointState], _: &mut dyn RngCore) -> Arc<dyn Picker> {
+        Arc::new(LeastConnections)
+    }
+}
 
 /// Picks the ready endpoint with the fewest calls in flight; random among ties.
 #[derive(Debug, Default, Clone, Copy)]

@@ -20,11 +20,51 @@
 //! Balancing", IEEE TPDS 2001; gRPC's `least_request_experimental` (gRFC A48), whose
 //! `choiceCount` this reads (2 to 10); Envoy's LEAST_REQUEST.
 
-use super::{PickContext, PickError, Picker, best_of_sample, label};
+use std::sync::Arc;
+
+use rand::RngCore;
+use serde::Deserialize;
+
+use super::{PickContext, PickError, Picker, PolicyConfig, best_of_sample, label};
 use crate::EndpointState;
 
 /// The name users type.
 pub const NAME: &str = "least_request";
+
+/// Settings of `least_request`: `{"least_request": {"choiceCount": 3}}`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct LeastRequestConfig {
+    /// How many random endpoints to compare, 2 to 10 (gRPC clamps larger values to 10).
+    pub choice_count: usize,
+}
+
+impl Default for LeastRequestConfig {
+    fn default() -> Self {
+        Self { choice_count: 2 }
+    }
+}
+
+impl PolicyConfig for LeastRequestConfig {
+    const NAME: &'static str = NAME;
+    const SUMMARY: &'static str = "the fewest calls in flight, of k random endpoints";
+
+    fn validate(&mut self) -> Result<(), String> {
+        if self.choice_count < 2 {
+            return Err(format!(
+                "choiceCount {} is below 2: one random choice is just `random`",
+                self.choice_count
+            ));
+        }
+        // gRFC A48: values above the maximum are clamped, not rejected.
+        self.choice_count = self.choice_count.min(MAX_CHOICES);
+        Ok(())
+    }
+
+    fn build(&self, _: &[EndpointState], _: &mut dyn RngCore) -> Arc<dyn Picker> {
+        Arc::new(LeastRequest::new(self.choice_count))
+    }
+}
 
 /// The largest `k` (gRFC A48 clamps larger values to it).
 pub const MAX_CHOICES: usize = 10;

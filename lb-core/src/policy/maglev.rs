@@ -25,13 +25,76 @@
 
 use xxhash_rust::xxh64::xxh64;
 
+use std::sync::Arc;
+
+use rand::RngCore;
+use serde::Deserialize;
+
 use super::{
-    Keyed, MaglevConfig, PickContext, PickError, Picker, first_ready, key_or_random, label,
+    Keyed, PickContext, PickError, Picker, PolicyConfig, config, first_ready, key_or_random,
+    label,
 };
 use crate::EndpointState;
 
 /// The name users type.
 pub const NAME: &str = "maglev";
+
+/// Settings of `maglev`: `{"maglev": {"tableSize": 65537, "requestHashHeader": "x-lb-key"}}`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct MaglevConfig {
+    /// The lookup table's size; must be a prime (default 65,537).
+    pub table_size: usize,
+    /// The request header (gRPC metadata key, lower case) whose value is hashed.
+    pub request_hash_header: String,
+}
+
+impl Default for MaglevConfig {
+    fn default() -> Self {
+        Self {
+            table_size: 65_537,
+            request_hash_header: config::DEFAULT_HASH_HEADER.into(),
+        }
+    }
+}
+
+impl PolicyConfig for MaglevConfig {
+    const NAME: &'static str = NAME;
+    const SUMMARY: &'static str = "consistent hashing of a request header, Maglev table";
+
+    fn validate(&mut self) -> Result<(), String> {
+        if !is_prime(self.table_size) {
+            return Err(format!(
+                "tableSize {} is not a prime (try 65537 or 5003)",
+                self.table_size
+            ));
+        }
+        config::check_header(&self.request_hash_header)
+    }
+
+    fn build(&self, endpoints: &[EndpointState], _: &mut dyn RngCore) -> Arc<dyn Picker> {
+        Arc::new(Maglev::new(endpoints, self))
+    }
+
+    fn hash_header(&self) -> Option<&str> {
+        Some(&self.request_hash_header)
+    }
+}
+
+/// Whether `n` is prime (trial division: table sizes are small).
+pub fn is_prime(n: usize) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2;
+    while d * d <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
 
 /// Consistent hashing with a Maglev table.
 #[derive(Debug, Clone)]
@@ -41,7 +104,7 @@ pub struct Maglev {
 }
 
 impl Maglev {
-    /// Fills the table for `endpoints` (all of them, as [`RingHash`](super::RingHash)
+    /// Fills the table for `endpoints` (all of them, as [`RingHash`](super::ring_hash::RingHash)
     /// does: one that is not ready is skipped at lookup).
     pub fn new(endpoints: &[EndpointState], config: &MaglevConfig) -> Self {
         let size = config.table_size.max(1);
@@ -202,5 +265,11 @@ mod tests {
         let slots = Maglev::new(&endpoints, &config).slots(2);
         assert_eq!(slots.iter().sum::<usize>(), 7);
         assert!(slots.iter().all(|&s| s == 3 || s == 4), "{slots:?}");
+    }
+
+    #[test]
+    fn primes() {
+        assert!(is_prime(65_537) && is_prime(5_003) && is_prime(2));
+        assert!(!is_prime(65_536) && !is_prime(1) && !is_prime(0));
     }
 }

@@ -13,18 +13,9 @@
 //! Because picking is pure, the same code runs in the [`Balancer`](crate::Balancer), in
 //! unit tests with hand-made endpoint states, and in the simulator with virtual time.
 //!
-//! | name | picks | article | file |
-//! |---|---|---|---|
-//! | `pick_first` | the first ready endpoint (no balancing) | | [`pick_first`] |
-//! | `round_robin` | the next endpoint in turn | 轮询 | [`round_robin`] |
-//! | `random` | a uniformly random endpoint | 随机 | [`random`] |
-//! | `least_connections` | the fewest calls in flight, of all | 最少连接 | [`least_connections`] |
-//! | `least_request` | the fewest calls in flight, of k random ones | | [`least_request`] |
-//! | `peak_ewma` | the lower latency × load, of 2 random ones | | [`peak_ewma`] |
-//! | `weighted_random` | random in proportion to the weights | | [`weighted_random`] |
-//! | `weighted_round_robin` | in turn, in proportion to the weights | | [`weighted_round_robin`] |
-//! | `ring_hash` | by a hash of a request header, on a ring | | [`ring_hash`] |
-//! | `maglev` | by a hash of a request header, in a table | | [`maglev`] |
+//! The built-in policies are the modules below, one file each, and are listed once,
+//! in [`BUILT_IN`] (a line each); [`Policy::all`] lists them with any registered
+//! since, and greeter-client's `--help` prints that list with each summary.
 //!
 //! # Choosing a policy
 //! By name (`"least_request".parse::<Policy>()`) with default settings, or by gRPC
@@ -42,40 +33,59 @@
 //! ```
 //!
 //! # Adding a policy
-//! Copy one of the files (say `random.rs`), implement [`Picker::pick`], then add a
-//! variant to [`Policy`] and an arm to its `match`es. A policy with per-set tables
-//! implements [`BuildPicker`] as well; a stateless one can be handed to the balancer
-//! directly with [`BalancerBuilder::picker`](crate::BalancerBuilder::picker).
+//! Everything about a policy lives in its own file: its picker (a [`Picker`], pure and
+//! synchronous) and its settings type, which implements [`PolicyConfig`] (its name,
+//! its summary, its service-config fields and checks, how it builds the picker).
+//!
+//! - **A built-in**: a new file here, and one line in the `built_in_policies!` list
+//!   below. README section 10 walks through it.
+//! - **In your own crate**: the same file there, and [`register`] at start-up; the name
+//!   then works everywhere a built-in's does. See the [`registry`] docs, and
+//!   `examples/least-loaded` in this repository.
+//!
+//! A policy that needs no per-set tables and no settings can also skip all of that:
+//! hand a [`Picker`] to [`BalancerBuilder::picker`](crate::BalancerBuilder::picker).
 
 pub mod config;
-pub mod least_connections;
-pub mod least_request;
-pub mod maglev;
-pub mod peak_ewma;
-pub mod pick_first;
-pub mod random;
-pub mod ring_hash;
-pub mod round_robin;
-pub mod weighted_random;
-pub mod weighted_round_robin;
+mod helpers;
+pub mod registry;
+#[cfg(test)]
+mod testing;
 
-use std::{fmt, str::FromStr, sync::Arc};
+use std::sync::Arc;
 
 use rand::{Rng, RngCore};
 
-use crate::{EndpointState, Error, clock};
+use crate::{EndpointState, clock};
 
-pub use config::{LeastRequestConfig, MaglevConfig, PeakEwmaConfig, RingHashConfig};
-pub use least_connections::LeastConnections;
-pub use least_request::LeastRequest;
-pub use maglev::Maglev;
-pub use peak_ewma::PeakEwma;
-pub use pick_first::PickFirst;
-pub use random::Random;
-pub use ring_hash::RingHash;
-pub use round_robin::RoundRobin;
-pub use weighted_random::WeightedRandom;
-pub use weighted_round_robin::WeightedRoundRobin;
+pub(crate) use helpers::{Keyed, best_of_sample, first_ready, key_or_random, label};
+pub use registry::{Policy, PolicyConfig, Registration, register};
+
+/// Declares the built-in policies: a module per policy, its settings type re-exported,
+/// and its entry in [`BUILT_IN`].
+macro_rules! built_in_policies {
+    ($($module:ident :: $config:ident),* $(,)?) => {
+        $(pub mod $module;)*
+        $(pub use $module::$config;)*
+
+        /// The built-in policies, in the order help texts list them.
+        pub const BUILT_IN: &[Registration] = &[$(Registration::of::<$module::$config>()),*];
+    };
+}
+
+// The built-in policies, one line each: `file :: settings type`.
+built_in_policies! {
+    pick_first::PickFirstConfig,
+    round_robin::RoundRobinConfig,
+    random::RandomConfig,
+    least_connections::LeastConnectionsConfig,
+    least_request::LeastRequestConfig,
+    peak_ewma::PeakEwmaConfig,
+    weighted_random::WeightedRandomConfig,
+    weighted_round_robin::WeightedRoundRobinConfig,
+    ring_hash::RingHashConfig,
+    maglev::MaglevConfig,
+}
 
 /// Chooses an endpoint for each call.
 ///
@@ -180,8 +190,8 @@ impl<'a> PickContext<'a> {
         }
     }
 
-    /// A uniform index below `n` (which must not be 0).
-    pub(crate) fn index(&mut self, n: usize) -> usize {
+    /// A uniform index below `n` (which must not be 0), from the context's RNG.
+    pub fn index(&mut self, n: usize) -> usize {
         self.rng.random_range(0..n)
     }
 }
@@ -213,353 +223,9 @@ impl PickError {
     }
 }
 
-/// The policies this crate ships, with their settings.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub enum Policy {
-    /// [`PickFirst`]: every call to the first ready endpoint.
-    PickFirst,
-    /// [`RoundRobin`]: endpoints in turn.
-    RoundRobin,
-    /// [`Random`]: uniformly at random.
-    Random,
-    /// [`LeastConnections`]: fewest calls in flight, scanning all.
-    LeastConnections,
-    /// [`LeastRequest`]: fewest calls in flight of `choice_count` random ones.
-    LeastRequest(LeastRequestConfig),
-    /// [`PeakEwma`]: lower latency × (in flight + 1) of two random ones.
-    PeakEwma(PeakEwmaConfig),
-    /// [`WeightedRandom`]: random in proportion to weights.
-    WeightedRandom,
-    /// [`WeightedRoundRobin`]: smooth weighted round robin.
-    WeightedRoundRobin,
-    /// [`RingHash`]: consistent hashing on a ring.
-    RingHash(RingHashConfig),
-    /// [`Maglev`]: consistent hashing with a Maglev table.
-    Maglev(MaglevConfig),
-}
-
-impl Policy {
-    /// Every policy with default settings, in the order help texts list them.
-    pub fn all() -> Vec<Policy> {
-        vec![
-            Policy::PickFirst,
-            Policy::RoundRobin,
-            Policy::Random,
-            Policy::LeastConnections,
-            Policy::LeastRequest(LeastRequestConfig::default()),
-            Policy::PeakEwma(PeakEwmaConfig::default()),
-            Policy::WeightedRandom,
-            Policy::WeightedRoundRobin,
-            Policy::RingHash(RingHashConfig::default()),
-            Policy::Maglev(MaglevConfig::default()),
-        ]
-    }
-
-    /// The name users type, in gRPC's snake_case spelling.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Policy::PickFirst => pick_first::NAME,
-            Policy::RoundRobin => round_robin::NAME,
-            Policy::Random => random::NAME,
-            Policy::LeastConnections => least_connections::NAME,
-            Policy::LeastRequest(_) => least_request::NAME,
-            Policy::PeakEwma(_) => peak_ewma::NAME,
-            Policy::WeightedRandom => weighted_random::NAME,
-            Policy::WeightedRoundRobin => weighted_round_robin::NAME,
-            Policy::RingHash(_) => ring_hash::NAME,
-            Policy::Maglev(_) => maglev::NAME,
-        }
-    }
-
-    /// One line on what the policy does.
-    pub fn summary(&self) -> &'static str {
-        match self {
-            Policy::PickFirst => "every call to the first reachable endpoint (no balancing)",
-            Policy::RoundRobin => "endpoints in turn (the article's 轮询)",
-            Policy::Random => "a uniformly random endpoint (随机)",
-            Policy::LeastConnections => "the fewest calls in flight, of all endpoints (最少连接)",
-            Policy::LeastRequest(_) => "the fewest calls in flight, of k random endpoints",
-            Policy::PeakEwma(_) => "lower peak-EWMA latency × (in flight + 1), of two random",
-            Policy::WeightedRandom => "random, in proportion to the endpoints' weights",
-            Policy::WeightedRoundRobin => "in turn, in proportion to the weights (smooth)",
-            Policy::RingHash(_) => "consistent hashing of a request header on a ring",
-            Policy::Maglev(_) => "consistent hashing of a request header, Maglev table",
-        }
-    }
-
-    /// The request header the hashing policies key on, if this is one of them.
-    pub fn hash_header(&self) -> Option<&str> {
-        match self {
-            Policy::RingHash(c) => Some(&c.request_hash_header),
-            Policy::Maglev(c) => Some(&c.request_hash_header),
-            _ => None,
-        }
-    }
-
-    /// The latency decay time the endpoints should use (see [`crate::latency`]).
-    pub fn latency_decay(&self) -> std::time::Duration {
-        match self {
-            Policy::PeakEwma(c) => c.decay,
-            _ => crate::latency::DEFAULT_DECAY,
-        }
-    }
-
-    /// All names, for help texts and error messages.
-    pub fn names() -> Vec<&'static str> {
-        Self::all().iter().map(Policy::name).collect()
-    }
-}
-
-impl BuildPicker for Policy {
-    fn name(&self) -> &'static str {
-        Policy::name(self)
-    }
-
-    fn build(&self, endpoints: &[EndpointState], rng: &mut dyn RngCore) -> Arc<dyn Picker> {
-        match self {
-            Policy::PickFirst => Arc::new(PickFirst),
-            Policy::RoundRobin => Arc::new(RoundRobin::new(rng)),
-            Policy::Random => Arc::new(Random),
-            Policy::LeastConnections => Arc::new(LeastConnections),
-            Policy::LeastRequest(c) => Arc::new(LeastRequest::new(c.choice_count)),
-            Policy::PeakEwma(c) => Arc::new(PeakEwma::new(c.default_latency)),
-            Policy::WeightedRandom => Arc::new(WeightedRandom::new(endpoints)),
-            Policy::WeightedRoundRobin => Arc::new(WeightedRoundRobin::new(endpoints, rng)),
-            Policy::RingHash(c) => Arc::new(RingHash::new(endpoints, c)),
-            Policy::Maglev(c) => Arc::new(Maglev::new(endpoints, c)),
-        }
-    }
-}
-
-impl fmt::Display for Policy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Policy {
-    type Err = Error;
-
-    /// A policy name with default settings, or gRPC service-config JSON.
-    fn from_str(text: &str) -> Result<Self, Error> {
-        let text = text.trim();
-        if text.starts_with('{') {
-            return config::parse_service_config(text);
-        }
-        Self::all()
-            .into_iter()
-            .find(|p| p.name() == text)
-            .ok_or_else(|| Error::UnknownPolicy {
-                name: text.to_string(),
-            })
-    }
-}
-
-/// Up to `k` distinct indices below `n`, drawn uniformly; all of `0..n` when `k >= n`.
-///
-/// Used by the power-of-k-choices policies. Rejection sampling: with `k` at most 10 and
-/// `k < n`, a repeat is rare and cheap to redraw.
-pub(crate) fn sample_distinct<'s>(
-    n: usize,
-    k: usize,
-    ctx: &mut PickContext<'_>,
-    out: &'s mut [usize; least_request::MAX_CHOICES],
-) -> &'s [usize] {
-    let k = k.min(out.len());
-    if k >= n {
-        for (i, slot) in out.iter_mut().enumerate().take(n) {
-            *slot = i;
-        }
-        return &out[..n];
-    }
-    let mut len = 0;
-    while len < k {
-        let candidate = ctx.index(n);
-        if !out[..len].contains(&candidate) {
-            out[len] = candidate;
-            len += 1;
-        }
-    }
-    &out[..len]
-}
-
-/// The power-of-k-choices step shared by `least_request` and `peak_ewma`: draws `k`
-/// distinct endpoints, keeps the ready one with the lowest `cost`, and explains the
-/// sample with `describe` (`"b: 3 in flight"`). If every sampled endpoint went down
-/// since the snapshot, any ready one is taken instead.
-pub(crate) fn best_of_sample(
-    name: &str,
-    endpoints: &[EndpointState],
-    ctx: &mut PickContext<'_>,
-    k: usize,
-    cost: impl Fn(&EndpointState) -> f64,
-    describe: impl Fn(&EndpointState) -> String,
-) -> Result<usize, PickError> {
-    if endpoints.is_empty() {
-        return Err(PickError::NoEndpoints);
-    }
-    let mut buffer = [0; least_request::MAX_CHOICES];
-    let sample = sample_distinct(endpoints.len(), k, ctx, &mut buffer);
-    let best = sample
-        .iter()
-        .copied()
-        .filter(|&i| endpoints[i].is_ready())
-        .min_by(|&a, &b| cost(&endpoints[a]).total_cmp(&cost(&endpoints[b])));
-    let i = match best {
-        Some(i) => i,
-        None => random::random_ready(endpoints, ctx)?,
-    };
-    if ctx.explaining() {
-        let sampled: Vec<String> = sample.iter().map(|&s| describe(&endpoints[s])).collect();
-        ctx.explain(|| {
-            format!(
-                "{name} sampled {{{}}} -> {}",
-                sampled.join(", "),
-                label(&endpoints[i])
-            )
-        });
-    }
-    Ok(i)
-}
-
-/// The step shared by the hashing policies: the call's key, or, for a call without
-/// one, a random ready endpoint (explained as such).
-pub(crate) enum Keyed<'a> {
-    /// The value of the key header.
-    Key(&'a [u8]),
-    /// No key: this endpoint was drawn at random.
-    Random(usize),
-}
-
-pub(crate) fn key_or_random<'a>(
-    name: &str,
-    header: &str,
-    endpoints: &[EndpointState],
-    ctx: &mut PickContext<'a>,
-) -> Result<Keyed<'a>, PickError> {
-    if let Some(key) = ctx.header(header) {
-        return Ok(Keyed::Key(key));
-    }
-    let i = random::random_ready(endpoints, ctx)?;
-    ctx.explain(|| {
-        format!(
-            "{name}: no `{header}` header, random -> {}",
-            label(&endpoints[i])
-        )
-    });
-    Ok(Keyed::Random(i))
-}
-
-/// The first of `candidates` (owners in ring or table order) that is a ready endpoint:
-/// while an owner is down, its keys go to the next one along.
-pub(crate) fn first_ready(
-    candidates: impl Iterator<Item = usize>,
-    endpoints: &[EndpointState],
-) -> Result<usize, PickError> {
-    candidates
-        .into_iter()
-        .find(|&i| i < endpoints.len() && endpoints[i].is_ready())
-        .ok_or_else(|| PickError::none_ready(endpoints))
-}
-
-/// A short name for an endpoint in explanations: its address.
-pub(crate) fn label(endpoint: &EndpointState) -> String {
-    endpoint.endpoint().to_string()
-}
-
-/// Helpers shared by the policies' unit tests.
-#[cfg(test)]
-pub(crate) mod testing {
-    use super::*;
-    use crate::Connectivity;
-    use rand::{SeedableRng, rngs::SmallRng};
-
-    /// `n` endpoints `10.0.0.i:80`, all READY.
-    pub fn ready(n: usize) -> Vec<EndpointState> {
-        weighted(&vec![1; n])
-    }
-
-    /// Endpoints `10.0.0.i:80` with these weights, all READY.
-    pub fn weighted(weights: &[u32]) -> Vec<EndpointState> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                let endpoint: crate::Endpoint = format!("10.0.0.{i}:80").parse().unwrap();
-                let state = EndpointState::new(endpoint.with_weight(w));
-                state.set_connectivity(Connectivity::Ready);
-                state
-            })
-            .collect()
-    }
-
-    /// How often each endpoint is picked in `picks` picks.
-    pub fn histogram(picker: &dyn Picker, endpoints: &[EndpointState], picks: usize) -> Vec<usize> {
-        let mut rng = SmallRng::seed_from_u64(42);
-        let mut ctx = PickContext::new(&mut rng);
-        let mut counts = vec![0; endpoints.len()];
-        for _ in 0..picks {
-            counts[picker.pick(endpoints, &mut ctx).unwrap()] += 1;
-        }
-        counts
-    }
-
-    /// Pearson's chi-square statistic of `counts` against a uniform distribution.
-    pub fn chi_square_uniform(counts: &[usize]) -> f64 {
-        let total: usize = counts.iter().sum();
-        let expected = total as f64 / counts.len() as f64;
-        counts
-            .iter()
-            .map(|&c| (c as f64 - expected).powi(2) / expected)
-            .sum()
-    }
-
-    /// Asserts that each share of `counts` is within `points` percentage points of the
-    /// weights' share.
-    pub fn assert_shares_match_weights(counts: &[usize], weights: &[u32], points: f64) {
-        let total: usize = counts.iter().sum();
-        let weight_total: u32 = weights.iter().sum();
-        for (i, (&c, &w)) in counts.iter().zip(weights).enumerate() {
-            let share = 100.0 * c as f64 / total as f64;
-            let expected = 100.0 * f64::from(w) / f64::from(weight_total);
-            assert!(
-                (share - expected).abs() <= points,
-                "endpoint {i}: {share:.2}% of picks, weight says {expected:.2}% ({counts:?})"
-            );
-        }
-    }
-
-    /// The request headers of a call keyed `key` under `x-lb-key`.
-    pub fn keyed(key: &str) -> http::HeaderMap {
-        let mut headers = http::HeaderMap::new();
-        headers.insert("x-lb-key", key.parse().unwrap());
-        headers
-    }
-
-    /// The endpoint a call keyed `key` goes to.
-    pub fn owner(picker: &dyn Picker, endpoints: &[EndpointState], key: &str) -> usize {
-        let headers = keyed(key);
-        let mut rng = SmallRng::seed_from_u64(0);
-        let mut ctx = PickContext::new(&mut rng).with_headers(&headers);
-        picker.pick(endpoints, &mut ctx).unwrap()
-    }
-
-    /// Asserts that 200 keys each reach the same endpoint every time.
-    pub fn assert_keys_stick(picker: &dyn Picker, endpoints: &[EndpointState]) {
-        for key in 0..200 {
-            let key = format!("user-{key}");
-            let first = owner(picker, endpoints, &key);
-            assert!(
-                (0..5).all(|_| owner(picker, endpoints, &key) == first),
-                "{key}"
-            );
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::helpers::sample_distinct;
     use super::testing::*;
     use super::*;
     use crate::Connectivity;
@@ -571,11 +237,13 @@ mod tests {
             assert_eq!(policy.name().parse::<Policy>().unwrap(), policy);
         }
         let err = "nope".parse::<Policy>().unwrap_err().to_string();
-        assert_eq!(
-            err,
-            "unknown policy `nope`; valid policies: pick_first, round_robin, random, \
-             least_connections, least_request, peak_ewma, weighted_random, \
-             weighted_round_robin, ring_hash, maglev"
+        assert!(
+            err.starts_with(
+                "unknown policy `nope`; valid policies: pick_first, round_robin, random, \
+                 least_connections, least_request, peak_ewma, weighted_random, \
+                 weighted_round_robin, ring_hash, maglev"
+            ),
+            "{err}"
         );
     }
 

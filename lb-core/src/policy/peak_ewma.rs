@@ -20,13 +20,57 @@
 //! Caveat: latency includes the network and the server's queue, so a server that is
 //! fast but far looks slow; and with little traffic the estimate rests on few samples.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use super::{PickContext, PickError, Picker, best_of_sample, label};
+use rand::RngCore;
+use serde::Deserialize;
+
+use super::{PickContext, PickError, Picker, PolicyConfig, best_of_sample, config, label};
 use crate::EndpointState;
 
 /// The name users type.
 pub const NAME: &str = "peak_ewma";
+
+/// Settings of `peak_ewma`: `{"peak_ewma": {"decay": "10s", "defaultLatency": "30ms"}}`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct PeakEwmaConfig {
+    /// The latency estimate's decay time τ (see [`crate::latency`]).
+    #[serde(with = "config::duration_text")]
+    pub decay: Duration,
+    /// The latency assumed for an endpoint before its first call finishes.
+    #[serde(with = "config::duration_text")]
+    pub default_latency: Duration,
+}
+
+impl Default for PeakEwmaConfig {
+    fn default() -> Self {
+        Self {
+            decay: crate::latency::DEFAULT_DECAY,
+            default_latency: Duration::from_millis(30),
+        }
+    }
+}
+
+impl PolicyConfig for PeakEwmaConfig {
+    const NAME: &'static str = NAME;
+    const SUMMARY: &'static str = "lower peak-EWMA latency × (in flight + 1), of two random";
+
+    fn validate(&mut self) -> Result<(), String> {
+        if self.decay.is_zero() {
+            return Err("decay must be above 0".into());
+        }
+        Ok(())
+    }
+
+    fn build(&self, _: &[EndpointState], _: &mut dyn RngCore) -> Arc<dyn Picker> {
+        Arc::new(PeakEwma::new(self.default_latency))
+    }
+
+    fn latency_decay(&self) -> Duration {
+        self.decay
+    }
+}
 
 /// Picks the cheaper of two random endpoints by latency × load.
 #[derive(Debug, Clone, Copy)]

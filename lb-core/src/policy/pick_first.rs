@@ -8,11 +8,29 @@
 //! and walks the list only when it fails; here every endpoint has its connection and the
 //! picker simply skips those that are not ready, which gives the same choice.
 
-use super::{PickContext, PickError, Picker, label};
+use std::sync::Arc;
+use rand::RngCore;
+use serde::Deserialize;
+
+use super::{PickContext, PickError, Picker, PolicyConfig, label};
 use crate::EndpointState;
 
 /// The name users type.
 pub const NAME: &str = "pick_first";
+
+/// `pick_first` has no settings: `{"pick_first": {}}` in service-config JSON.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PickFirstConfig {}
+
+impl PolicyConfig for PickFirstConfig {
+    const NAME: &'static str = NAME;
+    const SUMMARY: &'static str = "every call to the first reachable endpoint (no balancing)";
+
+    fn build(&self, _: &[EndpointState], _: &mut dyn RngCore) -> Arc<dyn Picker> {
+        Arc::new(PickFirst)
+    }
+}
 
 /// Picks the first ready endpoint in list order.
 #[derive(Debug, Default, Clone, Copy)]

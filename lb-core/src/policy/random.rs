@@ -8,11 +8,29 @@
 //! many clients. Over many calls the shares even out (by the law of large numbers), but
 //! over a few they do not: 30 calls to 3 endpoints can easily land 14/9/7.
 
-use super::{PickContext, PickError, Picker, label};
+use std::sync::Arc;
+use rand::RngCore;
+use serde::Deserialize;
+
+use super::{PickContext, PickError, Picker, PolicyConfig, label};
 use crate::EndpointState;
 
 /// The name users type.
 pub const NAME: &str = "random";
+
+/// `random` has no settings: `{"random": {}}` in service-config JSON.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RandomConfig {}
+
+impl PolicyConfig for RandomConfig {
+    const NAME: &'static str = NAME;
+    const SUMMARY: &'static str = "a uniformly random endpoint (随机)";
+
+    fn build(&self, _: &[EndpointState], _: &mut dyn RngCore) -> Arc<dyn Picker> {
+        Arc::new(Random)
+    }
+}
 
 /// Picks a ready endpoint uniformly at random.
 #[derive(Debug, Default, Clone, Copy)]

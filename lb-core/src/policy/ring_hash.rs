@@ -29,13 +29,70 @@
 
 use xxhash_rust::xxh64::xxh64;
 
+use std::sync::Arc;
+
+use rand::RngCore;
+use serde::Deserialize;
+
 use super::{
-    Keyed, PickContext, PickError, Picker, RingHashConfig, first_ready, key_or_random, label,
+    Keyed, PickContext, PickError, Picker, PolicyConfig, config, first_ready, key_or_random,
+    label,
 };
 use crate::EndpointState;
 
 /// The name users type.
 pub const NAME: &str = "ring_hash";
+
+/// gRPC's largest ring.
+pub const MAX_RING_SIZE: usize = 8_388_608;
+
+/// Settings of `ring_hash`: `{"ring_hash": {"minRingSize": 1024, "requestHashHeader": "x-lb-key"}}`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct RingHashConfig {
+    /// The ring has at least this many points.
+    pub min_ring_size: usize,
+    /// And at most this many (gRPC's limit is 8,388,608).
+    pub max_ring_size: usize,
+    /// The request header (gRPC metadata key, lower case) whose value is hashed.
+    pub request_hash_header: String,
+}
+
+impl Default for RingHashConfig {
+    fn default() -> Self {
+        Self {
+            min_ring_size: 1024,
+            max_ring_size: MAX_RING_SIZE,
+            request_hash_header: config::DEFAULT_HASH_HEADER.into(),
+        }
+    }
+}
+
+impl PolicyConfig for RingHashConfig {
+    const NAME: &'static str = NAME;
+    const SUMMARY: &'static str = "consistent hashing of a request header on a ring";
+
+    fn validate(&mut self) -> Result<(), String> {
+        if self.min_ring_size == 0 || self.min_ring_size > self.max_ring_size {
+            return Err(format!(
+                "need 1 <= minRingSize <= maxRingSize, got {} and {}",
+                self.min_ring_size, self.max_ring_size
+            ));
+        }
+        if self.max_ring_size > MAX_RING_SIZE {
+            return Err(format!("maxRingSize is at most {MAX_RING_SIZE}"));
+        }
+        config::check_header(&self.request_hash_header)
+    }
+
+    fn build(&self, endpoints: &[EndpointState], _: &mut dyn RngCore) -> Arc<dyn Picker> {
+        Arc::new(RingHash::new(endpoints, self))
+    }
+
+    fn hash_header(&self) -> Option<&str> {
+        Some(&self.request_hash_header)
+    }
+}
 
 /// Consistent hashing on a ring of points.
 #[derive(Debug, Clone)]

@@ -14,11 +14,28 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rand::{Rng, RngCore};
 
-use super::{PickContext, PickError, Picker, label};
+use std::sync::Arc;
+use serde::Deserialize;
+
+use super::{PickContext, PickError, Picker, PolicyConfig, label};
 use crate::EndpointState;
 
 /// The name users type.
 pub const NAME: &str = "round_robin";
+
+/// `round_robin` has no settings: `{"round_robin": {}}` in service-config JSON.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoundRobinConfig {}
+
+impl PolicyConfig for RoundRobinConfig {
+    const NAME: &'static str = NAME;
+    const SUMMARY: &'static str = "endpoints in turn (the article's 轮询)";
+
+    fn build(&self, _: &[EndpointState], rng: &mut dyn RngCore) -> Arc<dyn Picker> {
+        Arc::new(RoundRobin::new(rng))
+    }
+}
 
 /// Picks endpoints in turn.
 #[derive(Debug)]

@@ -14,11 +14,29 @@
 
 use rand::Rng;
 
-use super::{PickContext, PickError, Picker, label};
+use std::sync::Arc;
+use rand::RngCore;
+use serde::Deserialize;
+
+use super::{PickContext, PickError, Picker, PolicyConfig, label};
 use crate::EndpointState;
 
 /// The name users type.
 pub const NAME: &str = "weighted_random";
+
+/// `weighted_random` has no settings: `{"weighted_random": {}}` in service-config JSON.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedRandomConfig {}
+
+impl PolicyConfig for WeightedRandomConfig {
+    const NAME: &'static str = NAME;
+    const SUMMARY: &'static str = "random, in proportion to the endpoints' weights";
+
+    fn build(&self, endpoints: &[EndpointState], _: &mut dyn RngCore) -> Arc<dyn Picker> {
+        Arc::new(WeightedRandom::new(endpoints))
+    }
+}
 
 /// Picks a random endpoint with probability proportional to its weight.
 #[derive(Debug, Clone)]

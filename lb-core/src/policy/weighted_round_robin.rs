@@ -35,11 +35,28 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rand::{Rng, RngCore};
 
-use super::{PickContext, PickError, Picker, label};
+use std::sync::Arc;
+use serde::Deserialize;
+
+use super::{PickContext, PickError, Picker, PolicyConfig, label};
 use crate::EndpointState;
 
 /// The name users type.
 pub const NAME: &str = "weighted_round_robin";
+
+/// `weighted_round_robin` has no settings: `{"weighted_round_robin": {}}` in service-config JSON.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedRoundRobinConfig {}
+
+impl PolicyConfig for WeightedRoundRobinConfig {
+    const NAME: &'static str = NAME;
+    const SUMMARY: &'static str = "in turn, in proportion to the weights (smooth)";
+
+    fn build(&self, endpoints: &[EndpointState], rng: &mut dyn RngCore) -> Arc<dyn Picker> {
+        Arc::new(WeightedRoundRobin::new(endpoints, rng))
+    }
+}
 
 /// The longest cycle computed in full.
 pub const MAX_CYCLE: u64 = 1 << 16;
