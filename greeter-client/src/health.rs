@@ -19,8 +19,7 @@ pub async fn check(
     timeout: Duration,
 ) -> Result<ServingStatus, String> {
     // Bounded as a whole: connect and handshakes.
-    let channel = endpoint
-        .connect(tls, timeout)
+    let channel = lb_core::balancer::connect(endpoint, tls, timeout)
         .await
         .map_err(|e| format!("cannot connect: {e}"))?;
     let response = HealthClient::new(channel)

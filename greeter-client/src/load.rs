@@ -15,12 +15,14 @@ use std::{
 
 use greeter_proto::{HelloRequest, MyServiceClient};
 use hdrhistogram::Histogram;
+use lb_core::auth::{BearerToken, BearerTokenLayer};
 use lb_core::{
     Balancer, Connectivity, Endpoint, EndpointStatus, Liveness, OutlierDetection, PickedEndpoint,
     Policy, RetryPolicy,
 };
 use tokio::time::Instant;
 use tonic::{Code, Request};
+use tower::Layer;
 
 use crate::report::{Backend, ErrorCount, Latency, Report, latency_histogram};
 
@@ -164,9 +166,6 @@ pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
     if let Some(seed) = spec.seed {
         builder = builder.seed(seed);
     }
-    if let Some(token) = &spec.token {
-        builder = builder.bearer_token(token)?;
-    }
     if let Some(tls) = &spec.tls {
         builder = builder.tls(tls.clone());
     }
@@ -181,7 +180,8 @@ pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
     // whichever server happened to answer first.
     balancer.wait_settled(spec.connect_wait).await;
 
-    let client = MyServiceClient::new(balancer.clone());
+    let token = BearerTokenLayer::optional(spec.token.as_deref())?;
+    let client = MyServiceClient::new(token.layer(balancer.clone()));
     // With a duration, the number of calls is open: the clock ends the run.
     let requests = if spec.duration.is_some() {
         u64::MAX / 2
@@ -272,7 +272,7 @@ pub async fn compare(spec: &LoadSpec, policies: &[Policy]) -> Result<Vec<Report>
 
 /// Takes calls from the shared budget until it is empty.
 async fn worker(
-    mut client: MyServiceClient<Balancer>,
+    mut client: MyServiceClient<BearerToken<Balancer>>,
     balancer: Balancer,
     budget: Arc<AtomicU64>,
     call: CallSpec,

@@ -60,59 +60,6 @@ impl Endpoint {
     pub fn uri(&self) -> String {
         format!("http://{self}")
     }
-
-    /// A tonic endpoint for this address, and the connector that reaches it: plain
-    /// TCP, or with `tls`, TCP and a TLS handshake that verifies the server's
-    /// certificate (see [`crate::tls`]). Calls on it say `https` with TLS.
-    pub(crate) fn to_tonic(
-        &self,
-        tls: Option<&crate::tls::ClientTls>,
-    ) -> Result<(tonic::transport::Endpoint, crate::balancer::Connector), Error> {
-        let transport = |source| Error::Transport {
-            endpoint: self.to_string(),
-            source,
-        };
-        let target = tonic::transport::Endpoint::from_shared(self.uri()).map_err(transport)?;
-        match tls {
-            None => Ok((target, crate::balancer::Connector::new(None))),
-            Some(tls) => {
-                // tonic connects to `http://` (the handshake is the connector's) but
-                // says `https` in every call, as a client over TLS does.
-                let origin: http::Uri =
-                    format!("https://{self}")
-                        .parse()
-                        .map_err(|_| Error::InvalidEndpoint {
-                            input: self.to_string(),
-                            reason: "not usable in a URI".into(),
-                        })?;
-                let target = target.origin(origin);
-                Ok((
-                    target,
-                    crate::balancer::Connector::new(Some(tls.for_endpoint(self)?)),
-                ))
-            }
-        }
-    }
-
-    /// Connects one channel to this endpoint, over TLS with `tls`, within `timeout`
-    /// (connect and handshakes), as the balancer connects each of its endpoints.
-    pub async fn connect(
-        &self,
-        tls: Option<&crate::tls::ClientTls>,
-        timeout: std::time::Duration,
-    ) -> Result<tonic::transport::Channel, Error> {
-        let tls = tls.map(|tls| tls.clone().with_timeout(timeout));
-        let (target, connector) = self.to_tonic(tls.as_ref())?;
-        let target = target.connect_timeout(timeout).timeout(timeout);
-        let failed = |reason: String| Error::Connect {
-            endpoint: self.to_string(),
-            reason,
-        };
-        tokio::time::timeout(timeout, target.connect_with_connector(connector))
-            .await
-            .map_err(|_| failed(format!("cannot connect within {timeout:?}")))?
-            .map_err(|e| failed(crate::error::describe(&e)))
-    }
 }
 
 impl fmt::Display for Endpoint {

@@ -109,11 +109,6 @@ pub enum Error {
 /// tonic's transport errors say only "transport error" in their own `Display` and keep
 /// the useful part ("tcp connect error: Connection refused") in their sources.
 pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
-    // A TLS refusal says what happened first: "certificate required" is what a user
-    // can act on, not the chain of transport errors around it.
-    if let Some(tls) = crate::tls::explain(err) {
-        return tls;
-    }
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -149,7 +149,7 @@ impl HistogramSnapshot {
 #[derive(Clone, Debug)]
 pub struct BalancerMetrics {
     target: Arc<str>,
-    watched: Arc<Mutex<Vec<Weak<crate::balancer::Shared>>>>,
+    watched: Arc<Mutex<Vec<Weak<crate::balancer::Router>>>>,
 }
 
 impl BalancerMetrics {

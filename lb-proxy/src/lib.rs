@@ -26,9 +26,13 @@ use std::{
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use lb_core::Balancer;
+use lb_core::{
+    Balancer,
+    auth::{BearerToken, BearerTokenLayer},
+};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic::{Status, body::Body, transport::Server};
+use tower::Layer;
 use tower::Service;
 use tracing::info;
 
@@ -57,14 +61,25 @@ pub enum ProxyError {
 /// `/grpc.health.v1.Health/*`, the balancer for everything else.
 #[derive(Clone)]
 pub struct Proxy<H> {
-    balancer: Balancer,
+    balancer: BearerToken<Balancer>,
     health: H,
 }
 
 impl<H> Proxy<H> {
     /// A proxy forwarding to `balancer` and answering health with `health`.
     pub fn new(balancer: Balancer, health: H) -> Self {
-        Self { balancer, health }
+        Self {
+            balancer: BearerTokenLayer::none().layer(balancer),
+            health,
+        }
+    }
+
+    /// The same, sending `token` to the backends with every call.
+    pub fn with_token(self, token: &BearerTokenLayer) -> Self {
+        Self {
+            balancer: token.layer(self.balancer.inner().clone()),
+            health: self.health,
+        }
     }
 }
 
@@ -205,6 +220,9 @@ pub struct Options {
     /// Record the calls it receives (`grpc_server_call_*`; the balancer's own
     /// per-backend metrics are [`lb_core::metrics::BalancerMetrics`]).
     pub metrics: Option<lb_core::metrics::ServerMetrics>,
+    /// The bearer token sent to the backends with every call (default: none; a
+    /// caller's own `authorization` is passed on).
+    pub token: BearerTokenLayer,
 }
 
 /// [`spawn`], with [`Options`].
@@ -229,7 +247,7 @@ pub async fn spawn_with(
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     let health = tonic::service::Routes::new(health);
-    let proxy = Proxy::new(balancer, RoutesBody(health));
+    let proxy = Proxy::new(balancer, RoutesBody(health)).with_token(&options.token);
     let (stop, mut stopped) = watch::channel(false);
     info!(%addr, "lb-proxy listening: every call is balanced over the backends");
     let task = tokio::spawn(async move {

@@ -207,9 +207,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
             interval: args.liveness_interval,
             timeout: args.liveness_timeout,
         }));
-    if let Some(token) = &token {
-        builder = builder.bearer_token(token)?;
-    }
     if let Some(tls) = backend_tls {
         builder = builder.tls(tls);
     }
@@ -223,6 +220,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ..lb_core::server::ConnectionLimits::default()
         },
         metrics: None,
+        token: lb_core::auth::BearerTokenLayer::optional(token.as_deref())?,
     };
     let metrics = match args.metrics {
         Some(addr) => {

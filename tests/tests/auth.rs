@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use greeter_proto::{HelloRequest, MyServiceClient};
 use greeter_server::Config;
-use lb_core::{Balancer, Endpoint};
+use lb_core::{Balancer, Endpoint, auth::BearerTokenLayer};
 use tonic::{Code, transport::Channel};
+use tower::Layer;
 
 async fn call(
     client: &mut MyServiceClient<Channel>,
@@ -60,13 +61,12 @@ async fn only_the_right_token_gets_an_answer() {
     // A balancer with the token: every call gets through; without it: none.
     let endpoint: Endpoint = addr.to_string().parse().expect("valid");
     let with = Balancer::builder([endpoint.clone()])
-        .bearer_token("s3cret")
-        .expect("a valid token")
         .seed(41)
         .build()
         .expect("builds");
     with.wait_settled(Duration::from_secs(5)).await;
-    let mut balanced = MyServiceClient::new(with);
+    let token = BearerTokenLayer::new("s3cret").expect("a valid token");
+    let mut balanced = MyServiceClient::new(token.layer(with));
     for _ in 0..3 {
         balanced
             .say_hello(HelloRequest { name: "b".into() })
@@ -84,10 +84,6 @@ async fn only_the_right_token_gets_an_answer() {
         .expect_err("refused");
     assert_eq!(status.code(), Code::Unauthenticated);
 
-    assert!(
-        Balancer::builder(Vec::<Endpoint>::new())
-            .bearer_token("with space")
-            .is_err()
-    );
+    assert!(BearerTokenLayer::new("with space").is_err());
     servers.shutdown().await.expect("clean shutdown");
 }

@@ -32,6 +32,8 @@ use std::{
 };
 
 use hyper_util::rt::TokioIo;
+
+use crate::{Endpoint, Error, tls::ClientTls};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::TcpStream,
@@ -60,6 +62,57 @@ impl Connector {
             tls: tls.map(Arc::new),
         }
     }
+
+    /// A tonic endpoint for `endpoint`, and the connector that reaches it: plain TCP,
+    /// or with `tls`, TCP and a TLS handshake that verifies the server's certificate
+    /// (see [`crate::tls`]). Calls on it say `https` with TLS.
+    pub(crate) fn for_endpoint(
+        endpoint: &Endpoint,
+        tls: Option<&ClientTls>,
+    ) -> Result<(tonic::transport::Endpoint, Self), Error> {
+        let transport = |source| Error::Transport {
+            endpoint: endpoint.to_string(),
+            source,
+        };
+        let target = tonic::transport::Endpoint::from_shared(endpoint.uri()).map_err(transport)?;
+        match tls {
+            None => Ok((target, Self::new(None))),
+            Some(tls) => {
+                // tonic connects to `http://` (the handshake is the connector's) but
+                // says `https` in every call, as a client over TLS does.
+                let origin: http::Uri =
+                    format!("https://{endpoint}")
+                        .parse()
+                        .map_err(|_| Error::InvalidEndpoint {
+                            input: endpoint.to_string(),
+                            reason: "not usable in a URI".into(),
+                        })?;
+                let target = target.origin(origin);
+                Ok((target, Self::new(Some(tls.for_endpoint(endpoint)?))))
+            }
+        }
+    }
+}
+
+/// Connects one channel to `endpoint`, over TLS with `tls`, within `timeout` (connect
+/// and handshakes), as the balancer connects each of its endpoints: for a one-off
+/// call, such as a health check from a script.
+pub async fn connect(
+    endpoint: &Endpoint,
+    tls: Option<&ClientTls>,
+    timeout: Duration,
+) -> Result<tonic::transport::Channel, Error> {
+    let tls = tls.map(|tls| tls.clone().with_timeout(timeout));
+    let (target, connector) = Connector::for_endpoint(endpoint, tls.as_ref())?;
+    let target = target.connect_timeout(timeout).timeout(timeout);
+    let failed = |reason: String| Error::Connect {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    tokio::time::timeout(timeout, target.connect_with_connector(connector))
+        .await
+        .map_err(|_| failed(format!("cannot connect within {timeout:?}")))?
+        .map_err(|e| failed(super::describe(&e)))
 }
 
 impl tower::Service<http::Uri> for Connector {

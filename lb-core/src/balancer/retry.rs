@@ -22,27 +22,26 @@
 //! - **The call's deadline**: a retry only goes out if time is left, and carries what is
 //!   left as its `grpc-timeout`.
 //!
-//! A request whose body is complete when the call starts (every unary call from a
-//! tonic client) is kept whole and each attempt sends a copy. A body still streaming
-//! when the call starts (a client stream, or a call relayed by lb-proxy whose frames
-//! are still arriving) is *recorded* as it is sent, as gRPC's retry buffer does: a
-//! retry sends what was recorded and then goes on reading the caller's stream. Once
-//! the body outgrows [`RetryPolicy::max_replay_bytes`] or a response arrives, the
-//! recording is dropped and the call is committed to its endpoint.
+//!
+//! This file holds the policy, the budget and the attempt loop; the request body kept
+//! for a retry is in `replay.rs`, one attempt in `attempt.rs`.
 
-use std::{
-    collections::VecDeque,
-    pin::Pin,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
-    task::{Context, Poll, Waker},
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
 };
 
-use bytes::Bytes;
-use http_body::{Body as _, Frame};
+use rand::rngs::SmallRng;
+use tokio::time::Instant;
 use tonic::{Code, Status, body::Body};
+use tracing::debug;
+
+use super::ResponseBody;
+use super::attempt::{Failure, FailureKind, Route};
+use super::handle::Router;
+use super::headers::{deadline_after, grpc_timeout, grpc_timeout_value, header_status};
+use super::replay::RequestBody;
+use super::subchannel::Subchannel;
 
 /// When and how often calls are retried.
 #[derive(Clone, Debug, PartialEq)]
@@ -128,289 +127,154 @@ impl RetryBudget {
     }
 }
 
-/// A request body, kept for replay or passed through once.
-pub(crate) enum RequestBody {
-    /// Complete when the call started: every attempt sends a copy.
-    Replayable(Vec<Bytes>, Option<http::HeaderMap>),
-    /// Still streaming when the call started: recorded as it is sent, so that a retry
-    /// can send what was sent before and then go on with the rest.
-    Recording(Arc<Mutex<Recording>>),
-    /// Too big to keep: sent once, what was read first going first.
-    Streaming(Body),
-}
+/// Transparent retries per call (of calls that never reached a server), on top of
+/// `RetryPolicy::max_attempts`.
+const MAX_TRANSPARENT_RETRIES: u32 = 5;
 
-impl RequestBody {
-    /// Reads what `body` has ready *now*. A body that ends without waiting (and fits
-    /// `limit`) is replayable as it is; one that would have to wait is recorded while
-    /// it streams, up to `limit` bytes.
-    pub(crate) async fn read(mut body: Body, limit: usize) -> Result<Self, Status> {
-        let mut chunks = Vec::new();
-        let mut size = 0;
+impl Router {
+    /// One call: pick, send, and retry elsewhere while the policy allows.
+    pub(super) async fn call(
+        &self,
+        request: http::Request<Body>,
+        mut route: Option<Route>,
+        mut rng: SmallRng,
+    ) -> Result<http::Response<ResponseBody>, Status> {
+        let (mut parts, body) = request.into_parts();
+        let mut body = if self.retry.max_attempts > 1 {
+            RequestBody::read(body, self.retry.max_replay_bytes).await?
+        } else {
+            RequestBody::Streaming(body)
+        };
+        let timeout = grpc_timeout(&parts.headers);
+        let deadline = timeout.map(deadline_after);
+        let mut tried: Vec<Arc<Subchannel>> = Vec::new();
+        let mut attempt = 1;
+        let mut transparent = 0;
+        let mut last_failure: Option<Status> = None;
         loop {
-            let next =
-                futures::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)))
-                    .await;
-            match next {
-                Poll::Ready(None) => return Ok(Self::Replayable(chunks, None)),
-                Poll::Ready(Some(Err(status))) => return Err(status),
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        size += data.len();
-                        chunks.push(data);
-                        if size > limit {
-                            return Ok(Self::Streaming(prefixed(chunks, None, body)));
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let route = match route.take() {
+                Some(route) => route,
+                None => {
+                    self.pick_when_ready(&mut rng, &parts.headers, &tried, left)
+                        .await?
+                }
+            };
+            // Each attempt carries what is left of the call's deadline, not all of it.
+            let mut fair_share = true;
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                // An attempt sent with less than half of the call's time (after a wait
+                // for a reconnect, or a retry late in the call) running out is no
+                // verdict on its endpoint.
+                fair_share = timeout.is_none_or(|total| left * 2 >= total);
+                if left.is_zero() {
+                    return Err(Status::deadline_exceeded(format!(
+                        "deadline passed after {} attempt(s)",
+                        attempt - 1
+                    )));
+                }
+                parts
+                    .headers
+                    .insert("grpc-timeout", grpc_timeout_value(left));
+            }
+            let sub = route.sub.clone();
+            let endpoint = route.state.endpoint().clone();
+            let Some(attempt_body) = body.attempt() else {
+                // The body outgrew what is kept for a retry while the last attempt
+                // was failing: that failure is the call's.
+                return Err(last_failure
+                    .take()
+                    .unwrap_or_else(|| Status::internal("request body already sent")));
+            };
+            let send = route.send(http::Request::from_parts(parts.clone(), attempt_body));
+            // tonic's own timer starts only once a connection is ready; this one also
+            // covers a wait for a reconnect.
+            let result = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, send).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        // An endpoint that lets calls run out of time is failing them,
+                        // as Envoy and linkerd count it (and its latency estimate has
+                        // just taken the whole wait, for the load-aware policies).
+                        if fair_share {
+                            self.pool.record_outcome(&sub, false);
                         }
-                    }
-                    Err(frame) => {
-                        let trailers = frame.into_trailers().ok();
-                        if body.is_end_stream() {
-                            return Ok(Self::Replayable(chunks, trailers));
-                        }
-                        return Ok(Self::Streaming(prefixed(chunks, trailers, body)));
+                        return Err(Status::deadline_exceeded(format!(
+                            "endpoint {endpoint}: deadline exceeded"
+                        )));
                     }
                 },
-                Poll::Pending => {
-                    return Ok(Self::Recording(Arc::new(Mutex::new(Recording {
-                        source: body,
-                        chunks,
-                        size,
-                        limit,
-                        trailers: None,
-                        ended: false,
-                        kept: true,
-                        attempt: 0,
-                        reader: None,
-                    }))));
-                }
-            }
-        }
-    }
-
-    /// The body for one attempt: a copy if replayable, a replay of the recording, or
-    /// the stream (once).
-    pub(crate) fn attempt(&mut self) -> Option<Body> {
-        match self {
-            // A unary request: one chunk, no trailers (the common case: kept cheap).
-            Self::Replayable(chunks, None) if chunks.len() <= 1 => {
-                Some(Body::new(OneChunk(chunks.first().cloned())))
-            }
-            Self::Replayable(chunks, trailers) => {
-                Some(prefixed(chunks.clone(), trailers.clone(), Body::empty()))
-            }
-            Self::Recording(recording) => {
-                let mut r = lock(recording);
-                if r.attempt > 0 && !r.kept {
-                    return None;
-                }
-                // From now on only this attempt reads the rest of the caller's body; an
-                // older one waiting on the source is woken to learn that it is over.
-                r.attempt += 1;
-                if let Some(waker) = r.reader.take() {
-                    waker.wake();
-                }
-                Some(Body::new(Replay {
-                    recording: recording.clone(),
-                    attempt: r.attempt,
-                    next: 0,
-                    trailers_sent: false,
-                }))
-            }
-            Self::Streaming(body) => Some(std::mem::take(body)),
-        }
-    }
-
-    pub(crate) fn is_replayable(&self) -> bool {
-        match self {
-            Self::Replayable(..) => true,
-            Self::Recording(recording) => lock(recording).kept,
-            Self::Streaming(_) => false,
-        }
-    }
-
-    /// A response has arrived: the call will not be retried, so the recording can go.
-    ///
-    /// The current attempt may still be sending recorded chunks (it waits for flow
-    /// control): those stay until it has sent them (see `Replay`); nothing new is kept.
-    pub(crate) fn commit(&mut self) {
-        if let Self::Recording(recording) = self {
-            lock(recording).kept = false;
-        }
-    }
-
-    /// The current attempt failed: it must stop reading the caller's body now, so that
-    /// what it reads cannot be lost to the next attempt.
-    pub(crate) fn abandon_attempt(&mut self) {
-        if let Self::Recording(recording) = self {
-            let mut r = lock(recording);
-            r.attempt += 1;
-            if let Some(waker) = r.reader.take() {
-                waker.wake();
-            }
-        }
-    }
-}
-
-/// A streaming request body and what has been read of it, shared by its attempts.
-pub(crate) struct Recording {
-    /// The rest of the caller's body, not read yet.
-    source: Body,
-    /// The data read so far, while `kept`.
-    chunks: Vec<Bytes>,
-    size: usize,
-    limit: usize,
-    trailers: Option<http::HeaderMap>,
-    /// The source has ended.
-    ended: bool,
-    /// Everything read so far is in `chunks`: a new attempt can replay it. Off once
-    /// the body outgrew `limit`, failed, or the call was answered.
-    kept: bool,
-    /// The attempt that reads from the source now; older ones are superseded.
-    attempt: u64,
-    /// The waker of the attempt last waiting on the source, to wake when superseded.
-    reader: Option<Waker>,
-}
-
-fn lock(recording: &Mutex<Recording>) -> std::sync::MutexGuard<'_, Recording> {
-    // Nothing in a poll below can panic with the lock held; if it ever did, what
-    // was recorded is still consistent (every update is a single push or flag).
-    recording.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// One attempt's view of a [`Recording`]: the recorded chunks first, then the source.
-struct Replay {
-    recording: Arc<Mutex<Recording>>,
-    attempt: u64,
-    /// The next recorded chunk to send.
-    next: usize,
-    trailers_sent: bool,
-}
-
-impl http_body::Body for Replay {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        let this = &mut *self;
-        let mut r = lock(&this.recording);
-        if r.attempt != this.attempt {
-            return Poll::Ready(Some(Err(Status::cancelled(
-                "request superseded by a retry",
-            ))));
-        }
-        if let Some(chunk) = r.chunks.get(this.next) {
-            this.next += 1;
-            return Poll::Ready(Some(Ok(Frame::data(chunk.clone()))));
-        }
-        if !r.kept && !r.chunks.is_empty() {
-            // Committed (or too big): every recorded chunk has now been sent, and no
-            // other attempt will come; free them.
-            r.chunks = Vec::new();
-            this.next = 0;
-        }
-        if r.ended {
-            if !this.trailers_sent
-                && let Some(trailers) = r.trailers.clone()
-            {
-                this.trailers_sent = true;
-                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-            }
-            return Poll::Ready(None);
-        }
-        let r = &mut *r;
-        match Pin::new(&mut r.source).poll_frame(cx) {
-            Poll::Pending => {
-                r.reader = Some(cx.waker().clone());
-                Poll::Pending
-            }
-            Poll::Ready(None) => {
-                r.ended = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(status))) => {
-                r.kept = false;
-                Poll::Ready(Some(Err(status)))
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    r.size += data.len();
-                    if r.kept && r.size <= r.limit {
-                        r.chunks.push(data.clone());
-                        this.next += 1;
-                    } else {
-                        // Too big to keep (or already answered): no more attempts.
-                        // This attempt has sent every recorded chunk (it reads the
-                        // source only after them), so they can go.
-                        r.kept = false;
-                        r.chunks = Vec::new();
-                        this.next = 0;
+                None => send.await,
+            };
+            let retry_allowed = attempt < self.retry.max_attempts && body.is_replayable();
+            match result {
+                Ok(response) => {
+                    let answered = header_status(response.headers());
+                    let retry_code =
+                        answered.filter(|code| self.retry.retryable_codes.contains(code));
+                    match retry_code {
+                        Some(code) if retry_allowed && self.budget.allows_retry() => {
+                            self.budget.on_failure();
+                            body.abandon_attempt();
+                            self.note_retry(&sub, &format!("{code:?} from the server"));
+                        }
+                        Some(_) => {
+                            // A failure all the same, only not retried this time.
+                            self.budget.on_failure();
+                            body.commit();
+                            return Ok(response);
+                        }
+                        None => {
+                            self.budget.on_success();
+                            body.commit();
+                            return Ok(response);
+                        }
                     }
-                } else if let Some(trailers) = frame.trailers_ref() {
-                    r.trailers = Some(trailers.clone());
-                    r.ended = true;
-                    this.trailers_sent = true;
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Err(Failure { status, kind })
+                    if kind == FailureKind::Unsent
+                        && transparent < MAX_TRANSPARENT_RETRIES
+                        && body.is_replayable() =>
+                {
+                    // No server saw it (as gRFC A6's transparent retries): it costs
+                    // neither an attempt nor budget, within its own small cap. A
+                    // connection closing with GOAWAY refuses calls this way.
+                    transparent += 1;
+                    body.abandon_attempt();
+                    self.note_retry(&sub, status.message());
+                    last_failure = Some(status);
+                    tried.push(sub);
+                    continue;
+                }
+                Err(Failure { status, kind }) => {
+                    // As gRFC A6 throttles: a call that ran out of time is not a
+                    // failure that a retry could have saved, and costs no token.
+                    if kind != FailureKind::Deadline {
+                        self.budget.on_failure();
+                    }
+                    let retryable = match kind {
+                        FailureKind::Unsent => true,
+                        FailureKind::Cut => self.retry.retry_cut_calls,
+                        FailureKind::Deadline => false,
+                    };
+                    if !(retryable && retry_allowed && self.budget.allows_retry()) {
+                        return Err(status);
+                    }
+                    body.abandon_attempt();
+                    self.note_retry(&sub, status.message());
+                    last_failure = Some(status);
+                }
             }
+            tried.push(sub);
+            attempt += 1;
         }
     }
-}
 
-/// A body of at most one chunk, as a unary request's is.
-struct OneChunk(Option<Bytes>);
-
-impl http_body::Body for OneChunk {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        Poll::Ready(self.0.take().map(|chunk| Ok(Frame::data(chunk))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_none()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.0.as_ref().map_or(0, |c| c.len() as u64))
-    }
-}
-
-fn prefixed(chunks: Vec<Bytes>, trailers: Option<http::HeaderMap>, rest: Body) -> Body {
-    let mut frames: VecDeque<Frame<Bytes>> = chunks.into_iter().map(Frame::data).collect();
-    if let Some(trailers) = trailers {
-        frames.push_back(Frame::trailers(trailers));
-    }
-    Body::new(Prefixed { frames, rest })
-}
-
-/// Frames already read, then the rest of the body.
-struct Prefixed {
-    frames: VecDeque<Frame<Bytes>>,
-    rest: Body,
-}
-
-impl http_body::Body for Prefixed {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        if let Some(frame) = self.frames.pop_front() {
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        Pin::new(&mut self.rest).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.frames.is_empty() && self.rest.is_end_stream()
+    fn note_retry(&self, sub: &Subchannel, why: &str) {
+        sub.retries.fetch_add(1, Ordering::Relaxed);
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        debug!(endpoint = %sub.state.endpoint(), %why, "retrying on another endpoint");
     }
 }
 
@@ -448,145 +312,5 @@ mod tests {
             10_000,
             "capped at the size"
         );
-    }
-
-    #[tokio::test]
-    async fn a_complete_body_is_replayable_and_copies_are_equal() {
-        let body = Body::new(http_body_util_full(b"hello"));
-        let mut request = RequestBody::read(body, 1024).await.unwrap();
-        assert!(request.is_replayable());
-        for _ in 0..2 {
-            let body = request.attempt().unwrap();
-            assert_eq!(collect(body).await, b"hello");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_body_over_the_limit_streams_once() {
-        let body = Body::new(http_body_util_full(b"hello"));
-        let mut request = RequestBody::read(body, 2).await.unwrap();
-        assert!(!request.is_replayable());
-        assert_eq!(collect(request.attempt().unwrap()).await, b"hello");
-    }
-
-    #[tokio::test]
-    async fn a_body_still_streaming_is_recorded_and_a_retry_replays_it_then_goes_on() {
-        let (tx, body) = channel_body();
-        let mut request = RequestBody::read(body, 1024).await.unwrap();
-        assert!(matches!(request, RequestBody::Recording(_)));
-        let mut first = request.attempt().unwrap();
-        tx.send(Bytes::from_static(b"one ")).unwrap();
-        assert_eq!(next_data(&mut first).await, b"one ");
-        assert!(request.is_replayable(), "4 bytes are kept");
-
-        // The first attempt fails; the retry sends "one " again, then reads on.
-        let second = request.attempt().unwrap();
-        assert!(
-            futures::future::poll_fn(|cx| Pin::new(&mut first).poll_frame(cx))
-                .await
-                .unwrap()
-                .is_err(),
-            "the superseded attempt reads nothing more"
-        );
-        tx.send(Bytes::from_static(b"two")).unwrap();
-        drop(tx);
-        assert_eq!(collect(second).await, b"one two");
-        let third = request.attempt().unwrap();
-        assert_eq!(
-            collect(third).await,
-            b"one two",
-            "a whole recording replays"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_recording_stops_at_the_limit_and_when_answered() {
-        let (tx, body) = channel_body();
-        let mut request = RequestBody::read(body, 5).await.unwrap();
-        let mut first = request.attempt().unwrap();
-        tx.send(Bytes::from_static(b"abcdef")).unwrap();
-        assert_eq!(next_data(&mut first).await, b"abcdef", "sent all the same");
-        assert!(!request.is_replayable(), "6 bytes are over the limit of 5");
-        assert!(request.attempt().is_none());
-
-        let (tx, body) = channel_body();
-        let mut request = RequestBody::read(body, 1024).await.unwrap();
-        let mut first = request.attempt().unwrap();
-        tx.send(Bytes::from_static(b"abc")).unwrap();
-        assert_eq!(next_data(&mut first).await, b"abc");
-        request.commit();
-        assert!(!request.is_replayable(), "answered: committed");
-        tx.send(Bytes::from_static(b"def")).unwrap();
-        drop(tx);
-        assert_eq!(collect(first).await, b"def", "the stream goes on");
-    }
-
-    #[tokio::test]
-    async fn an_answer_during_a_replay_loses_nothing() {
-        let (tx, body) = channel_body();
-        let mut request = RequestBody::read(body, 1024).await.unwrap();
-        let mut first = request.attempt().unwrap();
-        for chunk in ["a", "b", "c"] {
-            tx.send(Bytes::from(chunk)).unwrap();
-            assert_eq!(next_data(&mut first).await, chunk.as_bytes());
-        }
-        request.abandon_attempt();
-        let mut second = request.attempt().unwrap();
-        assert_eq!(next_data(&mut second).await, b"a");
-        // The server answers while "b" and "c" are still to be replayed.
-        request.commit();
-        assert!(!request.is_replayable());
-        tx.send(Bytes::from_static(b"d")).unwrap();
-        drop(tx);
-        assert_eq!(collect(second).await, b"bcd", "nothing recorded is dropped");
-    }
-
-    /// A body whose chunks arrive when the test sends them, as a relayed stream's do.
-    fn channel_body() -> (tokio::sync::mpsc::UnboundedSender<Bytes>, Body) {
-        struct Channel(tokio::sync::mpsc::UnboundedReceiver<Bytes>);
-        impl http_body::Body for Channel {
-            type Data = Bytes;
-            type Error = Status;
-            fn poll_frame(
-                mut self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-            ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-                self.0
-                    .poll_recv(cx)
-                    .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
-            }
-        }
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        (tx, Body::new(Channel(rx)))
-    }
-
-    async fn next_data(body: &mut Body) -> Vec<u8> {
-        let frame = futures::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx))
-            .await
-            .unwrap()
-            .unwrap();
-        frame.into_data().unwrap().to_vec()
-    }
-
-    /// A one-chunk body, ready at once, as a unary tonic request is.
-    fn http_body_util_full(
-        bytes: &'static [u8],
-    ) -> impl http_body::Body<Data = Bytes, Error = Status> {
-        Prefixed {
-            frames: VecDeque::from([Frame::data(Bytes::from_static(bytes))]),
-            rest: Body::empty(),
-        }
-    }
-
-    async fn collect(mut body: Body) -> Vec<u8> {
-        let mut out = Vec::new();
-        while let Some(frame) =
-            futures::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
-        {
-            if let Ok(data) = frame.unwrap().into_data() {
-                out.extend_from_slice(&data);
-            }
-        }
-        out
     }
 }

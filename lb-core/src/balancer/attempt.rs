@@ -1,21 +1,23 @@
-//! One attempt of one call on one endpoint, and its response body.
+//! One attempt of one call on one endpoint: sending it, reading what a failure means
+//! (never sent, cut off, out of time), and the response body that keeps the call
+//! counted as in flight until it ends.
 
 use std::{
     fmt,
     pin::Pin,
     sync::{Arc, atomic::Ordering},
     task::{Context, Poll, ready},
-    time::Duration,
 };
 
 use bytes::Bytes;
 use futures::future::poll_fn;
-use tokio::time::Instant;
-use tonic::{Code, Status, body::Body, transport::Channel};
+use tonic::{Status, body::Body, transport::Channel};
 use tower::Service;
 
-use super::subchannel::{Core, Subchannel};
-use crate::{Endpoint, EndpointState, InFlightGuard, error::describe};
+use super::headers::{header_status, is_endpoint_failure};
+use super::pool::Pool;
+use super::subchannel::Subchannel;
+use crate::{Endpoint, EndpointState, InFlightGuard};
 
 /// Added to every response's extensions: the endpoint the balancer sent the call to.
 ///
@@ -30,7 +32,7 @@ pub(crate) struct Route {
     pub channel: Channel,
     pub sub: Arc<Subchannel>,
     pub generation: u64,
-    pub core: Arc<Core>,
+    pub pool: Arc<Pool>,
 }
 
 /// Why an attempt failed, and whether another endpoint may try.
@@ -72,11 +74,11 @@ impl Route {
                 // is over, and its outcome known, already.
                 let outcome = match header_status(&parts.headers) {
                     Some(code) => {
-                        self.core
+                        self.pool
                             .record_outcome(&self.sub, !is_endpoint_failure(code));
                         None
                     }
-                    None => Some((self.sub.clone(), self.core.clone())),
+                    None => Some((self.sub.clone(), self.pool.clone())),
                 };
                 let body = ResponseBody {
                     inner: body,
@@ -87,13 +89,13 @@ impl Route {
             }
             Err(err) => {
                 // No response arrived. Say which endpoint, and why, in gRPC's terms.
-                let reason = describe(&err);
+                let reason = super::describe(&err);
                 let (mut status, kind) = if has_cause::<tonic::TimeoutExpired>(&err) {
                     // The call's own deadline ran out: the endpoint may be fine, only
                     // slower than the caller allows; either way it did not answer in
                     // time, which counts against it (as Envoy and linkerd count
                     // timeouts). Not retried: no time is left.
-                    self.core.record_outcome(&self.sub, false);
+                    self.pool.record_outcome(&self.sub, false);
                     let status =
                         Status::deadline_exceeded(format!("endpoint {endpoint}: {reason}"));
                     (status, FailureKind::Deadline)
@@ -109,22 +111,22 @@ impl Route {
                     if has_cause::<tonic::ConnectError>(&err) {
                         // A connection that could not be made takes the endpoint out of
                         // the snapshot until its task has reconnected it.
-                        self.core
+                        self.pool
                             .report_broken(&self.sub, self.generation, &reason, false);
-                        self.core.record_outcome(&self.sub, false);
+                        self.pool.record_outcome(&self.sub, false);
                     } else if connection_lost(&err) {
                         // The connection under the call is gone (closed, reset, or
                         // declared dead by a liveness ping): out of the rotation until
                         // reconnected and healthy. Connectivity deals with this; it is
                         // not held against the endpoint by outlier detection, so a
                         // server that hung and recovered is back as soon as it answers.
-                        self.core
+                        self.pool
                             .report_broken(&self.sub, self.generation, &reason, true);
                     } else if kind == FailureKind::Cut {
                         // The server reset the call itself: its own failure. (A stream
                         // refused by a connection closing with GOAWAY is routine: a
                         // server recycling connections, not a sign of a bad server.)
-                        self.core.record_outcome(&self.sub, false);
+                        self.pool.record_outcome(&self.sub, false);
                     }
                     let status = Status::unavailable(format!("endpoint {endpoint}: {reason}"));
                     (status, kind)
@@ -173,21 +175,6 @@ fn asked_to_calm_down(err: &(dyn std::error::Error + 'static)) -> bool {
     })
 }
 
-/// The `grpc-status` in response headers (a trailers-only response), if any.
-pub(crate) fn header_status(headers: &http::HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?.to_str().ok()?;
-    Some(Code::from_i32(value.parse().ok()?))
-}
-
-/// Whether a status says the *endpoint* failed (for outlier detection), rather than
-/// that the application answered with an error or the caller gave up.
-pub(crate) fn is_endpoint_failure(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable | Code::Internal | Code::Unknown | Code::DataLoss
-    )
-}
-
 pin_project_lite::pin_project! {
     /// A response body that counts its call as in flight until the body ends, and
     /// reports how the call ended to outlier detection.
@@ -195,7 +182,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Body,
         guard: Option<InFlightGuard>,
-        outcome: Option<(Arc<Subchannel>, Arc<Core>)>,
+        outcome: Option<(Arc<Subchannel>, Arc<Pool>)>,
     }
 }
 
@@ -223,14 +210,14 @@ impl http_body::Body for ResponseBody {
         match &frame {
             Some(Ok(frame)) => {
                 if let Some(code) = frame.trailers_ref().and_then(header_status)
-                    && let Some((sub, core)) = this.outcome.take()
+                    && let Some((sub, pool)) = this.outcome.take()
                 {
-                    core.record_outcome(&sub, !is_endpoint_failure(code));
+                    pool.record_outcome(&sub, !is_endpoint_failure(code));
                 }
             }
             Some(Err(_)) | None => {
-                if let (Some((sub, core)), Some(Err(_))) = (this.outcome.take(), &frame) {
-                    core.record_outcome(&sub, false);
+                if let (Some((sub, pool)), Some(Err(_))) = (this.outcome.take(), &frame) {
+                    pool.record_outcome(&sub, false);
                 }
                 this.guard.take(); // The call is over: it no longer loads the endpoint.
             }
@@ -285,41 +272,70 @@ fn any_cause<E: std::error::Error + 'static>(
     false
 }
 
-/// The call's deadline from its `grpc-timeout` header (e.g. `250m` = 250 ms), as tonic
-/// sets it from `Request::set_timeout`.
-pub(crate) fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    // At most 8 digits and a unit, by the gRPC spec; reject anything else.
-    if value.len() < 2 || value.len() > 9 {
-        return None;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body::{Body as _, Frame};
+    use std::collections::VecDeque;
+
+    /// A body that yields its frames one poll at a time.
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = Status;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
     }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount.saturating_mul(3600)),
-        "M" => Duration::from_secs(amount.saturating_mul(60)),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
-}
 
-/// `timeout` as a `grpc-timeout` header value (milliseconds, rounded up, at most 8
-/// digits).
-pub(crate) fn grpc_timeout_value(timeout: Duration) -> http::HeaderValue {
-    let millis = timeout.as_micros().div_ceil(1000).clamp(1, 99_999_999);
-    http::HeaderValue::from(u64::try_from(millis).unwrap_or(99_999_999))
-        .to_str()
-        .ok()
-        .and_then(|digits| format!("{digits}m").parse().ok())
-        .unwrap_or_else(|| http::HeaderValue::from_static("1m"))
-}
+    fn poll(body: &mut ResponseBody) -> Option<Frame<Bytes>> {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        match Pin::new(body).poll_frame(&mut cx) {
+            Poll::Ready(frame) => frame.map(|f| f.unwrap()),
+            Poll::Pending => panic!("test body never pends"),
+        }
+    }
 
-/// `now + timeout`, saturating instead of panicking on an absurdly long timeout.
-pub(crate) fn deadline_after(timeout: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+    #[test]
+    fn a_call_is_in_flight_until_its_body_ends() {
+        let state = EndpointState::new("127.0.0.1:1".parse().unwrap());
+        let frames = Frames(VecDeque::from([
+            Frame::data(Bytes::from_static(
+                b"headers came first; this is the message",
+            )),
+            Frame::trailers(http::HeaderMap::new()),
+        ]));
+        let mut body = ResponseBody::new(Body::new(frames), state.start_call());
+        assert_eq!(state.in_flight(), 1, "headers alone do not end a call");
+        assert!(poll(&mut body).unwrap().is_data());
+        assert_eq!(state.in_flight(), 1, "the message is not the end either");
+        assert!(poll(&mut body).unwrap().is_trailers());
+        assert!(poll(&mut body).is_none());
+        assert_eq!(state.in_flight(), 0, "the end of the body ends the call");
+        drop(body);
+        assert_eq!(state.in_flight(), 0, "and is counted once");
+    }
+
+    #[test]
+    fn dropping_an_unfinished_body_ends_the_call() {
+        let state = EndpointState::new("127.0.0.1:1".parse().unwrap());
+        let frames = Frames(VecDeque::from([Frame::data(Bytes::from_static(b"x"))]));
+        let body = ResponseBody::new(Body::new(frames), state.start_call());
+        assert_eq!(state.in_flight(), 1);
+        drop(body);
+        assert_eq!(state.in_flight(), 0);
+    }
+
+    #[test]
+    fn causes_are_found_anywhere_in_the_chain() {
+        let err = Status::unavailable("outer");
+        assert!(has_cause::<Status>(&err));
+        assert!(!has_cause::<tonic::TimeoutExpired>(&err));
+    }
 }

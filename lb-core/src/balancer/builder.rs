@@ -1,0 +1,214 @@
+//! Configuring a balancer: its policy, its endpoints or resolver, and every knob.
+
+use std::{sync::Arc, sync::atomic::AtomicU64, time::Duration};
+
+use rand::{RngCore, SeedableRng, rngs::SmallRng};
+use tokio::sync::watch;
+
+use super::ejection;
+use super::handle::Router;
+use super::pool::Pool;
+use super::retry::RetryBudget;
+use super::subchannel::Settings;
+use super::{Balancer, Liveness, OutlierDetection, RetryPolicy};
+use crate::policy::{BuildPicker, Picker, Policy};
+use crate::resolver::Resolution;
+use crate::{Backoff, Endpoint, Error};
+
+/// Configures and builds a [`Balancer`]. Start with [`Balancer::builder`].
+pub struct BalancerBuilder {
+    endpoints: Vec<Endpoint>,
+    following: Option<Resolution>,
+    policy: Arc<dyn BuildPicker>,
+    explain: u64,
+    seed: Option<u64>,
+    queue_timeout: Duration,
+    retry: RetryPolicy,
+    settings: Settings,
+}
+
+impl BalancerBuilder {
+    /// Uses one of the built-in policies (default `round_robin`).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.settings.latency_decay = policy.latency_decay();
+        self.policy = Arc::new(policy);
+        self
+    }
+
+    /// Uses your own stateless picker, for a policy this crate does not ship.
+    pub fn picker(mut self, picker: impl Picker) -> Self {
+        let picker: Arc<dyn Picker> = Arc::new(picker);
+        self.policy = Arc::new(picker);
+        self
+    }
+
+    /// Uses your own policy that builds a picker per endpoint set (tables, rings).
+    pub fn build_picker(mut self, policy: Arc<dyn BuildPicker>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Logs why each of the first `picks` picks was made, at INFO level under the
+    /// target `lb_core::explain` (e.g. `least_request sampled {b: 3 in flight, c: 1
+    /// in flight} -> c`).
+    pub fn explain(mut self, picks: u64) -> Self {
+        self.explain = picks;
+        self
+    }
+
+    /// Seeds every random choice (picks, round robin's start, backoff jitter), so a run
+    /// can be repeated. Without a seed, one is drawn from the operating system.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Connects to every endpoint over TLS (default: plaintext HTTP/2), verifying each
+    /// server's certificate and, for mutual TLS, showing the client's own. See
+    /// [`crate::tls`].
+    pub fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
+        self.settings.tls = Some(tls);
+        self
+    }
+
+    /// How long one connection attempt may take (default 20 s, gRPC's minimum).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a call waits for a usable endpoint while some endpoint is still
+    /// connecting (default 10 s; a shorter call deadline wins).
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.queue_timeout = timeout;
+        self
+    }
+
+    /// The reconnect backoff (default: gRPC's 1 s, ×1.6, ±20 %, at most 120 s).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.settings.backoff = backoff;
+        self
+    }
+
+    /// Health-checks every endpoint with `grpc.health.v1.Health/Watch` for `service`
+    /// (`""`, the default, asks about the whole server); `None` turns it off.
+    pub fn health_check(mut self, service: Option<&str>) -> Self {
+        self.settings.health_service = service.map(String::from);
+        self
+    }
+
+    /// Pings an endpoint's connection when its calls get no answer, and takes the
+    /// endpoint out of the rotation if the ping is not answered either (default: ping
+    /// after 500 ms of silence, dead after 1 s more; `None` turns it off). See
+    /// [`liveness`].
+    pub fn liveness(mut self, liveness: Option<Liveness>) -> Self {
+        self.settings.liveness = liveness;
+        self
+    }
+
+    /// Ejects endpoints whose calls keep failing (default: off).
+    pub fn outlier_detection(mut self, config: Option<OutlierDetection>) -> Self {
+        self.settings.outlier = config;
+        self
+    }
+
+    /// Retries calls that failed before reaching a server (default: 3 attempts).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Builds the balancer and starts connecting to every endpoint.
+    ///
+    /// Must be called inside a Tokio runtime: each endpoint's connection task is spawned
+    /// on it.
+    pub fn build(mut self) -> Result<Balancer, Error> {
+        let handshake_limit = self.settings.connect_timeout;
+        self.settings.tls = self
+            .settings
+            .tls
+            .map(|tls| tls.with_timeout(handshake_limit));
+        if self.endpoints.is_empty() && self.following.is_none() {
+            return Err(Error::NoEndpoints);
+        }
+        let seed = self
+            .seed
+            .unwrap_or_else(|| SmallRng::from_os_rng().next_u64());
+        self.settings.seed = seed;
+        let (stop, stopped) = watch::channel(());
+        let pool = Pool::new(
+            self.policy,
+            self.settings.clone(),
+            stopped.clone(),
+            SmallRng::seed_from_u64(seed),
+        );
+        for endpoint in self.endpoints {
+            pool.add(endpoint)?;
+        }
+        if let Some(mut config) = self.settings.outlier.clone() {
+            // A zero interval would make `tokio::time::interval` panic.
+            config.interval = config.interval.max(Duration::from_millis(1));
+            tokio::spawn(ejection::run(pool.clone(), config, stopped));
+        }
+        let router = Arc::new(Router {
+            pool,
+            explain: AtomicU64::new(self.explain),
+            queue_timeout: self.queue_timeout,
+            budget: RetryBudget::new(&self.retry),
+            retry: self.retry,
+            retries: AtomicU64::new(0),
+            seed,
+            clones: AtomicU64::new(0),
+            _stop: stop,
+        });
+        let balancer = Balancer::from_router(router);
+        if let Some(resolution) = self.following {
+            balancer.follow(resolution);
+        }
+        Ok(balancer)
+    }
+}
+
+impl Balancer {
+    /// Starts configuring a balancer over `endpoints`.
+    pub fn builder(endpoints: impl IntoIterator<Item = Endpoint>) -> BalancerBuilder {
+        BalancerBuilder {
+            endpoints: endpoints.into_iter().collect(),
+            following: None,
+            policy: Arc::new(Policy::default()),
+            explain: 0,
+            seed: None,
+            queue_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+            settings: Settings {
+                connect_timeout: Duration::from_secs(20),
+                backoff: Backoff::default(),
+                health_service: Some(String::new()),
+                outlier: None,
+                latency_decay: crate::latency::DEFAULT_DECAY,
+                seed: 0,
+                tls: None,
+                liveness: Some(Liveness::default()),
+            },
+        }
+    }
+
+    /// Starts configuring a balancer that follows a resolver: over the endpoints it
+    /// has now (possibly none yet, as when servers have still to register) and every
+    /// later change. See [`Balancer::follow`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), lb_core::Error> {
+    /// use lb_core::{Balancer, resolver::Target};
+    ///
+    /// let target: Target = "dns:///greeter.default.svc.cluster.local:50051".parse()?;
+    /// let balancer = Balancer::following(target.resolve().await?).build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn following(resolution: impl Into<Resolution>) -> BalancerBuilder {
+        let resolution = resolution.into();
+        let mut builder = Self::builder(resolution.endpoints());
+        builder.following = Some(resolution);
+        builder
+    }
+}

@@ -1,0 +1,284 @@
+//! The task that keeps one endpoint connected: connect, watch its health, notice the
+//! connection go, back off, connect again (the state diagram is in `subchannel.rs`).
+
+use std::sync::{Arc, atomic::Ordering};
+
+use rand::rngs::SmallRng;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tracing::{info, warn};
+
+use super::attempt::has_cause;
+use super::describe;
+use super::lock;
+use super::pool::Pool;
+use super::subchannel::{Health, Settings, Subchannel};
+use crate::Connectivity;
+
+/// Keeps one endpoint connected (and health-checked) until it is removed or the
+/// balancer is dropped.
+pub(super) struct ConnectionTask {
+    pool: Arc<Pool>,
+    sub: Arc<Subchannel>,
+    rng: SmallRng,
+    stopped: watch::Receiver<()>,
+    removed: watch::Receiver<bool>,
+    broken: watch::Receiver<u64>,
+}
+
+/// Why a connection ended.
+enum Ended {
+    Stop,
+    Lost(String),
+}
+
+impl ConnectionTask {
+    pub(super) fn new(pool: Arc<Pool>, sub: Arc<Subchannel>, seed: u64) -> Self {
+        use rand::SeedableRng;
+        Self {
+            stopped: pool.stopped.clone(),
+            removed: sub.removed.subscribe(),
+            broken: sub.broken.subscribe(),
+            rng: SmallRng::seed_from_u64(seed),
+            pool,
+            sub,
+        }
+    }
+
+    /// Resolves when the balancer is dropped or this endpoint removed.
+    async fn stop(stopped: &mut watch::Receiver<()>, removed: &mut watch::Receiver<bool>) {
+        tokio::select! {
+            _ = stopped.changed() => {}
+            _ = removed.wait_for(|&gone| gone) => {}
+        }
+    }
+
+    /// Resolves when a call reports connection `generation` broken.
+    async fn broken(broken: &mut watch::Receiver<u64>, generation: u64) {
+        let _ = broken.wait_for(|&g| g == generation).await;
+    }
+
+    fn set(&self, state: Connectivity, reason: Option<String>) {
+        let previous = self.sub.state.set_connectivity(state);
+        if let Some(reason) = &reason {
+            *lock(&self.sub.last_error) = Some(reason.clone());
+        } else if state == Connectivity::Ready {
+            *lock(&self.sub.last_error) = None; // Past troubles are past.
+        }
+        if previous != state {
+            if state == Connectivity::TransientFailure {
+                self.pool.failures.send_modify(|n| *n += 1);
+            }
+            let endpoint = self.sub.state.endpoint();
+            match &reason {
+                Some(reason) => info!(%endpoint, %reason, "{previous} -> {state}"),
+                None => info!(%endpoint, "{previous} -> {state}"),
+            }
+        }
+        self.pool.publish();
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut failures = 0u32;
+        let mut generation = 0u64;
+        let backoff = self.pool.settings.backoff;
+        loop {
+            if *self.removed.borrow() {
+                return;
+            }
+            self.set(Connectivity::Connecting, None);
+            // The whole attempt (TCP, TLS, HTTP/2) is bounded: tonic's connect timeout
+            // covers the TCP connect only, and a peer that accepts and then says
+            // nothing must not keep the endpoint CONNECTING.
+            let limit = self.pool.settings.connect_timeout;
+            let attempt = tokio::select! {
+                attempt = tokio::time::timeout(limit, Self::connect(&self.sub, &self.pool.settings)) => attempt,
+                _ = Self::stop(&mut self.stopped, &mut self.removed) => return,
+            };
+            let reason = match attempt {
+                Ok(Ok((channel, health))) => {
+                    self.sub.connects.fetch_add(1, Ordering::Relaxed);
+                    generation += 1;
+                    *lock(&self.sub.connection) = Some((channel, generation));
+                    let connected_at = tokio::time::Instant::now();
+                    let answers_before = self.sub.answers.load(Ordering::Relaxed);
+                    let ended = self.serve(health, generation).await;
+                    let answered = self.sub.answers.load(Ordering::Relaxed) > answers_before;
+                    *lock(&self.sub.connection) = None;
+                    self.sub.health.set(Health::Unknown);
+                    if let Ended::Lost(_) = ended {
+                        self.sub.disconnections.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match ended {
+                        Ended::Stop => return,
+                        Ended::Lost(reason) => {
+                            // A connection that lasted and served is a fresh start:
+                            // reconnect at once, as gRPC does. One lost at once, or
+                            // one that never answered (a hung server accepts
+                            // connections all the same), counts as a failed attempt,
+                            // so that a flapping or hung server is backed off from.
+                            if answered && connected_at.elapsed() >= backoff.initial {
+                                failures = 0;
+                                // IDLE, not TRANSIENT_FAILURE: calls wait for the new
+                                // attempt instead of failing fast. The resolver is
+                                // asked to look again all the same.
+                                self.pool.failures.send_modify(|n| *n += 1);
+                                self.set(Connectivity::Idle, Some(reason));
+                                continue;
+                            }
+                            reason
+                        }
+                    }
+                }
+                Ok(Err(err)) => {
+                    self.sub.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    if has_cause::<tokio::time::error::Elapsed>(&err) {
+                        // tonic's own connect timer, set to the same limit, fired first.
+                        format!("no connection within {limit:?} (connect and handshakes)")
+                    } else {
+                        describe(&err)
+                    }
+                }
+                Err(_) => {
+                    self.sub.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    format!("no connection within {limit:?} (connect and handshakes)")
+                }
+            };
+            let delay = backoff.delay(failures, &mut self.rng);
+            failures = failures.saturating_add(1);
+            let endpoint = self.sub.state.endpoint().clone();
+            warn!(%endpoint, error = %reason, retry_in = ?delay, "connect failed");
+            self.set(Connectivity::TransientFailure, Some(reason));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = Self::stop(&mut self.stopped, &mut self.removed) => return,
+            }
+        }
+    }
+
+    /// Connects the call connection and, with health checking on, the health
+    /// connection beside it.
+    async fn connect(
+        sub: &Subchannel,
+        settings: &Settings,
+    ) -> Result<(Channel, Option<Channel>), tonic::transport::Error> {
+        // Our own connector: a TLS refusal is then read as such (see `connector`).
+        let calls = sub.call_target(settings.liveness);
+        if settings.health_service.is_none() {
+            return Ok((
+                calls.connect_with_connector(sub.connector.clone()).await?,
+                None,
+            ));
+        }
+        let health = sub.health_target();
+        let (calls, health) = tokio::try_join!(
+            calls.connect_with_connector(sub.connector.clone()),
+            health.connect_with_connector(sub.connector.clone())
+        )?;
+        Ok((calls, Some(health)))
+    }
+
+    /// READY on a new connection: what was learnt of the endpoint's latency belongs to
+    /// the old one (a server that hung, say, would otherwise be shunned by `peak_ewma`
+    /// for as long as its stall takes to decay).
+    fn ready_on_new_connection(&self) {
+        self.sub.state.reset_latency();
+        self.set(Connectivity::Ready, None);
+    }
+
+    /// While connected: READY (or as the health check says) until the connection is
+    /// lost, a call reports it broken, or the task must stop.
+    async fn serve(&mut self, health: Option<Channel>, generation: u64) -> Ended {
+        let (Some(service), Some(channel)) = (self.pool.settings.health_service.clone(), health)
+        else {
+            self.ready_on_new_connection();
+            return tokio::select! {
+                _ = Self::broken(&mut self.broken, generation) => Ended::Lost(self.last_error()),
+                _ = Self::stop(&mut self.stopped, &mut self.removed) => Ended::Stop,
+            };
+        };
+        let mut health = HealthClient::new(channel);
+        let request = HealthCheckRequest { service };
+        // A server that accepted the connection but never answers its health check
+        // must not keep the endpoint CONNECTING forever.
+        let answer_within = self.pool.settings.connect_timeout;
+        let stream = tokio::select! {
+            stream = tokio::time::timeout(answer_within, health.watch(request)) => match stream {
+                Ok(stream) => stream,
+                Err(_) => return Ended::Lost(format!("no health answer within {answer_within:?}")),
+            },
+            _ = Self::stop(&mut self.stopped, &mut self.removed) => return Ended::Stop,
+        };
+        let mut stream = match stream {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                // gRFC A17: a server without the health service is taken as healthy.
+                self.sub.answers.fetch_add(1, Ordering::Relaxed);
+                info!(endpoint = %self.sub.state.endpoint(), "no health service: treated as SERVING");
+                self.ready_on_new_connection();
+                return tokio::select! {
+                    _ = Self::broken(&mut self.broken, generation) => Ended::Lost(self.last_error()),
+                    _ = Self::stop(&mut self.stopped, &mut self.removed) => Ended::Stop,
+                };
+            }
+            Err(status) => {
+                // The cause (a TLS alert, a reset) is in the status's sources. A TLS
+                // refusal is said first and plainly: it is what the user must fix.
+                let source = std::error::Error::source(&status);
+                if let Some(tls) = source.and_then(crate::tls::explain) {
+                    return Ended::Lost(tls);
+                }
+                let cause = source
+                    .map(|cause| format!(" ({})", describe(cause)))
+                    .unwrap_or_default();
+                return Ended::Lost(format!(
+                    "health check failed: {:?}: {}{cause}",
+                    status.code(),
+                    status.message()
+                ));
+            }
+        };
+        let mut first_serving = true;
+        loop {
+            tokio::select! {
+                message = stream.message() => match message {
+                    Ok(Some(answer)) => match answer.status() {
+                        ServingStatus::Serving => {
+                            self.sub.answers.fetch_add(1, Ordering::Relaxed);
+                            self.sub.health.set(Health::Serving);
+                            if std::mem::take(&mut first_serving) {
+                                self.ready_on_new_connection();
+                            } else {
+                                self.set(Connectivity::Ready, None);
+                            }
+                        }
+                        other => {
+                            self.sub.answers.fetch_add(1, Ordering::Relaxed);
+                            self.sub.health.set(Health::NotServing);
+                            self.set(
+                                Connectivity::TransientFailure,
+                                Some(format!("health: {}", other.as_str_name())),
+                            );
+                        }
+                    },
+                    Ok(None) => return Ended::Lost("health stream ended by the server".into()),
+                    Err(status) => return Ended::Lost(format!(
+                        "connection lost: {}",
+                        status.message()
+                    )),
+                },
+                _ = Self::broken(&mut self.broken, generation) => return Ended::Lost(self.last_error()),
+                _ = Self::stop(&mut self.stopped, &mut self.removed) => return Ended::Stop,
+            }
+        }
+    }
+
+    fn last_error(&self) -> String {
+        lock(&self.sub.last_error)
+            .clone()
+            .unwrap_or_else(|| "connection broken".into())
+    }
+}

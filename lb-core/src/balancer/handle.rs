@@ -1,0 +1,254 @@
+//! The balancer itself: the handle every caller holds (cheap to clone), its
+//! `tower::Service`, and what its clones share.
+
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use rand::{RngCore, SeedableRng, rngs::SmallRng};
+use tokio::sync::watch;
+use tonic::{Status, body::Body};
+use tower::Service;
+
+use super::headers::deadline_after;
+use super::pool::Pool;
+use super::retry::{RetryBudget, RetryPolicy};
+use super::{EndpointStatus, ResponseBody};
+use crate::resolver::Resolution;
+use crate::{Endpoint, Error};
+
+/// A client-side load balancer for gRPC, usable under any tonic-generated client.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use lb_core::{Balancer, Policy, parse_endpoint_list};
+///
+/// let endpoints = parse_endpoint_list("127.0.0.1:50051,127.0.0.1:50052")?;
+/// let balancer = Balancer::builder(endpoints).policy(Policy::default()).build()?;
+/// // let mut client = MyServiceClient::new(balancer);
+/// # Ok(()) }
+/// ```
+///
+/// Cloning is cheap and every clone shares endpoints, connections and counters; each
+/// clone draws its random numbers from its own generator, seeded from the builder's
+/// seed, so no lock is shared between clones on the call path.
+pub struct Balancer {
+    pub(super) router: Arc<Router>,
+    rng: SmallRng,
+}
+
+impl Balancer {
+    /// The name of the policy in use.
+    pub fn policy_name(&self) -> &'static str {
+        self.router.pool.policy.name()
+    }
+
+    /// The state of every endpoint, in the order they were added.
+    pub fn endpoints(&self) -> Vec<EndpointStatus> {
+        self.router.pool.statuses()
+    }
+
+    /// How many endpoints calls can be sent to now (READY and not ejected). Reads the
+    /// current snapshot: no lock.
+    pub fn usable_endpoints(&self) -> usize {
+        self.router.pool.snapshot.load().ready.len()
+    }
+
+    /// Calls retried on another endpoint so far.
+    pub fn retries(&self) -> u64 {
+        self.router.retries.load(Ordering::Relaxed)
+    }
+
+    /// Adds an endpoint and starts connecting to it; `Ok(false)` if it is already here.
+    /// It takes calls as soon as it is READY, with no call needed to find it.
+    pub fn add_endpoint(&self, endpoint: Endpoint) -> Result<bool, Error> {
+        self.router.pool.add(endpoint)
+    }
+
+    /// Removes an endpoint: new calls never pick it; calls in flight to it finish.
+    /// `false` if it was not here.
+    pub fn remove_endpoint(&self, endpoint: &Endpoint) -> bool {
+        self.router.pool.remove(endpoint)
+    }
+
+    /// Makes the endpoint set exactly `endpoints`: adds the new, removes the missing,
+    /// in one step (calls see the old set or the new, never one half-way).
+    pub fn set_endpoints(&self, endpoints: &[Endpoint]) -> Result<(), Error> {
+        self.router.pool.apply(endpoints)
+    }
+
+    /// Follows a resolver: applies every endpoint set it publishes, in the background,
+    /// until the resolver or the balancer goes away; and when an endpoint fails, asks
+    /// the resolver to look again ([`Resolution::resolve_now`]). Takes a
+    /// [`Resolution`] from [`Target::resolve`](crate::resolver::Target::resolve), or
+    /// any `watch::Receiver<Vec<Endpoint>>` of your own.
+    pub fn follow(&self, resolution: impl Into<Resolution>) {
+        let resolution = resolution.into();
+        let mut updates = resolution.updates();
+        let mut failures = self.router.pool.failures.subscribe();
+        let router = Arc::downgrade(&self.router);
+        tokio::spawn(async move {
+            loop {
+                let endpoints = updates.borrow_and_update().clone();
+                let Some(router) = router.upgrade() else {
+                    return;
+                };
+                if let Err(err) = router.pool.apply(&endpoints) {
+                    tracing::warn!("resolver update not applied: {err}");
+                }
+                drop(router); // Held only while applying: the balancer may go away.
+                loop {
+                    tokio::select! {
+                        changed = updates.changed() => match changed {
+                            Ok(()) => break,
+                            Err(_) => return,
+                        },
+                        failed = failures.changed() => match failed {
+                            // An endpoint failed: the list may be stale.
+                            Ok(()) => resolution.resolve_now(),
+                            Err(_) => return,
+                        },
+                    }
+                }
+            }
+        });
+    }
+
+    /// Resolves whenever endpoint states change (for watching, and tests).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.router.pool.changes.subscribe()
+    }
+
+    /// Waits until every endpoint has finished its first connection attempt (READY or
+    /// TRANSIENT_FAILURE), or `timeout` passes, and returns their states.
+    ///
+    /// Useful before measuring: calls sent while some endpoints are still connecting
+    /// go to the ones already READY, which skews the first shares.
+    pub async fn wait_settled(&self, timeout: Duration) -> Vec<EndpointStatus> {
+        let deadline = deadline_after(timeout);
+        let mut changes = self.changes();
+        loop {
+            if self.router.pool.settled()
+                || tokio::time::timeout_at(deadline, changes.changed())
+                    .await
+                    .is_err()
+            {
+                return self.endpoints();
+            }
+        }
+    }
+}
+
+/// For metrics: a handle that does not keep the balancer alive.
+impl Balancer {
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Router> {
+        Arc::downgrade(&self.router)
+    }
+
+    /// A balancer over `router`, with the next clone's generator.
+    pub(super) fn from_router(router: Arc<Router>) -> Self {
+        Self {
+            rng: router.next_rng(),
+            router,
+        }
+    }
+}
+
+impl Router {
+    /// The policy's name and every endpoint's state (no RNG drawn: reading metrics
+    /// must not change a seeded run's picks).
+    pub(crate) fn report(&self) -> (&'static str, Vec<EndpointStatus>) {
+        (self.pool.policy.name(), self.pool.statuses())
+    }
+}
+
+impl Clone for Balancer {
+    fn clone(&self) -> Self {
+        Self::from_router(self.router.clone())
+    }
+}
+
+impl fmt::Debug for Balancer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Balancer")
+            .field("policy", &self.policy_name())
+            .field("endpoints", &self.endpoints())
+            .finish()
+    }
+}
+
+impl Service<http::Request<Body>> for Balancer {
+    type Response = http::Response<ResponseBody>;
+    // Calls fail with a gRPC status, not an opaque error: tonic hands a `Status` found
+    // in the error to the caller as it is, so the caller sees UNAVAILABLE and a message
+    // naming the endpoint instead of UNKNOWN.
+    type Error = Status;
+    type Future = BoxFuture<'static, Result<Self::Response, Status>>;
+
+    /// Always ready: readiness belongs to the endpoint picked for each call, which is
+    /// not known until the call arrives.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // tonic's channel panics on a request without a path (in a task every later
+        // call on that connection needs), so such a request never gets that far. A
+        // proxy can be handed one; a generated client never makes one.
+        if !request.uri().path().starts_with('/') {
+            let status = tonic::Status::unimplemented(format!(
+                "malformed method path `{}`: a gRPC path is /package.Service/Method",
+                request.uri().path()
+            ));
+            return Box::pin(std::future::ready(Err(status)));
+        }
+        // The common case picks right here, synchronously, with this clone's RNG.
+        let first = self
+            .router
+            .try_pick(&mut self.rng, request.headers(), &[])
+            .ok();
+        let router = self.router.clone();
+        if router.retry.max_attempts <= 1
+            && let Some(route) = first
+        {
+            return Box::pin(async move { route.send(request).await.map_err(|f| f.status) });
+        }
+        let rng = SmallRng::seed_from_u64(self.rng.next_u64());
+        Box::pin(async move { router.call(request, first, rng).await })
+    }
+}
+
+/// What every clone of a balancer shares: the endpoint pool, and how calls are routed
+/// to it (picks explained, waiting, retries and their budget).
+pub(crate) struct Router {
+    pub(super) pool: Arc<Pool>,
+    /// How many more picks to explain.
+    pub(super) explain: AtomicU64,
+    pub(super) queue_timeout: Duration,
+    pub(super) retry: RetryPolicy,
+    pub(super) budget: RetryBudget,
+    pub(super) retries: AtomicU64,
+    pub(super) seed: u64,
+    pub(super) clones: AtomicU64,
+    /// Dropped with the last balancer clone, which tells the tasks to end.
+    pub(super) _stop: watch::Sender<()>,
+}
+
+impl Router {
+    /// A generator for a new clone: seeded from the balancer's seed and the clone's
+    /// number, so a seeded program gets the same streams every run.
+    fn next_rng(&self) -> SmallRng {
+        let n = self.clones.fetch_add(1, Ordering::Relaxed);
+        SmallRng::seed_from_u64(
+            self.seed
+                .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        )
+    }
+}

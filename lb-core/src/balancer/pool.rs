@@ -1,0 +1,309 @@
+//! The endpoint pool: which endpoints the balancer has (membership), and the snapshot
+//! every call reads (the usable ones and a picker built for them).
+//!
+//! Membership changes in one step. A new endpoint set, from
+//! [`Balancer::set_endpoints`](super::Balancer::set_endpoints), a resolver or one
+//! endpoint added or removed, is applied as one diff under the pool's lock: the
+//! survivors keep their connections, the missing are marked removed, the new are
+//! created, and then one snapshot is published, with one picker built for it. A call
+//! therefore sees the old set or the new one, never a set half-way between; and a
+//! Maglev table is rebuilt once per change, not once per endpoint removed.
+//!
+//! Worked example: endpoints `a b c d e`, all READY, and the resolver now says
+//! `a b x y z`. One step removes `c d e` and adds `x y z` (CONNECTING): the snapshot
+//! goes from `[a b c d e]` to `[a b]`, one picker build; `x y z` join it one by one
+//! as each becomes READY, each a publish of its own.
+
+use std::sync::{Arc, Mutex, RwLock, atomic::AtomicU64, atomic::Ordering};
+
+use rand::rngs::SmallRng;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tracing::info;
+
+use super::connection::ConnectionTask;
+use super::subchannel::{EndpointStatus, Settings, Subchannel};
+use super::{lock, read, write};
+use crate::{
+    Connectivity, Endpoint, EndpointState, Error,
+    policy::{BuildPicker, Picker},
+};
+
+/// The endpoints and their connections, shared by all balancer clones and tasks.
+///
+/// Lock order: `subchannels`, then `publishing`; `ejecting` is never held with
+/// `publishing`.
+pub(crate) struct Pool {
+    pub subchannels: RwLock<Vec<Arc<Subchannel>>>,
+    /// What calls see: READY, not ejected endpoints, and a picker built for them.
+    pub snapshot: arc_swap::ArcSwap<Snapshot>,
+    pub policy: Arc<dyn BuildPicker>,
+    /// Serialises `publish` (a snapshot from older states must never be stored after
+    /// one from newer states) and holds the RNG pickers are built with.
+    pub publishing: Mutex<SmallRng>,
+    /// Serialises ejection decisions, so that the ejection limit holds.
+    pub ejecting: Mutex<()>,
+    /// Bumped after every change, to wake calls waiting for a READY endpoint.
+    pub changes: watch::Sender<u64>,
+    /// Bumped whenever an endpoint enters TRANSIENT_FAILURE: the resolver is asked to
+    /// look again (gRPC's `ResolveNow`), as the failure may mean the list is stale.
+    pub failures: watch::Sender<u64>,
+    pub settings: Settings,
+    /// Closed when the last balancer clone is dropped: every task ends.
+    pub stopped: watch::Receiver<()>,
+    /// Counts subchannels ever made, to seed each one's backoff jitter differently.
+    pub made: AtomicU64,
+}
+
+/// The READY endpoints and their picker: one consistent view for a call.
+pub(crate) struct Snapshot {
+    pub picker: Arc<dyn Picker>,
+    pub ready: Vec<EndpointState>,
+    pub routes: Vec<SnapshotRoute>,
+}
+
+pub(crate) struct SnapshotRoute {
+    pub sub: Arc<Subchannel>,
+    pub channel: Channel,
+    pub generation: u64,
+}
+
+impl Pool {
+    pub fn new(
+        policy: Arc<dyn BuildPicker>,
+        settings: Settings,
+        stopped: watch::Receiver<()>,
+        build_rng: SmallRng,
+    ) -> Arc<Self> {
+        let mut rng = build_rng;
+        let snapshot = Snapshot {
+            picker: policy.build(&[], &mut rng),
+            ready: Vec::new(),
+            routes: Vec::new(),
+        };
+        Arc::new(Self {
+            subchannels: RwLock::new(Vec::new()),
+            snapshot: arc_swap::ArcSwap::from_pointee(snapshot),
+            policy,
+            publishing: Mutex::new(rng),
+            ejecting: Mutex::new(()),
+            changes: watch::Sender::new(0),
+            failures: watch::Sender::new(0),
+            settings,
+            stopped,
+            made: AtomicU64::new(0),
+        })
+    }
+
+    /// Adds `endpoint` and starts connecting to it; `false` if it is already here.
+    pub fn add(self: &Arc<Self>, endpoint: Endpoint) -> Result<bool, Error> {
+        let sub = Arc::new(Subchannel::new(endpoint, &self.settings)?);
+        {
+            // Checked and added under one lock: two racing adds make one subchannel.
+            let mut subs = write(&self.subchannels);
+            if subs
+                .iter()
+                .any(|s| s.state.endpoint() == sub.state.endpoint())
+            {
+                return Ok(false);
+            }
+            subs.push(sub.clone());
+        }
+        self.start(sub);
+        Ok(true)
+    }
+
+    /// Removes `endpoint`: no new call picks it; calls in flight finish on their own
+    /// connection. `false` if it was not here.
+    pub fn remove(&self, endpoint: &Endpoint) -> bool {
+        let removed = {
+            let mut subs = write(&self.subchannels);
+            let position = subs.iter().position(|s| s.state.endpoint() == endpoint);
+            position.map(|i| subs.remove(i))
+        };
+        let Some(sub) = removed else {
+            return false;
+        };
+        Self::retire(&sub);
+        self.keep_ejections_within_limit();
+        self.publish();
+        true
+    }
+
+    /// Makes the endpoint set exactly `endpoints`, in one step (see the module docs):
+    /// one lock, one snapshot, one picker build. Every endpoint that can be added is,
+    /// even if one cannot (a TLS name that does not fit, say): the first such error is
+    /// returned after.
+    pub fn apply(self: &Arc<Self>, endpoints: &[Endpoint]) -> Result<(), Error> {
+        let mut first_error = None;
+        let (added, removed) = {
+            let mut subs = write(&self.subchannels);
+            let (kept, removed): (Vec<_>, Vec<_>) = subs
+                .drain(..)
+                .partition(|s| endpoints.contains(s.state.endpoint()));
+            *subs = kept;
+            let mut added = Vec::new();
+            for endpoint in endpoints {
+                if subs.iter().any(|s| s.state.endpoint() == endpoint) {
+                    continue; // Already here (or listed twice).
+                }
+                match Subchannel::new(endpoint.clone(), &self.settings) {
+                    Ok(sub) => {
+                        let sub = Arc::new(sub);
+                        subs.push(sub.clone());
+                        added.push(sub);
+                    }
+                    Err(err) => {
+                        first_error.get_or_insert(err);
+                    }
+                }
+            }
+            (added, removed)
+        };
+        for sub in &removed {
+            Self::retire(sub);
+        }
+        if !removed.is_empty() {
+            self.keep_ejections_within_limit();
+            self.publish();
+        }
+        for sub in added {
+            self.start(sub);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Starts the task that connects `sub`, which is in the pool already.
+    fn start(self: &Arc<Self>, sub: Arc<Subchannel>) {
+        let n = self.made.fetch_add(1, Ordering::Relaxed);
+        let jitter_seed = self.settings.seed ^ (n + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        tokio::spawn(ConnectionTask::new(self.clone(), sub, jitter_seed).run());
+    }
+
+    /// `sub` has left the pool: its task ends, and calls in flight on it finish.
+    fn retire(sub: &Subchannel) {
+        sub.removed.send_replace(true);
+        sub.state.set_connectivity(Connectivity::Idle);
+        info!(endpoint = %sub.state.endpoint(), "removed: no new calls; calls in flight finish");
+    }
+
+    /// Rebuilds the snapshot of usable endpoints and wakes waiting calls.
+    pub fn publish(&self) {
+        let mut build_rng = lock(&self.publishing);
+        let mut ready = Vec::new();
+        let mut routes = Vec::new();
+        for sub in read(&self.subchannels).iter() {
+            if !sub.state.is_ready() || sub.is_ejected() {
+                continue;
+            }
+            if let Some((channel, generation)) = lock(&sub.connection).clone() {
+                ready.push(sub.state.clone());
+                routes.push(SnapshotRoute {
+                    sub: sub.clone(),
+                    channel,
+                    generation,
+                });
+            }
+        }
+        // A new picker only when the usable set changed: that keeps policies with
+        // tables (rings, Maglev, weights) in step with the set, and round robin's turn
+        // where it was when something unrelated changed.
+        let current = self.snapshot.load();
+        let same_set = current.ready.len() == ready.len()
+            && current.ready.iter().zip(&ready).all(|(a, b)| a.same_as(b));
+        let picker = if same_set {
+            current.picker.clone()
+        } else {
+            self.policy.build(&ready, &mut *build_rng)
+        };
+        self.snapshot.store(Arc::new(Snapshot {
+            picker,
+            ready,
+            routes,
+        }));
+        self.changes.send_modify(|version| *version += 1);
+    }
+
+    /// Whether every endpoint has finished connecting and the snapshot shows it: each
+    /// is in TRANSIENT_FAILURE, ejected, or READY *and published* (a state is set just
+    /// before its snapshot is stored, so the states alone can run ahead).
+    pub fn settled(&self) -> bool {
+        let snapshot = self.snapshot.load();
+        read(&self.subchannels)
+            .iter()
+            .all(|s| match s.state.connectivity() {
+                Connectivity::TransientFailure => true,
+                Connectivity::Ready => {
+                    s.is_ejected() || snapshot.ready.iter().any(|r| r.same_as(&s.state))
+                }
+                Connectivity::Idle | Connectivity::Connecting => false,
+            })
+    }
+
+    pub fn any_connecting(&self) -> bool {
+        read(&self.subchannels).iter().any(|s| {
+            matches!(
+                s.state.connectivity(),
+                Connectivity::Idle | Connectivity::Connecting
+            )
+        })
+    }
+
+    pub fn statuses(&self) -> Vec<EndpointStatus> {
+        read(&self.subchannels)
+            .iter()
+            .map(|s| EndpointStatus {
+                endpoint: s.state.endpoint().clone(),
+                connectivity: s.state.connectivity(),
+                ejected: s.is_ejected(),
+                ejections: s.ejections.load(Ordering::Relaxed),
+                in_flight: s.state.in_flight(),
+                calls: s.calls.load(Ordering::Relaxed),
+                retries: s.retries.load(Ordering::Relaxed),
+                last_error: lock(&s.last_error).clone(),
+                connected: lock(&s.connection).is_some(),
+                health: s.health.get(),
+                connects: s.connects.load(Ordering::Relaxed),
+                connect_failures: s.connect_failures.load(Ordering::Relaxed),
+                disconnections: s.disconnections.load(Ordering::Relaxed),
+                calls_ok: s.calls_ok.load(Ordering::Relaxed),
+                calls_failed: s.calls_failed.load(Ordering::Relaxed),
+                durations: s.state.durations().snapshot(),
+            })
+            .collect()
+    }
+
+    /// A call on connection `generation` of `sub` could not connect (`lost`: false),
+    /// or found the connection gone (`lost`: true).
+    ///
+    /// A connection that could not be made is TRANSIENT_FAILURE: calls fail fast
+    /// rather than wait for the backoff. A connection lost is IDLE, as in gRPC: the
+    /// task reconnects at once, and calls wait for it (within their deadline) instead
+    /// of failing in the moment between the loss and the new attempt.
+    pub fn report_broken(&self, sub: &Subchannel, generation: u64, error: &str, lost: bool) {
+        let current = lock(&sub.connection).as_ref().map(|(_, g)| *g);
+        if current != Some(generation) {
+            return; // An older connection; the current one may be fine.
+        }
+        let next = if lost {
+            Connectivity::Idle
+        } else {
+            Connectivity::TransientFailure
+        };
+        // Only the first report moves the endpoint out of READY and wakes the task.
+        if sub.state.transition(Connectivity::Ready, next) {
+            *lock(&sub.last_error) = Some(error.to_string());
+            let why = if lost {
+                "a call found its connection gone"
+            } else {
+                "a call could not connect"
+            };
+            info!(endpoint = %sub.state.endpoint(), %error, "{next}: {why}");
+            self.publish();
+            // The task's own `set` will find the state already changed; count the
+            // failure here, so that the resolver is asked to look again now.
+            self.failures.send_modify(|n| *n += 1);
+            sub.broken.send_replace(generation);
+        }
+    }
+}
