@@ -83,12 +83,19 @@ pub mod balancer;
 pub mod clock;
 pub mod endpoint;
 pub mod error;
+pub mod histogram;
 pub mod latency;
+#[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod policy;
 pub mod resolver;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod state;
+#[cfg(feature = "tls")]
+pub mod tls;
+#[cfg(not(feature = "tls"))]
+#[path = "tls_off.rs"]
 pub mod tls;
 
 pub use backoff::Backoff;

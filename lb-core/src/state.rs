@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use crate::metrics::DurationHistogram;
+use crate::histogram::DurationHistogram;
 use crate::{
     Endpoint, clock,
     latency::{DEFAULT_DECAY, LatencyEstimate},

@@ -164,17 +164,7 @@ impl ClientTls {
     /// What a connection to `endpoint` needs: the rustls settings, the name its
     /// certificate must carry (the endpoint's host unless a server name was set), and
     /// the handshake's time limit.
-    pub(crate) fn for_endpoint(
-        &self,
-        endpoint: &Endpoint,
-    ) -> Result<
-        (
-            Arc<rustls::ClientConfig>,
-            rustls_pki_types::ServerName<'static>,
-            Duration,
-        ),
-        Error,
-    > {
+    pub(crate) fn for_endpoint(&self, endpoint: &Endpoint) -> Result<TlsFor, Error> {
         let name = self.server_name.as_deref().unwrap_or(endpoint.host());
         let name =
             rustls_pki_types::ServerName::try_from(name.to_string()).map_err(|_| Error::Tls {
@@ -187,10 +177,19 @@ impl ClientTls {
     }
 }
 
+/// What a TLS connection needs: the rustls settings, the name to verify, the time
+/// allowed for the handshake.
+pub(crate) type TlsFor = (
+    Arc<rustls::ClientConfig>,
+    rustls_pki_types::ServerName<'static>,
+    Duration,
+);
+
 /// How long a TLS handshake may take, client or server side, unless told otherwise:
 /// a peer that accepts the connection and then says nothing must not hold it forever.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+#[cfg(feature = "server")]
 /// Server settings: show the certificate chain in `cert` with its key, and with
 /// `client_ca`, require every client to show a certificate signed by that CA
 /// (mutual TLS; a client without one fails the handshake).
@@ -242,16 +241,19 @@ pub fn server_config(
     Ok(ServerTls(Arc::new(config)))
 }
 
+#[cfg(feature = "server")]
 /// A server's TLS settings, from [`server_config`], for [`crate::server::incoming`].
 #[derive(Clone)]
 pub struct ServerTls(Arc<rustls::ServerConfig>);
 
+#[cfg(feature = "server")]
 impl ServerTls {
     pub(crate) fn config(&self) -> Arc<rustls::ServerConfig> {
         self.0.clone()
     }
 }
 
+#[cfg(feature = "server")]
 /// Not derived: it would print the private key.
 impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -259,6 +261,7 @@ impl std::fmt::Debug for ServerTls {
     }
 }
 
+#[cfg(feature = "server")]
 /// Why a server refused a client's handshake, for its log.
 pub(crate) fn describe_handshake_error(err: &std::io::Error) -> String {
     let Some(tls) = err

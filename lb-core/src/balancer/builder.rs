@@ -63,6 +63,7 @@ impl BalancerBuilder {
         self
     }
 
+    #[cfg(feature = "tls")]
     /// Connects to every endpoint over TLS (default: plaintext HTTP/2), verifying each
     /// server's certificate and, for mutual TLS, showing the client's own. See
     /// [`crate::tls`].

@@ -35,19 +35,15 @@ use hyper_util::rt::TokioIo;
 
 use crate::{Endpoint, Error, tls::ClientTls};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
 
 /// The HTTP/2 client connection preface (RFC 9113, section 3.4).
+#[cfg(feature = "tls")]
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// What a TLS connection needs: settings, the name to verify, the time allowed.
-pub(crate) type TlsFor = (
-    Arc<rustls::ClientConfig>,
-    rustls_pki_types::ServerName<'static>,
-    Duration,
-);
+use crate::tls::TlsFor;
 
 /// A `tower::Service<Uri>` for tonic's `connect_with_connector`: a TCP connection
 /// (with `TCP_NODELAY`) to the URI's host and port, with TLS if set.
@@ -143,57 +139,71 @@ impl tower::Service<http::Uri> for Connector {
             let Some(tls) = tls else {
                 return Ok(TokioIo::new(Stream::Plain(tcp)));
             };
-            let (config, name, limit) = &*tls;
-            let verdict = async {
-                let mut tls = tokio_rustls::TlsConnector::from(config.clone())
-                    .connect(name.clone(), tcp)
-                    .await?;
-                // gRPC needs HTTP/2: a server that did not agree to it in ALPN would
-                // answer the preface with HTTP/1 (tonic checks this too).
-                if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "the server did not agree to HTTP/2 in the TLS handshake (ALPN h2): \
-                         is it a gRPC server?",
-                    ));
-                }
-                tls.write_all(PREFACE).await?;
-                tls.flush().await?;
-                let mut first = vec![0; 4096];
-                let read = tls.read(&mut first).await?;
-                if read == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the server closed the connection right after the TLS handshake",
-                    ));
-                }
-                first.truncate(read);
-                Ok(Primed {
-                    io: tls,
-                    first,
-                    skip: PREFACE.len(),
-                })
-            };
-            match tokio::time::timeout(*limit, verdict).await {
-                Ok(primed) => Ok(TokioIo::new(Stream::Tls(Box::new(primed?)))),
-                Err(_) => Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "no TLS handshake and HTTP/2 greeting within {}",
-                        humantime::format_duration(*limit)
-                    ),
-                )),
-            }
+            #[cfg(not(feature = "tls"))]
+            match *tls {}
+            #[cfg(feature = "tls")]
+            handshake(tcp, &tls).await
         })
+    }
+}
+
+/// The TLS handshake, then the HTTP/2 preface sent and the server's first bytes read
+/// (see the module docs), within the time allowed.
+#[cfg(feature = "tls")]
+async fn handshake(tcp: Deferred, tls: &TlsFor) -> io::Result<TokioIo<Stream>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (config, name, limit) = tls;
+    let verdict = async {
+        let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name.clone(), tcp)
+            .await?;
+        // gRPC needs HTTP/2: a server that did not agree to it in ALPN would
+        // answer the preface with HTTP/1 (tonic checks this too).
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the server did not agree to HTTP/2 in the TLS handshake (ALPN h2): \
+                         is it a gRPC server?",
+            ));
+        }
+        tls.write_all(PREFACE).await?;
+        tls.flush().await?;
+        let mut first = vec![0; 4096];
+        let read = tls.read(&mut first).await?;
+        if read == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection right after the TLS handshake",
+            ));
+        }
+        first.truncate(read);
+        Ok(Primed {
+            io: tls,
+            first,
+            skip: PREFACE.len(),
+        })
+    };
+    match tokio::time::timeout(*limit, verdict).await {
+        Ok(primed) => Ok(TokioIo::new(Stream::Tls(Box::new(primed?)))),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "no TLS handshake and HTTP/2 greeting within {}",
+                humantime::format_duration(*limit)
+            ),
+        )),
     }
 }
 
 /// A connection as hyper gets it.
 pub(crate) enum Stream {
     Plain(Deferred),
+    #[cfg(feature = "tls")]
     Tls(Box<Primed<tokio_rustls::client::TlsStream<Deferred>>>),
 }
 
+#[cfg(feature = "tls")]
 /// A stream on which the HTTP/2 preface was sent and the server's first bytes read:
 /// it replays those bytes to hyper, and skips hyper's own preface.
 pub(crate) struct Primed<T> {
@@ -202,6 +212,7 @@ pub(crate) struct Primed<T> {
     skip: usize,
 }
 
+#[cfg(feature = "tls")]
 impl<T: AsyncRead + Unpin> AsyncRead for Primed<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -218,6 +229,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Primed<T> {
     }
 }
 
+#[cfg(feature = "tls")]
 impl<T: AsyncWrite + Unpin> AsyncWrite for Primed<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -256,6 +268,7 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
             Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
         }
     }
@@ -269,6 +282,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, data),
+            #[cfg(feature = "tls")]
             Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, data),
         }
     }
@@ -276,6 +290,7 @@ impl AsyncWrite for Stream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            #[cfg(feature = "tls")]
             Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
         }
     }
@@ -283,6 +298,7 @@ impl AsyncWrite for Stream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            #[cfg(feature = "tls")]
             Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
         }
     }

@@ -146,8 +146,9 @@ impl Balancer {
     }
 }
 
-/// For metrics: a handle that does not keep the balancer alive.
 impl Balancer {
+    /// For metrics: a handle that does not keep the balancer alive.
+    #[cfg(feature = "metrics")]
     pub(crate) fn downgrade(&self) -> std::sync::Weak<Router> {
         Arc::downgrade(&self.router)
     }
@@ -161,6 +162,7 @@ impl Balancer {
     }
 }
 
+#[cfg(feature = "metrics")]
 impl Router {
     /// The policy's name and every endpoint's state (no RNG drawn: reading metrics
     /// must not change a seeded run's picks).

@@ -47,6 +47,7 @@ mod connection;
 mod connector;
 mod ejection;
 mod handle;
+#[cfg(feature = "metrics")]
 pub(crate) use handle::Router;
 mod headers;
 pub mod liveness;

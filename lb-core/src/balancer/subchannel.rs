@@ -177,7 +177,7 @@ pub struct EndpointStatus {
     /// Calls that failed because of the endpoint (no answer, UNAVAILABLE, ...).
     pub calls_failed: u64,
     /// How long its calls took, from the pick to the end of the response.
-    pub durations: crate::metrics::HistogramSnapshot,
+    pub durations: crate::histogram::HistogramSnapshot,
 }
 
 impl Subchannel {

@@ -32,8 +32,10 @@ use crate::{Endpoint, Error};
 
 #[cfg(feature = "etcd")]
 mod client;
-#[cfg(feature = "etcd")]
-pub use client::Registration;
+#[cfg(all(feature = "etcd", feature = "server"))]
+mod registration;
+#[cfg(all(feature = "etcd", feature = "server"))]
+pub use registration::Registration;
 
 /// How long a registration lives without renewal, unless told otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
@@ -154,7 +156,7 @@ fn parse_registration(key: &str, value: &[u8]) -> Result<Endpoint, String> {
 }
 
 /// The value a server registers `endpoint` with.
-#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+#[cfg_attr(not(all(feature = "etcd", feature = "server")), allow(dead_code))]
 fn registration_value(endpoint: &Endpoint) -> String {
     let value = NamingValue {
         addr: endpoint.to_string(),
