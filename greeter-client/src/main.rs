@@ -14,7 +14,7 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use greeter_client::{
     LoadSpec, health,
     report::comparison_table,
@@ -288,8 +288,7 @@ struct LoadArgs {
     #[command(flatten)]
     servers: Servers,
 
-    /// Policy: pick_first, round_robin, random, least_connections, least_request,
-    /// peak_ewma, weighted_random, weighted_round_robin, ring_hash, maglev; or gRPC
+    /// Policy: a registered name (listed by `--help`, from lb-core's registry), or gRPC
     /// service-config JSON such as '{"least_request":{"choiceCount":3}}'.
     #[arg(long, default_value = "round_robin")]
     policy: Policy,
@@ -307,7 +306,7 @@ struct CompareArgs {
     #[command(flatten)]
     servers: Servers,
 
-    /// Policies to compare, comma-separated (default: all).
+    /// Policies to compare, comma-separated (default: all; names listed by `--help`).
     #[arg(long, value_delimiter = ',', value_name = "POLICY,...")]
     policies: Vec<Policy>,
 
@@ -347,7 +346,7 @@ struct SimulateArgs {
     #[arg(long = "event", value_name = "EVENT")]
     events: Vec<Event>,
 
-    /// Policies to simulate, comma-separated (default: all).
+    /// Policies to simulate, comma-separated (default: all; names listed by `--help`).
     #[arg(long, value_delimiter = ',', value_name = "POLICY,...")]
     policies: Vec<Policy>,
 
@@ -380,7 +379,8 @@ struct HealthArgs {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = with_policy_lists(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
     init_tracing();
     let work = async {
         match cli.command {
@@ -550,6 +550,33 @@ async fn serve_metrics(
 }
 
 /// A usage error found after parsing: printed like clap's, exit code 2.
+/// The policies' names in `--help` come from lb-core's registry (the built-ins and any
+/// registered), so they cannot go stale: `-h` lists the names, `--help` a line each.
+fn with_policy_lists(command: clap::Command) -> clap::Command {
+    let names = Policy::names().join(", ");
+    let lines: Vec<String> = Policy::all()
+        .iter()
+        .map(|p| format!("  {:<22}{}", p.name(), p.summary()))
+        .collect();
+    let json = "or gRPC service-config JSON such as '{\"least_request\":{\"choiceCount\":3}}'";
+    let one = |arg: clap::Arg| {
+        arg.help(format!("Policy: {names}; {json}"))
+            .long_help(format!("Policy, by name:\n{}\n{json}", lines.join("\n")))
+    };
+    let several = |arg: clap::Arg| {
+        arg.help(format!("Policies, comma-separated (default: all): {names}"))
+            .long_help(format!(
+                "Policies, comma-separated (default: all), each by name:\n{}\n{json}",
+                lines.join("\n")
+            ))
+    };
+    command
+        .mut_arg("policy", one)
+        .mut_subcommand("run", |c| c.mut_arg("policy", one))
+        .mut_subcommand("compare", |c| c.mut_arg("policies", several))
+        .mut_subcommand("simulate", |c| c.mut_arg("policies", several))
+}
+
 fn usage(message: String) -> anyhow::Error {
     anyhow::Error::new(UsageError(message))
 }

@@ -28,6 +28,19 @@ fn text(bytes: &[u8]) -> String {
 }
 
 #[test]
+fn help_lists_every_registered_policy_with_its_summary() {
+    let long = text(&client(&["--help"]).stdout);
+    let short = text(&client(&["compare", "-h"]).stdout);
+    for policy in lb_core::Policy::all() {
+        assert!(
+            long.contains(&format!("{:<22}{}", policy.name(), policy.summary())),
+            "{policy} missing from --help:\n{long}"
+        );
+        assert!(short.contains(policy.name()), "{policy} missing from compare -h:\n{short}");
+    }
+}
+
+#[test]
 fn an_unknown_policy_exits_2_and_lists_the_valid_ones() {
     let out = client(&["--servers", "127.0.0.1:50051", "--policy", "nope"]);
     assert_eq!(out.status.code(), Some(2));
