@@ -130,20 +130,17 @@ impl Servers {
     /// For a dns:/// target, servers' certificates must name the DNS name (as in gRPC)
     /// unless --tls-server-name says otherwise.
     fn tls(&self) -> anyhow::Result<Option<ClientTls>> {
-        let Some(ca) = &self.ca else {
+        let files = lb_core::tls::ClientTlsFiles {
+            ca: self.ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            server_name: self.tls_server_name.clone(),
+        };
+        // No target only when a subcommand was used (see `target`): nothing to connect.
+        let Some(target) = &self.target else {
             return Ok(None);
         };
-        let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
-        let mut tls = ClientTls::from_files(ca, identity).map_err(|e| usage(e.to_string()))?;
-        if let Some(name) = &self.tls_server_name {
-            tls = tls
-                .server_name(name)
-                .map_err(|e| usage(format!("--tls-server-name: {e}")))?;
-        }
-        if let Some(target) = &self.target {
-            tls = tls.for_target(target).map_err(|e| usage(e.to_string()))?;
-        }
-        Ok(Some(tls))
+        files.load(target).map_err(|e| usage(e.to_string()))
     }
 }
 

@@ -36,7 +36,10 @@ fn help_lists_every_registered_policy_with_its_summary() {
             long.contains(&format!("{:<22}{}", policy.name(), policy.summary())),
             "{policy} missing from --help:\n{long}"
         );
-        assert!(short.contains(policy.name()), "{policy} missing from compare -h:\n{short}");
+        assert!(
+            short.contains(policy.name()),
+            "{policy} missing from compare -h:\n{short}"
+        );
     }
 }
 

@@ -177,6 +177,38 @@ impl ClientTls {
     }
 }
 
+/// The client TLS files a program takes on its command line (`--ca`, `--tls-cert`,
+/// `--tls-key`, `--tls-server-name` in greeter-client; the `--backend-` ones in
+/// lb-proxy), turned into [`ClientTls`] the same way everywhere.
+#[derive(Clone, Debug, Default)]
+pub struct ClientTlsFiles {
+    /// The CA that signed the servers' certificates; `None`: no TLS.
+    pub ca: Option<std::path::PathBuf>,
+    /// For mutual TLS: the client's certificate, with `key`.
+    pub cert: Option<std::path::PathBuf>,
+    /// The private key of `cert`.
+    pub key: Option<std::path::PathBuf>,
+    /// The name servers' certificates must carry, whatever address is dialled.
+    pub server_name: Option<String>,
+}
+
+impl ClientTlsFiles {
+    /// The settings for connections to `target`'s servers (`None` without a CA): each
+    /// file read and checked, the server name applied, and for a `dns:///` target the
+    /// DNS name expected unless a server name was given, as in gRPC.
+    pub fn load(&self, target: &crate::resolver::Target) -> Result<Option<ClientTls>, Error> {
+        let Some(ca) = &self.ca else {
+            return Ok(None);
+        };
+        let identity = self.cert.as_deref().zip(self.key.as_deref());
+        let mut tls = ClientTls::from_files(ca, identity)?;
+        if let Some(name) = &self.server_name {
+            tls = tls.server_name(name)?;
+        }
+        Ok(Some(tls.for_target(target)?))
+    }
+}
+
 /// What a TLS connection needs: the rustls settings, the name to verify, the time
 /// allowed for the handshake.
 pub(crate) type TlsFor = (

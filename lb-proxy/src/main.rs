@@ -13,11 +13,12 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use lb_core::{
-    Balancer, Policy, RetryPolicy,
+    Backoff, Balancer, Policy, RetryPolicy,
     metrics::{BalancerMetrics, ServerMetrics},
     resolver::{Resolution, Target},
-    tls::{ClientTls, server_config},
+    tls::{ClientTls, ClientTlsFiles, server_config},
 };
+use rand::{SeedableRng, rngs::SmallRng};
 use tracing::{info, warn};
 
 /// Accepts any gRPC call on one address and forwards it, unchanged, to one of the
@@ -132,20 +133,13 @@ impl Args {
             (Some(cert), Some(key)) => Some(server_config(cert, key, self.ca.as_deref())?),
             _ => None,
         };
-        let back = match &self.backend_ca {
-            Some(ca) => {
-                let identity = self
-                    .backend_tls_cert
-                    .as_deref()
-                    .zip(self.backend_tls_key.as_deref());
-                let mut tls = ClientTls::from_files(ca, identity)?;
-                if let Some(name) = &self.backend_tls_server_name {
-                    tls = tls.server_name(name)?;
-                }
-                Some(tls.for_target(&self.backends)?)
-            }
-            None => None,
-        };
+        let back = ClientTlsFiles {
+            ca: self.backend_ca.clone(),
+            cert: self.backend_tls_cert.clone(),
+            key: self.backend_tls_key.clone(),
+            server_name: self.backend_tls_server_name.clone(),
+        }
+        .load(&self.backends)?;
         Ok((front, back))
     }
 }
@@ -156,6 +150,11 @@ async fn main() -> ExitCode {
     init_tracing();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
+        // The one place a usage error becomes exit code 2, as in the other binaries.
+        Err(err) if err.is::<UsageError>() => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
+        }
         Err(err) => {
             eprintln!("lb-proxy: error: {err:#}");
             ExitCode::FAILURE
@@ -163,33 +162,34 @@ async fn main() -> ExitCode {
     }
 }
 
+/// A mistake in the arguments (a file that cannot be read, a target that cannot
+/// work): exit code 2.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn usage(err: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(UsageError(err.to_string()))
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut stop = StopSignals::listen()?;
-    let token = match lb_core::auth::read_token(args.token_file.as_deref(), "GREETER_TOKEN") {
-        Ok(token) => token,
-        Err(err) => {
-            eprintln!("error: {err}");
-            std::process::exit(2);
-        }
-    };
-    let (front_tls, backend_tls) = match args.tls() {
-        Ok(tls) => tls,
-        Err(err) => {
-            eprintln!("error: {err}");
-            std::process::exit(2);
-        }
-    };
+    let token =
+        lb_core::auth::read_token(args.token_file.as_deref(), "GREETER_TOKEN").map_err(usage)?;
+    let token = lb_core::auth::BearerTokenLayer::optional(token.as_deref()).map_err(usage)?;
+    let (front_tls, backend_tls) = args.tls().map_err(usage)?;
     let target = match args.dns_server {
         Some(server) => args.backends.clone().with_dns_server(server),
         None => Ok(args.backends.clone()),
-    };
-    let target = match target {
-        Ok(target) => target,
-        Err(err) => {
-            eprintln!("error: {err}");
-            std::process::exit(2);
-        }
-    };
+    }
+    .map_err(usage)?;
     let Some(resolution) = resolve_backends(&target, &mut stop).await? else {
         info!("stopped before the backends were found");
         return Ok(());
@@ -220,7 +220,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ..lb_core::server::ConnectionLimits::default()
         },
         metrics: None,
-        token: lb_core::auth::BearerTokenLayer::optional(token.as_deref())?,
+        token,
     };
     let metrics = match args.metrics {
         Some(addr) => {
@@ -253,6 +253,15 @@ fn init_tracing() {
         .init();
 }
 
+/// How often a target that cannot be resolved yet is tried again: from 250 ms, up to
+/// 10 s apart (gRPC's connection backoff, shorter).
+const RESOLVE_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(250),
+    multiplier: 2.0,
+    jitter: 0.2,
+    max: Duration::from_secs(10),
+};
+
 /// Resolves the backends. A proxy often starts before its backends (pods not ready
 /// yet, servers still to register in etcd): a DNS name without records or an etcd out
 /// of reach is retried, with backoff, until found or until a signal says stop (then
@@ -261,24 +270,21 @@ async fn resolve_backends(
     target: &Target,
     stop: &mut StopSignals,
 ) -> anyhow::Result<Option<Resolution>> {
-    let mut delay = Duration::from_millis(250);
-    loop {
-        match target.resolve().await {
+    let mut rng = SmallRng::from_os_rng();
+    for failures in 0u32.. {
+        let err = match target.resolve().await {
             Ok(resolution) => return Ok(Some(resolution)),
-            Err(err) if matches!(target, Target::Dns { .. } | Target::Etcd(_)) => {
-                warn!("{err}; trying again in {delay:?}");
-            }
-            Err(err) => {
-                eprintln!("error: {err}");
-                std::process::exit(2);
-            }
-        }
+            Err(err) if matches!(target, Target::Dns { .. } | Target::Etcd(_)) => err,
+            Err(err) => return Err(usage(err)),
+        };
+        let delay = RESOLVE_BACKOFF.delay(failures, &mut rng);
+        warn!("{err}; trying again in {delay:?}");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.recv() => return Ok(None),
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
+    unreachable!("the loop above only ends by returning")
 }
 
 /// Ctrl-C or SIGTERM (as from `kill` or Kubernetes): time to drain. Listened for from
