@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use e2e_tests::served_by;
 use greeter_client::{LoadSpec, Report};
 use greeter_proto::{HelloRequest, MyServiceClient};
 use greeter_server::{Config, Servers};
@@ -31,12 +32,6 @@ async fn fleet(fast: usize, slow: Option<Duration>) -> (Servers, Option<Servers>
         endpoints.push(slow.addrs()[0].to_string().parse().expect("parses"));
     }
     (fast, slow, endpoints)
-}
-
-/// The server's own name for itself, from the `x-served-by` response metadata.
-fn served_by<T>(response: &tonic::Response<T>) -> Option<String> {
-    let value = response.metadata().get("x-served-by")?;
-    value.to_str().ok().map(String::from)
 }
 
 fn calls_to(report: &Report, address: &str) -> u64 {

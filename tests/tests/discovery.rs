@@ -19,15 +19,13 @@ fn json(endpoints: &[&Endpoint]) -> String {
     )
 }
 
+/// Which server answered one call on `client`.
 async fn served_by(client: &mut MyServiceClient<Balancer>) -> String {
     let response = client
         .say_hello(HelloRequest { name: "d".into() })
         .await
         .expect("a call succeeds");
-    let value = response.metadata().get("x-served-by").cloned();
-    value
-        .and_then(|v| v.to_str().ok().map(String::from))
-        .unwrap_or_default()
+    e2e_tests::served_by(&response).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

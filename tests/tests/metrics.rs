@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use e2e_tests::{say_hello, wait_until};
 use greeter_proto::{HelloRequest, MyServiceClient};
 use greeter_server::Config;
 use lb_core::policy::RoundRobinConfig;
@@ -85,25 +86,6 @@ async fn connect(addr: SocketAddr) -> tonic::transport::Channel {
         .expect("connects")
 }
 
-/// Waits (10 s at most) until the balancer's endpoints are as `what` wants.
-async fn wait_for(balancer: &Balancer, what: impl Fn(&[lb_core::EndpointStatus]) -> bool) {
-    let mut changes = balancer.changes();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !what(&balancer.endpoints()) {
-            changes.changed().await.expect("the balancer is alive");
-        }
-    })
-    .await
-    .expect("in time");
-}
-
-async fn say_hello(balancer: &Balancer) -> Result<(), tonic::Status> {
-    MyServiceClient::new(balancer.clone())
-        .say_hello(HelloRequest { name: "m".into() })
-        .await
-        .map(drop)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn balancer_metrics_are_per_endpoint_and_follow_the_calls() {
     let servers = greeter_server::spawn(Config::on_ports(&[0, 0, 0]))
@@ -149,7 +131,7 @@ async fn balancer_metrics_are_per_endpoint_and_follow_the_calls() {
     }
 
     for _ in 0..30 {
-        say_hello(&balancer).await.expect("answered");
+        say_hello(&balancer, "m").await.expect("answered");
     }
     let after = scrape(endpoint.addr()).await;
     for e in &endpoints {
@@ -196,11 +178,16 @@ async fn balancer_metrics_are_per_endpoint_and_follow_the_calls() {
     // health say so, and the others are still READY with their counts unchanged.
     let (gone, rest) = (endpoints[0].clone(), servers);
     rest.set_instance_serving(0, false).await;
-    wait_for(&balancer, |statuses| {
-        statuses.iter().any(|s| {
-            s.endpoint == gone && s.connectivity == lb_core::Connectivity::TransientFailure
-        })
-    })
+    wait_until(
+        &balancer,
+        Duration::from_secs(10),
+        "as the test wants",
+        |statuses| {
+            statuses.iter().any(|s| {
+                s.endpoint == gone && s.connectivity == lb_core::Connectivity::TransientFailure
+            })
+        },
+    )
     .await;
     let later = scrape(endpoint.addr()).await;
     let gone_at = at(&gone);
@@ -257,7 +244,7 @@ async fn server_metrics_count_calls_by_method_status_and_instance() {
         .expect("builds");
     balancer.wait_settled(Duration::from_secs(5)).await;
     for _ in 0..8 {
-        say_hello(&balancer).await.expect("answered");
+        say_hello(&balancer, "m").await.expect("answered");
     }
     let bad =
         Balancer::builder(lb_core::parse_endpoint_list(&failing.endpoints_list()).expect("valid"))
@@ -267,7 +254,7 @@ async fn server_metrics_count_calls_by_method_status_and_instance() {
             .expect("builds");
     bad.wait_settled(Duration::from_secs(5)).await;
     for _ in 0..3 {
-        assert!(say_hello(&bad).await.is_err());
+        assert!(say_hello(&bad, "m").await.is_err());
     }
 
     let scraped = scrape(endpoint.addr()).await;
@@ -384,7 +371,7 @@ async fn lb_proxy_reports_its_backends_and_its_callers() {
         .expect("builds");
     caller.wait_settled(Duration::from_secs(5)).await;
     for _ in 0..6 {
-        say_hello(&caller)
+        say_hello(&caller, "m")
             .await
             .expect("answered through the proxy");
     }
@@ -479,7 +466,7 @@ async fn the_grafana_dashboard_asks_only_for_metrics_and_labels_that_exist() {
             .expect("builds");
     BalancerMetrics::register(&mut registry, "greeters").watch(&balancer);
     balancer.wait_settled(Duration::from_secs(5)).await;
-    say_hello(&balancer).await.expect("answered");
+    say_hello(&balancer, "m").await.expect("answered");
     let text = lb_core::metrics::encode(&registry);
     let scraped = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses");
     let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();

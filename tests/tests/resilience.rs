@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use e2e_tests::{calls_to, endpoints_of, wait_until};
 use greeter_proto::{HelloRequest, MyServiceClient};
 use greeter_server::{Config, Servers};
 use lb_core::policy::RoundRobinConfig;
@@ -106,44 +107,6 @@ async fn finish(tasks: Vec<tokio::task::JoinHandle<()>>) {
     for task in tasks {
         task.await.expect("no panic");
     }
-}
-
-/// Waits until `check` holds for the balancer's endpoints, or fails after `within`.
-async fn wait_until(
-    balancer: &Balancer,
-    within: Duration,
-    what: &str,
-    check: impl Fn(&[lb_core::EndpointStatus]) -> bool,
-) {
-    let mut changes = balancer.changes();
-    let waited = tokio::time::timeout(within, async {
-        while !check(&balancer.endpoints()) {
-            changes.changed().await.expect("balancer alive");
-        }
-    })
-    .await;
-    assert!(
-        waited.is_ok(),
-        "not {what} within {within:?}: {:?}",
-        balancer.endpoints()
-    );
-}
-
-/// The addresses of in-process servers, as endpoints.
-fn endpoints_of(servers: &Servers) -> Vec<Endpoint> {
-    servers
-        .addrs()
-        .iter()
-        .map(|a| a.to_string().parse().expect("valid"))
-        .collect()
-}
-
-fn calls_to(balancer: &Balancer, endpoint: &Endpoint) -> u64 {
-    balancer
-        .endpoints()
-        .iter()
-        .find(|s| &s.endpoint == endpoint)
-        .map_or(0, |s| s.calls)
 }
 
 fn fast_reconnects(builder: lb_core::BalancerBuilder) -> lb_core::BalancerBuilder {

@@ -153,3 +153,134 @@ pub(super) async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rand::{SeedableRng, rngs::SmallRng};
+    use tokio::time::advance;
+
+    use super::*;
+    use crate::balancer::subchannel::Settings;
+    use crate::balancer::write;
+    use crate::{Backoff, Policy};
+
+    const BASE: Duration = Duration::from_secs(10);
+
+    /// A pool of `n` endpoints that never connect (no task is started): only the
+    /// bookkeeping runs. Returns the sender whose drop would stop tasks, to keep it.
+    fn pool(n: usize) -> (Arc<Pool>, watch::Sender<()>) {
+        let config = OutlierDetection {
+            interval: Duration::from_secs(1),
+            base_ejection_time: BASE,
+            max_ejection_time: Duration::from_secs(25),
+            max_ejection_percent: 50,
+            consecutive_failures: Some(3),
+            success_rate: None,
+        };
+        let settings = Settings {
+            connect_timeout: Duration::from_secs(1),
+            backoff: Backoff::default(),
+            health_service: None,
+            outlier: Some(config),
+            latency_decay: crate::latency::DEFAULT_DECAY,
+            seed: 0,
+            tls: None,
+            liveness: None,
+        };
+        let (stop, stopped) = watch::channel(());
+        let pool = Pool::new(
+            Arc::new(Policy::default()),
+            settings,
+            stopped,
+            SmallRng::seed_from_u64(0),
+        );
+        for i in 0..n {
+            let endpoint = format!("10.0.0.{i}:80").parse().expect("valid");
+            let sub = Subchannel::new(endpoint, &pool.settings).expect("a subchannel");
+            write(&pool.subchannels).push(Arc::new(sub));
+        }
+        (pool, stop)
+    }
+
+    fn sub(pool: &Pool, i: usize) -> Arc<Subchannel> {
+        read(&pool.subchannels)[i].clone()
+    }
+
+    fn fail(pool: &Pool, sub: &Subchannel, times: u32) {
+        for _ in 0..times {
+            pool.record_outcome(sub, false);
+        }
+    }
+
+    fn interval(pool: &Pool) {
+        let config = pool.settings.outlier.clone().expect("configured");
+        pool.outlier_interval(&config);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejection_lasts_base_times_count_capped_and_clean_intervals_forgive() {
+        let (pool, _stop) = pool(4);
+        let a = sub(&pool, 0);
+        fail(&pool, &a, 2);
+        assert!(!a.is_ejected(), "two failures in a row are below the limit");
+        pool.record_outcome(&a, true);
+        fail(&pool, &a, 2);
+        assert!(!a.is_ejected(), "a success in between resets the count");
+        fail(&pool, &a, 1);
+        assert!(a.is_ejected(), "three in a row eject at once");
+
+        // First ejection: BASE.
+        advance(BASE - Duration::from_millis(1)).await;
+        interval(&pool);
+        assert!(a.is_ejected(), "still out 1 ms before its time");
+        advance(Duration::from_millis(1)).await;
+        interval(&pool);
+        assert!(!a.is_ejected(), "back after exactly {BASE:?}");
+
+        // Again at once: twice BASE.
+        fail(&pool, &a, 3);
+        advance(2 * BASE - Duration::from_millis(1)).await;
+        interval(&pool);
+        assert!(a.is_ejected());
+        advance(Duration::from_millis(1)).await;
+        interval(&pool);
+        assert!(!a.is_ejected(), "back after 2 × base");
+
+        // A third time: 3 × BASE would be 30 s, capped at the 25 s maximum.
+        fail(&pool, &a, 3);
+        advance(Duration::from_secs(25)).await;
+        interval(&pool);
+        assert!(!a.is_ejected(), "back after the 25 s maximum");
+
+        // Three clean intervals forgive all three ejections: the next lasts BASE.
+        for _ in 0..3 {
+            advance(Duration::from_secs(1)).await;
+            interval(&pool);
+        }
+        fail(&pool, &a, 3);
+        advance(BASE).await;
+        interval(&pool);
+        assert!(!a.is_ejected(), "forgiven: one base ejection time again");
+        assert_eq!(a.ejections.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_than_the_max_percent_and_a_removal_lets_the_oldest_back() {
+        let (pool, _stop) = pool(4);
+        let subs: Vec<_> = (0..4).map(|i| sub(&pool, i)).collect();
+        fail(&pool, &subs[0], 3);
+        advance(Duration::from_secs(1)).await;
+        fail(&pool, &subs[1], 3);
+        fail(&pool, &subs[2], 3);
+        let ejected: Vec<bool> = subs.iter().map(|s| s.is_ejected()).collect();
+        assert_eq!(ejected, [true, true, false, false], "50 % of 4 is 2");
+
+        // With 3 endpoints, 50 % is 1: the one ejected first returns early.
+        let fourth = subs[3].state.endpoint().clone();
+        assert!(pool.remove(&fourth));
+        assert!(!subs[0].is_ejected(), "the longest ejected returns");
+        assert!(subs[1].is_ejected());
+    }
+}
