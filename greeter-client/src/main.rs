@@ -551,20 +551,16 @@ async fn serve_metrics(
 /// registered), so they cannot go stale: `-h` lists the names, `--help` a line each.
 fn with_policy_lists(command: clap::Command) -> clap::Command {
     let names = Policy::names().join(", ");
-    let lines: Vec<String> = Policy::all()
-        .iter()
-        .map(|p| format!("  {:<22}{}", p.name(), p.summary()))
-        .collect();
+    let table = Policy::table();
     let json = "or gRPC service-config JSON such as '{\"least_request\":{\"choiceCount\":3}}'";
     let one = |arg: clap::Arg| {
         arg.help(format!("Policy: {names}; {json}"))
-            .long_help(format!("Policy, by name:\n{}\n{json}", lines.join("\n")))
+            .long_help(format!("Policy, by name:\n{table}\n{json}"))
     };
     let several = |arg: clap::Arg| {
         arg.help(format!("Policies, comma-separated (default: all): {names}"))
             .long_help(format!(
-                "Policies, comma-separated (default: all), each by name:\n{}\n{json}",
-                lines.join("\n")
+                "Policies, comma-separated (default: all), each by name:\n{table}\n{json}"
             ))
     };
     command

@@ -16,7 +16,7 @@ pub enum Error {
         reason: String,
     },
     /// A connection to an endpoint could not be made (see
-    /// [`Endpoint::connect`](crate::Endpoint::connect)).
+    /// [`balancer::connect`](crate::balancer::connect)).
     #[error("endpoint {endpoint}: {reason}")]
     Connect {
         /// The endpoint.

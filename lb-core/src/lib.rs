@@ -9,45 +9,54 @@
 //! A call flows through three layers, as in gRPC itself:
 //!
 //! ```text
-//!  resolver ──────▶ Balancer ──(snapshot of READY endpoints)──▶ Picker
+//!  resolver ──────▶ Balancer ──(snapshot of usable endpoints)──▶ Picker
 //!  (resolver.rs)     (balancer/)                                 (policy/*.rs)
-//!  list, file, DNS   one connection per endpoint, health,        pure and synchronous:
-//!                    in-flight counts, retries, ejection         pick(&endpoints, ctx) -> index
+//!  list, file, DNS,  one connection per endpoint, health,        pure and synchronous:
+//!  etcd              in-flight counts, retries, ejection         pick(&endpoints, ctx) -> index
 //! ```
 //!
 //! - [`endpoint`]: `host:port` addresses and `--servers` lists, with clear errors.
 //! - [`state`]: the live, lock-free state of one endpoint ([`EndpointState`]): its
-//!   connectivity (IDLE, CONNECTING, READY, TRANSIENT_FAILURE) and calls in flight.
-//! - [`policy`]: the [`Picker`] trait and one file per policy. Pickers do no I/O, so they
-//!   are unit-tested with hand-made endpoint states and a seeded RNG.
+//!   connectivity (IDLE, CONNECTING, READY, TRANSIENT_FAILURE), calls in flight, and
+//!   its latency ([`latency`], on the [`clock`]) and durations ([`histogram`]).
+//! - [`policy`]: the [`Picker`] trait, the policy registry ([`Policy`],
+//!   [`policy::PolicyConfig`], [`policy::register`]) and one file per policy. Pickers do
+//!   no I/O, so they are unit-tested with hand-made endpoint states and a seeded RNG.
 //! - [`balancer`]: the [`Balancer`], a `tower::Service` that any tonic-generated client
 //!   runs on. It connects to every endpoint and watches its health, asks the picker for
 //!   each call, counts the call in flight until its response body ends, retries calls
 //!   that never reached a server, pings connections whose calls get no answer
-//!   ([`balancer::liveness`]), ejects endpoints that keep failing, and names the
-//!   endpoint in errors.
-//! - [`latency`] and [`clock`]: the peak-EWMA latency estimate `peak_ewma` reads.
+//!   ([`balancer::liveness`]), ejects endpoints that keep failing, applies endpoint
+//!   changes in one step, and names the endpoint in errors.
 //! - [`backoff`]: gRPC's connection backoff, used when reconnecting.
-//! - [`resolver`]: target URIs (`host:port` lists, watched files, DNS) and the endpoint
-//!   changes they produce, which the balancer follows.
-//! - [`metrics`]: Prometheus metrics per endpoint, and a `/metrics` endpoint to serve them.
+//! - [`resolver`]: target URIs (`host:port` lists, watched files, DNS, etcd) and the
+//!   endpoint changes they produce, which the balancer follows.
+//! - [`auth`]: a bearer token on every call, as a tower layer; token files.
 //! - [`tls`]: TLS and mutual TLS for the balancer's connections (and servers' settings).
-//! - [`server`]: for servers (greeter-server, lb-proxy, yours): the limits on what
+//! - [`metrics`]: Prometheus metrics per endpoint, and a `/metrics` endpoint to serve them.
+//! - `server`: for servers (greeter-server, lb-proxy, yours): the limits on what
 //!   connects (how many, the handshake, the HTTP/2 preface, idle time, non-gRPC
 //!   requests).
 //!
 //! # Features
-//! - `etcd` (off by default): etcd discovery and registration
-//!   ([`resolver::etcd`]). etcd-client's build script needs a `protoc`, so without it
-//!   this crate builds with nothing but Rust; an `etcd://` target then still parses,
-//!   and resolving it says to enable the feature.
+//! | feature | default | adds |
+//! |---|---|---|
+//! | `dns` | on | `dns:///name:port` targets (hickory) |
+//! | `tls` | on | TLS and mutual TLS to the endpoints (rustls): `BalancerBuilder::tls`, [`tls`] |
+//! | `metrics` | on | [`metrics`]: Prometheus metrics per endpoint, a `/metrics` endpoint |
+//! | `server` | off | `server` (connection limits), `tls::server_config`, the server metrics layer, etcd `Registration`; implies `tls` |
+//! | `etcd` | off | `etcd://` discovery ([`resolver::etcd`]); etcd-client's build script needs a `protoc` |
+//!
+//! The default features build with nothing but Rust. `default-features = false` gives
+//! the pickers and the balancer over tonic alone; a `dns:///` or `etcd://` target then
+//! still parses, and resolving it says which feature to turn on.
 //!
 //! # Example: a balanced client
 //! Three real servers on loopback, one tonic client on top of the balancer:
 //!
 //! ```
 //! use greeter_proto::{HelloRequest, MyServiceClient};
-//! use lb_core::{Balancer, Policy, PickedEndpoint};
+//! use lb_core::{Balancer, PickedEndpoint};
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let servers = greeter_server::spawn(greeter_server::Config::on_ports(&[0, 0, 0])).await?;
@@ -56,7 +65,7 @@
 //! // "127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053", or wherever yours listen.
 //! let endpoints = lb_core::parse_endpoint_list(&servers_list)?;
 //! let balancer = Balancer::builder(endpoints)
-//!     .policy(Policy::default())
+//!     .policy("round_robin".parse()?)
 //!     .seed(7)
 //!     .build()?;
 //! balancer.wait_settled(std::time::Duration::from_secs(5)).await;
@@ -105,5 +114,5 @@ pub use balancer::{
 };
 pub use endpoint::{Endpoint, parse_endpoint_list};
 pub use error::Error;
-pub use policy::{BuildPicker, PickContext, PickError, Picker, Policy};
+pub use policy::{BuildPicker, PickContext, PickError, Picker, Policy, PolicyConfig};
 pub use state::{Connectivity, EndpointState, InFlightGuard};

@@ -11,7 +11,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use lb_core::{
     Backoff, Balancer, Policy, RetryPolicy,
     metrics::{BalancerMetrics, ServerMetrics},
@@ -42,7 +42,7 @@ struct Args {
     #[arg(long, value_name = "IP:PORT")]
     dns_server: Option<SocketAddr>,
 
-    /// Policy name (round_robin, least_request, peak_ewma, ...) or service-config JSON.
+    /// Policy: a registered name (listed by `--help`), or gRPC service-config JSON.
     #[arg(long, default_value = "round_robin")]
     policy: Policy,
 
@@ -146,7 +146,19 @@ impl Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let command = Args::command().mut_arg("policy", |arg| {
+        // From lb-core's registry, so the list cannot go stale.
+        arg.help(format!(
+            "Policy: {}; or gRPC service-config JSON",
+            Policy::names().join(", ")
+        ))
+        .long_help(format!(
+            "Policy, by name:\n{}\nor gRPC service-config JSON such as \
+             '{{\"least_request\":{{\"choiceCount\":3}}}}'",
+            Policy::table()
+        ))
+    });
+    let args = Args::from_arg_matches(&command.get_matches()).unwrap_or_else(|err| err.exit());
     init_tracing();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -101,7 +101,7 @@ impl BalancerBuilder {
     /// Pings an endpoint's connection when its calls get no answer, and takes the
     /// endpoint out of the rotation if the ping is not answered either (default: ping
     /// after 500 ms of silence, dead after 1 s more; `None` turns it off). See
-    /// [`liveness`].
+    /// [`liveness`](super::liveness).
     pub fn liveness(mut self, liveness: Option<Liveness>) -> Self {
         self.settings.liveness = liveness;
         self

@@ -142,6 +142,16 @@ impl Policy {
         registrations().iter().map(|r| r.name).collect()
     }
 
+    /// A line per registered policy, its name and its summary, for help texts:
+    /// `  round_robin           endpoints in turn (the article's 轮询)`.
+    pub fn table() -> String {
+        registrations()
+            .iter()
+            .map(|r| format!("  {:<22}{}", r.name, r.summary))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// The name users type.
     pub fn name(&self) -> &'static str {
         self.0.name()
