@@ -574,16 +574,9 @@ fn usage(message: String) -> anyhow::Error {
     anyhow::Error::new(UsageError(message))
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 struct UsageError(String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
 
 fn exit_code(ok: bool) -> ExitCode {
     if ok {

@@ -176,16 +176,9 @@ async fn main() -> ExitCode {
 
 /// A mistake in the arguments (a file that cannot be read, a target that cannot
 /// work): exit code 2.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 struct UsageError(String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
 
 fn usage(err: impl std::fmt::Display) -> anyhow::Error {
     anyhow::Error::new(UsageError(err.to_string()))
