@@ -156,6 +156,9 @@ impl Tally {
 /// Returns an error only when the balancer cannot be built; failed calls are counted
 /// in the report, not returned.
 pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
+    // Checked before anything connects: a token that cannot be sent is the caller's
+    // mistake, not the servers'.
+    let token = BearerTokenLayer::optional(spec.token.as_deref())?;
     let mut builder = Balancer::builder(spec.servers.clone())
         .policy(spec.policy.clone())
         .explain(spec.explain)
@@ -180,7 +183,6 @@ pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
     // whichever server happened to answer first.
     balancer.wait_settled(spec.connect_wait).await;
 
-    let token = BearerTokenLayer::optional(spec.token.as_deref())?;
     let client = MyServiceClient::new(token.layer(balancer.clone()));
     // With a duration, the number of calls is open: the clock ends the run.
     let requests = if spec.duration.is_some() {

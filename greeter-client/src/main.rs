@@ -546,7 +546,6 @@ async fn serve_metrics(
     ))
 }
 
-/// A usage error found after parsing: printed like clap's, exit code 2.
 /// The policies' names in `--help` come from lb-core's registry (the built-ins and any
 /// registered), so they cannot go stale: `-h` lists the names, `--help` a line each.
 fn with_policy_lists(command: clap::Command) -> clap::Command {
@@ -570,6 +569,7 @@ fn with_policy_lists(command: clap::Command) -> clap::Command {
         .mut_subcommand("simulate", |c| c.mut_arg("policies", several))
 }
 
+/// A usage error found after parsing: printed like clap's, exit code 2.
 fn usage(message: String) -> anyhow::Error {
     anyhow::Error::new(UsageError(message))
 }

@@ -35,11 +35,13 @@ pub enum Error {
         /// The registered names, comma-separated.
         valid: String,
     },
-    /// A policy registered under a name another policy already has.
-    #[error("policy `{name}` is already registered (by another type); choose another name")]
-    PolicyNameTaken {
+    /// A policy registered under a name that cannot be used.
+    #[error("policy name `{name}`: {reason}")]
+    InvalidPolicyName {
         /// The name.
         name: &'static str,
+        /// Why not (taken by another policy, not snake_case).
+        reason: String,
     },
     /// Service-config JSON that could not be used.
     #[error("invalid service config: {reason}")]
@@ -107,7 +109,9 @@ pub enum Error {
 /// An error and its causes, `outer: inner: innermost`.
 ///
 /// tonic's transport errors say only "transport error" in their own `Display` and keep
-/// the useful part ("tcp connect error: Connection refused") in their sources.
+/// the useful part ("tcp connect error: Connection refused") in their sources. For a
+/// TLS refusal, `tls::explain` (feature `tls`) says it more plainly ("the server
+/// requires a client certificate"); the balancer's errors try that first.
 pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();

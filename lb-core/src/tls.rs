@@ -200,7 +200,16 @@ impl ClientTlsFiles {
         let Some(ca) = &self.ca else {
             return Ok(None);
         };
-        let identity = self.cert.as_deref().zip(self.key.as_deref());
+        let identity = match (self.cert.as_deref(), self.key.as_deref()) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(file), None) | (None, Some(file)) => {
+                return Err(Error::Tls {
+                    path: file.display().to_string(),
+                    reason: "a client certificate and its key go together: give both".into(),
+                });
+            }
+        };
         let mut tls = ClientTls::from_files(ca, identity)?;
         if let Some(name) = &self.server_name {
             tls = tls.server_name(name)?;
@@ -321,7 +330,7 @@ pub(crate) fn describe_handshake_error(err: &std::io::Error) -> String {
 
 /// What a TLS failure means, in words, for the side that saw it: `Some` when `err`
 /// is (or is caused by) a TLS error a user can act on.
-pub(crate) fn explain(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+pub fn explain(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut current = Some(err);
     while let Some(e) = current {
         // An io::Error's `source()` skips the error it wraps: look inside it too.

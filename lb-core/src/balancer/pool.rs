@@ -5,7 +5,9 @@
 //! [`Balancer::set_endpoints`](super::Balancer::set_endpoints), a resolver or one
 //! endpoint added or removed, is applied as one diff under the pool's lock: the
 //! survivors keep their connections, the missing are marked removed, the new are
-//! created, and then one snapshot is published, with one picker built for it. A call
+//! created (linear in the set's size, with hash sets), and then, if any left, one
+//! snapshot is published, with one picker built for it. (New endpoints change no
+//! snapshot yet: each joins it when its own task has it READY.) A call
 //! therefore sees the old set or the new one, never a set half-way between; and a
 //! Maglev table is rebuilt once per change, not once per endpoint removed.
 //!
@@ -14,7 +16,10 @@
 //! goes from `[a b c d e]` to `[a b]`, one picker build; `x y z` join it one by one
 //! as each becomes READY, each a publish of its own.
 
-use std::sync::{Arc, Mutex, RwLock, atomic::AtomicU64, atomic::Ordering};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, RwLock, atomic::AtomicU64, atomic::Ordering},
+};
 
 use rand::rngs::SmallRng;
 use tokio::sync::watch;
@@ -31,8 +36,9 @@ use crate::{
 
 /// The endpoints and their connections, shared by all balancer clones and tasks.
 ///
-/// Lock order: `subchannels`, then `publishing`; `ejecting` is never held with
-/// `publishing`.
+/// Lock order: `publishing` or `ejecting` first, then `subchannels`. Never publish
+/// while holding `subchannels` (a `std` `RwLock` cannot be read by the thread that
+/// holds it for writing): `apply` lets it go first.
 pub(crate) struct Pool {
     pub subchannels: RwLock<Vec<Arc<Subchannel>>>,
     /// What calls see: READY, not ejected endpoints, and a picker built for them.
@@ -136,15 +142,18 @@ impl Pool {
     /// returned after.
     pub fn apply(self: &Arc<Self>, endpoints: &[Endpoint]) -> Result<(), Error> {
         let mut first_error = None;
+        let wanted: HashSet<&Endpoint> = endpoints.iter().collect();
         let (added, removed) = {
             let mut subs = write(&self.subchannels);
             let (kept, removed): (Vec<_>, Vec<_>) = subs
                 .drain(..)
-                .partition(|s| endpoints.contains(s.state.endpoint()));
+                .partition(|s| wanted.contains(s.state.endpoint()));
             *subs = kept;
+            let mut present: HashSet<Endpoint> =
+                subs.iter().map(|s| s.state.endpoint().clone()).collect();
             let mut added = Vec::new();
             for endpoint in endpoints {
-                if subs.iter().any(|s| s.state.endpoint() == endpoint) {
+                if !present.insert(endpoint.clone()) {
                     continue; // Already here (or listed twice).
                 }
                 match Subchannel::new(endpoint.clone(), &self.settings) {

@@ -2,7 +2,8 @@
 //!
 //! A policy is a settings type that implements [`PolicyConfig`]: its name, a line on
 //! what it does, its settings as gRPC service-config JSON spells them (parsed with
-//! serde, defaults from `Default`, unknown fields rejected), a check of those
+//! serde; with `#[serde(deny_unknown_fields, default)]`, as every built-in has, missing
+//! fields take their defaults and unknown ones are refused), a check of those
 //! settings, and how it builds a [`Picker`]. The built-in policies are listed once, in
 //! [`super`]; code outside this crate adds its own with [`register`], as grpc-go's
 //! `balancer.Register` does. From then on the name works everywhere a built-in's does:
@@ -113,9 +114,21 @@ pub trait PolicyConfig:
 pub struct Policy(Arc<dyn AnyPolicy>);
 
 impl Policy {
-    /// The policy these settings configure.
+    /// The policy these settings configure, as they are: [`PolicyConfig::validate`]
+    /// runs on settings read from JSON, not here (see [`Policy::checked`]).
     pub fn new<P: PolicyConfig>(settings: P) -> Self {
         Self(Arc::new(settings))
+    }
+
+    /// The same, after the policy's own check (which may also normalise them, as
+    /// `least_request` clamps `choiceCount` to 10).
+    pub fn checked<P: PolicyConfig>(mut settings: P) -> Result<Self, Error> {
+        settings
+            .validate()
+            .map_err(|reason| Error::InvalidServiceConfig {
+                reason: format!("{}: {reason}", P::NAME),
+            })?;
+        Ok(Self::new(settings))
     }
 
     /// The policy called `name`, with its default settings.
@@ -338,12 +351,13 @@ pub fn register<P: PolicyConfig>() -> Result<(), Error> {
         .find(|r| r.name == P::NAME);
     match taken {
         Some(existing) if (existing.type_id)() == TypeId::of::<P>() => Ok(()),
-        Some(_) => Err(Error::PolicyNameTaken { name: P::NAME }),
-        None if !is_policy_name(P::NAME) => Err(Error::InvalidServiceConfig {
-            reason: format!(
-                "policy name `{}` is not snake_case (lower-case letters, digits, `_`)",
-                P::NAME
-            ),
+        Some(_) => Err(Error::InvalidPolicyName {
+            name: P::NAME,
+            reason: "already registered by another type; choose another name".into(),
+        }),
+        None if !is_policy_name(P::NAME) => Err(Error::InvalidPolicyName {
+            name: P::NAME,
+            reason: "not snake_case (lower-case letters, digits and `_`)".into(),
         }),
         None => {
             registered.push(registration);
@@ -405,7 +419,7 @@ mod tests {
     #[test]
     fn a_taken_name_is_refused_and_the_same_type_is_welcome_again() {
         let err = register::<Impostor>().unwrap_err().to_string();
-        assert!(err.contains("`round_robin` is already registered"), "{err}");
+        assert!(err.contains("`round_robin`: already registered"), "{err}");
         register::<RoundRobinConfig>().unwrap();
         assert_eq!(
             Policy::names()
@@ -429,6 +443,16 @@ mod tests {
         assert_eq!(
             format!("{three:?}"),
             "LeastRequestConfig { choice_count: 3 }"
+        );
+        let clamped = Policy::checked(LeastRequestConfig { choice_count: 50 }).unwrap();
+        assert_eq!(
+            clamped,
+            Policy::new(LeastRequestConfig { choice_count: 10 })
+        );
+        let err = Policy::checked(LeastRequestConfig { choice_count: 1 }).unwrap_err();
+        assert!(
+            err.to_string().contains("least_request: choiceCount 1"),
+            "{err}"
         );
     }
 }
