@@ -16,16 +16,47 @@ use tokio::time::Instant;
 
 use crate::load::Progress;
 
-/// Prints the view every second until aborted.
-pub async fn show(balancer: Balancer, progress: Arc<Progress>) {
-    let terminal = std::io::stdout().is_terminal();
+/// Prints the view every second until `done` resolves (the run is over), and then once
+/// more for the run's last second if its tick had not come yet: a 14 s run shows
+/// t=1s to t=14s, however the end and the 14th tick fall.
+pub async fn show(balancer: Balancer, progress: Arc<Progress>, done: impl Future<Output = ()>) {
     let started = Instant::now();
+    let mut view = View {
+        terminal: std::io::stdout().is_terminal(),
+        last: HashMap::new(),
+        last_ok: 0,
+        last_t: 0,
+    };
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     ticks.tick().await;
-    let mut last: HashMap<Endpoint, u64> = HashMap::new();
-    let mut last_ok = 0;
+    let mut done = std::pin::pin!(done);
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => view.print(&balancer, &progress, started.elapsed().as_secs()),
+            () = &mut done => {
+                let end = started.elapsed().as_secs_f64().round() as u64;
+                if end > view.last_t {
+                    view.print(&balancer, &progress, end);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// What the last line showed, to print the next one's rates.
+struct View {
+    terminal: bool,
+    last: HashMap<Endpoint, u64>,
+    last_ok: u64,
+    last_t: u64,
+}
+
+impl View {
+    /// One line (or, in a terminal, one screen) for second `t` of the run.
+    fn print(&mut self, balancer: &Balancer, progress: &Progress, t: u64) {
+        let terminal = self.terminal;
+        let (last, last_ok) = (&self.last, self.last_ok);
         let statuses = balancer.endpoints();
         let ok = progress.ok.load(Ordering::Relaxed);
         let failed = progress.failed.load(Ordering::Relaxed);
@@ -34,7 +65,6 @@ pub async fn show(balancer: Balancer, progress: Arc<Progress>) {
             .map(|s| s.calls - last.get(&s.endpoint).copied().unwrap_or(0))
             .collect();
         let total: u64 = rates.iter().sum::<u64>().max(1);
-        let t = started.elapsed().as_secs();
         let mut out = String::new();
         if terminal {
             out.push_str("\x1b[2J\x1b[H"); // clear the screen, cursor home
@@ -75,10 +105,11 @@ pub async fn show(balancer: Balancer, progress: Arc<Progress>) {
         let mut stdout = std::io::stdout().lock();
         let _ = stdout.write_all(out.as_bytes());
         let _ = stdout.flush();
-        last = statuses
+        self.last = statuses
             .into_iter()
             .map(|s| (s.endpoint, s.calls))
             .collect();
-        last_ok = ok;
+        self.last_ok = ok;
+        self.last_t = t;
     }
 }

@@ -195,9 +195,13 @@ pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
     let started = Instant::now();
     let until = spec.duration.map(|d| started + d);
     let progress = Arc::new(Progress::default());
-    let live = spec
-        .live
-        .then(|| tokio::spawn(crate::live::show(balancer.clone(), progress.clone())));
+    let (run_over, over) = tokio::sync::oneshot::channel::<()>();
+    let live = spec.live.then(|| {
+        let over = async move {
+            let _ = over.await;
+        };
+        tokio::spawn(crate::live::show(balancer.clone(), progress.clone(), over))
+    });
     let workers: Vec<_> = (0..spec.concurrency.max(1))
         .map(|_| {
             let client = client.clone();
@@ -231,8 +235,9 @@ pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
         }
     }
     let elapsed = started.elapsed();
+    drop(run_over); // The live view prints the last second, if it has not, and ends.
     if let Some(live) = live {
-        live.abort();
+        let _ = live.await;
     }
     Ok(build_report(spec, total, elapsed, &balancer.endpoints()).with_retries(balancer.retries()))
 }

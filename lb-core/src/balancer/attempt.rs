@@ -4,6 +4,7 @@
 
 use std::{
     fmt,
+    future::Future,
     pin::Pin,
     sync::{Arc, atomic::Ordering},
     task::{Context, Poll, ready},
@@ -84,6 +85,8 @@ impl Route {
                     inner: body,
                     guard: Some(self.guard),
                     outcome,
+                    deadline: None,
+                    timed_out: false,
                 };
                 Ok(http::Response::from_parts(parts, body))
             }
@@ -178,11 +181,17 @@ fn asked_to_calm_down(err: &(dyn std::error::Error + 'static)) -> bool {
 pin_project_lite::pin_project! {
     /// A response body that counts its call as in flight until the body ends, and
     /// reports how the call ended to outlier detection.
+    ///
+    /// The call's deadline covers the body too: tonic's own timer stops at the
+    /// response headers, so a server that sends them and then stalls would otherwise
+    /// hold the call until the connection dies.
     pub struct ResponseBody {
         #[pin]
         inner: Body,
         guard: Option<InFlightGuard>,
         outcome: Option<(Arc<Subchannel>, Arc<Pool>)>,
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        timed_out: bool,
     }
 }
 
@@ -193,7 +202,16 @@ impl ResponseBody {
             inner,
             guard: Some(guard),
             outcome: None,
+            deadline: None,
+            timed_out: false,
         }
+    }
+
+    /// The same body, failing with `DEADLINE_EXCEEDED` if it has not ended by
+    /// `deadline`.
+    pub(crate) fn until(mut self, deadline: Option<tokio::time::Instant>) -> Self {
+        self.deadline = deadline.map(|at| Box::pin(tokio::time::sleep_until(at)));
+        self
     }
 }
 
@@ -206,7 +224,32 @@ impl http_body::Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
         let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        if *this.timed_out {
+            return Poll::Ready(None);
+        }
+        let frame = match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                let Some(deadline) = this.deadline.as_mut() else {
+                    return Poll::Pending;
+                };
+                ready!(deadline.as_mut().poll(cx));
+                // Out of time before the body ended: the endpoint let the call run out,
+                // which counts against it, as a deadline before the headers does.
+                *this.timed_out = true;
+                let endpoint = match this.outcome.take() {
+                    Some((sub, pool)) => {
+                        pool.record_outcome(&sub, false);
+                        format!("endpoint {}: ", sub.state.endpoint())
+                    }
+                    None => String::new(),
+                };
+                this.guard.take();
+                return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
+                    "{endpoint}deadline exceeded while the response was still arriving"
+                )))));
+            }
+        };
         match &frame {
             Some(Ok(frame)) => {
                 if let Some(code) = frame.trailers_ref().and_then(header_status)
@@ -337,5 +380,35 @@ mod tests {
         let err = Status::unavailable("outer");
         assert!(has_cause::<Status>(&err));
         assert!(!has_cause::<tonic::TimeoutExpired>(&err));
+    }
+
+    /// A body whose server went quiet after the headers.
+    struct Stalled;
+
+    impl http_body::Body for Stalled {
+        type Data = Bytes;
+        type Error = Status;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_covers_the_body_too() {
+        let state = EndpointState::new("127.0.0.1:1".parse().unwrap());
+        let start = tokio::time::Instant::now();
+        let deadline = start + std::time::Duration::from_millis(200);
+        let mut body =
+            ResponseBody::new(Body::new(Stalled), state.start_call()).until(Some(deadline));
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        let status = frame.expect("an error, not the end").unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(start.elapsed(), std::time::Duration::from_millis(200));
+        assert_eq!(state.in_flight(), 0, "the call is over");
+        let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        assert!(next.is_none(), "and stays over");
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tonic::{Status, body::Body};
 use tower::Service;
 
-use super::headers::deadline_after;
+use super::headers::{deadline_after, grpc_timeout};
 use super::pool::Pool;
 use super::retry::{RetryBudget, RetryPolicy};
 use super::{EndpointStatus, ResponseBody};
@@ -220,7 +220,11 @@ impl Service<http::Request<Body>> for Balancer {
         if router.retry.max_attempts <= 1
             && let Some(route) = first
         {
-            return Box::pin(async move { route.send(request).await.map_err(|f| f.status) });
+            let deadline = grpc_timeout(request.headers()).map(deadline_after);
+            return Box::pin(async move {
+                let response = route.send(request).await.map_err(|f| f.status)?;
+                Ok(response.map(|body| body.until(deadline)))
+            });
         }
         let rng = SmallRng::seed_from_u64(self.rng.next_u64());
         Box::pin(async move { router.call(request, first, rng).await })

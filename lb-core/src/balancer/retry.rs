@@ -223,12 +223,12 @@ impl Router {
                             // A failure all the same, only not retried this time.
                             self.budget.on_failure();
                             body.commit();
-                            return Ok(response);
+                            return Ok(response.map(|b| b.until(deadline)));
                         }
                         None => {
                             self.budget.on_success();
                             body.commit();
-                            return Ok(response);
+                            return Ok(response.map(|b| b.until(deadline)));
                         }
                     }
                 }
