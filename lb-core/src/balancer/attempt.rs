@@ -86,6 +86,7 @@ impl Route {
                     guard: Some(self.guard),
                     outcome,
                     deadline: None,
+                    timer: None,
                     timed_out: false,
                 };
                 Ok(http::Response::from_parts(parts, body))
@@ -190,7 +191,10 @@ pin_project_lite::pin_project! {
         inner: Body,
         guard: Option<InFlightGuard>,
         outcome: Option<(Arc<Subchannel>, Arc<Pool>)>,
-        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        // The call's deadline, and its timer, made only if the body has to be
+        // waited for (most answers are in full by the time they are read).
+        deadline: Option<tokio::time::Instant>,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
         timed_out: bool,
     }
 }
@@ -203,6 +207,7 @@ impl ResponseBody {
             guard: Some(guard),
             outcome: None,
             deadline: None,
+            timer: None,
             timed_out: false,
         }
     }
@@ -210,7 +215,7 @@ impl ResponseBody {
     /// The same body, failing with `DEADLINE_EXCEEDED` if it has not ended by
     /// `deadline`.
     pub(crate) fn until(mut self, deadline: Option<tokio::time::Instant>) -> Self {
-        self.deadline = deadline.map(|at| Box::pin(tokio::time::sleep_until(at)));
+        self.deadline = deadline;
         self
     }
 }
@@ -230,10 +235,13 @@ impl http_body::Body for ResponseBody {
         let frame = match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
-                let Some(deadline) = this.deadline.as_mut() else {
+                let Some(deadline) = *this.deadline else {
                     return Poll::Pending;
                 };
-                ready!(deadline.as_mut().poll(cx));
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                ready!(timer.as_mut().poll(cx));
                 // Out of time before the body ended: the endpoint let the call run out,
                 // which counts against it, as a deadline before the headers does.
                 *this.timed_out = true;
