@@ -22,7 +22,7 @@ use super::pool::Pool;
 use super::retry::{RetryBudget, RetryPolicy};
 use super::{EndpointStatus, ResponseBody};
 use crate::resolver::Resolution;
-use crate::{Endpoint, Error};
+use crate::{Endpoint, Error, Policy};
 
 /// A client-side load balancer for gRPC, usable under any tonic-generated client.
 ///
@@ -47,7 +47,15 @@ pub struct Balancer {
 impl Balancer {
     /// The name of the policy in use.
     pub fn policy_name(&self) -> &'static str {
-        self.router.pool.policy.name()
+        self.router.pool.policy_name()
+    }
+
+    /// Switches the policy while calls go on: every pick from now on is `policy`'s, over
+    /// the same endpoints and connections; calls already under way finish where they
+    /// are, and none waits or fails for the switch. (The endpoints' latency estimates
+    /// keep the decay time the balancer was built with.)
+    pub fn set_policy(&self, policy: Policy) {
+        self.router.pool.set_policy(Arc::new(policy));
     }
 
     /// The state of every endpoint, in the order they were added.
@@ -167,7 +175,7 @@ impl Router {
     /// The policy's name and every endpoint's state (no RNG drawn: reading metrics
     /// must not change a seeded run's picks).
     pub(crate) fn report(&self) -> (&'static str, Vec<EndpointStatus>) {
-        (self.pool.policy.name(), self.pool.statuses())
+        (self.pool.policy_name(), self.pool.statuses())
     }
 }
 

@@ -75,7 +75,7 @@ impl Router {
                 .pick(&snapshot.ready, &mut ctx.explain_into(&mut why));
             match &result {
                 Ok(_) => info!(target: "lb_core::explain", "{why}"),
-                Err(err) => info!(target: "lb_core::explain", "{}: {err}", self.pool.policy.name()),
+                Err(err) => info!(target: "lb_core::explain", "{}: {err}", self.pool.policy_name()),
             }
             result
         } else {
@@ -152,7 +152,7 @@ impl Router {
             .collect();
         Status::unavailable(format!(
             "{}: no ready endpoint, {why}: {}",
-            self.pool.policy.name(),
+            self.pool.policy_name(),
             states.join("; ")
         ))
     }

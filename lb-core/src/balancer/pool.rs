@@ -43,10 +43,10 @@ pub(crate) struct Pool {
     pub subchannels: RwLock<Vec<Arc<Subchannel>>>,
     /// What calls see: READY, not ejected endpoints, and a picker built for them.
     pub snapshot: arc_swap::ArcSwap<Snapshot>,
-    pub policy: Arc<dyn BuildPicker>,
     /// Serialises `publish` (a snapshot from older states must never be stored after
-    /// one from newer states) and holds the RNG pickers are built with.
-    pub publishing: Mutex<SmallRng>,
+    /// one from newer states) and holds what pickers are built with: the policy, which
+    /// can be switched while calls go on, and the RNG.
+    pub publishing: Mutex<Publishing>,
     /// Serialises ejection decisions, so that the ejection limit holds.
     pub ejecting: Mutex<()>,
     /// Bumped after every change, to wake calls waiting for a READY endpoint.
@@ -61,8 +61,19 @@ pub(crate) struct Pool {
     pub made: AtomicU64,
 }
 
+/// What `publish` builds pickers with.
+pub(crate) struct Publishing {
+    policy: Arc<dyn BuildPicker>,
+    /// The policy changed since the last picker was built: build one even for the
+    /// same endpoint set.
+    policy_changed: bool,
+    rng: SmallRng,
+}
+
 /// The READY endpoints and their picker: one consistent view for a call.
 pub(crate) struct Snapshot {
+    /// The name of the policy that built the picker.
+    pub policy: &'static str,
     pub picker: Arc<dyn Picker>,
     pub ready: Vec<EndpointState>,
     pub routes: Vec<SnapshotRoute>,
@@ -83,6 +94,7 @@ impl Pool {
     ) -> Arc<Self> {
         let mut rng = build_rng;
         let snapshot = Snapshot {
+            policy: policy.name(),
             picker: policy.build(&[], &mut rng),
             ready: Vec::new(),
             routes: Vec::new(),
@@ -90,8 +102,11 @@ impl Pool {
         Arc::new(Self {
             subchannels: RwLock::new(Vec::new()),
             snapshot: arc_swap::ArcSwap::from_pointee(snapshot),
-            policy,
-            publishing: Mutex::new(rng),
+            publishing: Mutex::new(Publishing {
+                policy,
+                policy_changed: false,
+                rng,
+            }),
             ejecting: Mutex::new(()),
             changes: watch::Sender::new(0),
             failures: watch::Sender::new(0),
@@ -196,9 +211,31 @@ impl Pool {
         info!(endpoint = %sub.state.endpoint(), "removed: no new calls; calls in flight finish");
     }
 
+    /// The name of the policy in use (the one that built the current picker).
+    pub fn policy_name(&self) -> &'static str {
+        self.snapshot.load().policy
+    }
+
+    /// Switches to `policy`: the next snapshot has a picker it built, for the same
+    /// endpoints. Calls already picked go on where they are; every later pick is the new
+    /// policy's. No call waits or fails for the switch.
+    pub fn set_policy(&self, policy: Arc<dyn BuildPicker>) {
+        {
+            let mut publishing = lock(&self.publishing);
+            info!(
+                from = publishing.policy.name(),
+                to = policy.name(),
+                "policy switched"
+            );
+            publishing.policy = policy;
+            publishing.policy_changed = true;
+        }
+        self.publish();
+    }
+
     /// Rebuilds the snapshot of usable endpoints and wakes waiting calls.
     pub fn publish(&self) {
-        let mut build_rng = lock(&self.publishing);
+        let mut publishing = lock(&self.publishing);
         let mut ready = Vec::new();
         let mut routes = Vec::new();
         for sub in read(&self.subchannels).iter() {
@@ -220,12 +257,15 @@ impl Pool {
         let current = self.snapshot.load();
         let same_set = current.ready.len() == ready.len()
             && current.ready.iter().zip(&ready).all(|(a, b)| a.same_as(b));
-        let picker = if same_set {
+        let publishing = &mut *publishing;
+        let picker = if same_set && !publishing.policy_changed {
             current.picker.clone()
         } else {
-            self.policy.build(&ready, &mut *build_rng)
+            publishing.policy_changed = false;
+            publishing.policy.build(&ready, &mut publishing.rng)
         };
         self.snapshot.store(Arc::new(Snapshot {
+            policy: publishing.policy.name(),
             picker,
             ready,
             routes,
