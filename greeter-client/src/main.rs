@@ -334,6 +334,16 @@ struct SimulateArgs {
     #[arg(long)]
     rate: Option<f64>,
 
+    /// Closed loop: N callers, each sending its next call as soon as its last one
+    /// returns, as `greeter-client run` does (instead of arrivals at a rate).
+    #[arg(long, conflicts_with = "rate", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    concurrency: Option<u64>,
+
+    /// Each call's deadline, e.g. 1s: a call not answered in time fails with
+    /// DEADLINE_EXCEEDED and is cancelled on its backend.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+
     /// Simulated time during which calls arrive.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -485,8 +495,16 @@ fn run_simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             keys: args.keys,
             seed: args.seed,
             explain: 0,
+            concurrency: None,
+            timeout: None,
         },
     };
+    if let Some(callers) = args.concurrency {
+        scenario.concurrency = usize::try_from(callers).ok();
+    }
+    if args.timeout.is_some() {
+        scenario.timeout = args.timeout;
+    }
     scenario.explain = args.explain;
     scenario.check().map_err(usage)?;
     let policies = if args.policies.is_empty() {
@@ -506,10 +524,17 @@ fn run_simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         let events: Vec<String> = scenario.events.iter().map(ToString::to_string).collect();
+        let load = match scenario.concurrency {
+            Some(callers) => format!("closed loop, {callers} callers"),
+            None => format!("at {:.0} calls/s", scenario.arrival_rate()),
+        };
+        let deadline = scenario
+            .timeout
+            .map(|t| format!(", {} deadline", humantime::format_duration(t)))
+            .unwrap_or_default();
         println!(
-            "simulated {} s at {:.0} calls/s (seed {}){}\n",
+            "simulated {} s {load}{deadline} (seed {}){}\n",
             scenario.duration.as_secs_f64(),
-            scenario.arrival_rate(),
             scenario.seed,
             if events.is_empty() {
                 String::new()

@@ -10,6 +10,13 @@
 //!   average rate, whether or not earlier calls have finished, as from many
 //!   independent users. The rate is given directly, or as a *utilisation* of the
 //!   fleet's total capacity (`Σ capacity / mean service time`).
+//! - Or **closed-loop** (`concurrency`): N callers, each sending its next call as soon
+//!   as its last one returns, as greeter-client does. The load then adapts to the
+//!   fleet: a slow backend slows its callers down instead of piling calls up.
+//! - **Deadlines** (`timeout`): a call not answered in time fails with
+//!   DEADLINE_EXCEEDED and is cancelled on its backend (taken out of the queue, or its
+//!   worker freed), as a gRPC server drops a cancelled call. An overloaded backend then
+//!   shows up as failed calls, not as a p99 of minutes.
 //! - **Each call is picked** by the policy's [`Picker`], reading real
 //!   [`EndpointState`]s: the in-flight count rises at the pick and falls when the call
 //!   completes, and the latency estimate is fed with the call's full latency (queueing
@@ -188,7 +195,22 @@ pub struct Scenario {
     pub seed: u64,
     /// Explain the first this many picks.
     pub explain: u64,
+    /// Closed loop: this many callers, each sending its next call when its last one
+    /// returns (`None`: open-loop arrivals at `rate` or `utilisation`).
+    pub concurrency: Option<usize>,
+    /// Each call's deadline (`None`: none).
+    pub timeout: Option<Duration>,
 }
+
+/// The most callers a closed-loop scenario may have.
+pub const MAX_CONCURRENCY: usize = 100_000;
+
+/// The most calls one simulation sends: past it, no new call starts.
+pub const MAX_CALLS: u64 = 50_000_000;
+
+/// How long a closed-loop caller whose call found no backend waits before its next
+/// (greeter-client waits for a change, at most 100 ms).
+const UNPICKED_PAUSE_NS: u64 = 100_000_000;
 
 impl Scenario {
     /// Backends with these mean service times, capacity 8 each, 60 % utilisation,
@@ -207,6 +229,8 @@ impl Scenario {
             keys: 0,
             seed: 1,
             explain: 0,
+            concurrency: None,
+            timeout: None,
         })
     }
 
@@ -232,6 +256,10 @@ impl Scenario {
             keys: Option<u64>,
             #[serde(default)]
             seed: Option<u64>,
+            #[serde(default)]
+            concurrency: Option<usize>,
+            #[serde(default)]
+            timeout: Option<String>,
         }
         let file: File = serde_json::from_str(text).map_err(|e| e.to_string())?;
         let mut scenario = Self::with_backends(&[])?;
@@ -254,6 +282,13 @@ impl Scenario {
             .collect::<Result<_, _>>()?;
         scenario.keys = file.keys.unwrap_or(0);
         scenario.seed = file.seed.unwrap_or(scenario.seed);
+        scenario.concurrency = file.concurrency;
+        if let Some(timeout) = file.timeout {
+            scenario.timeout = Some(
+                humantime::parse_duration(&timeout)
+                    .map_err(|e| format!("timeout `{timeout}`: {e}"))?,
+            );
+        }
         scenario.check()?;
         Ok(scenario)
     }
@@ -286,7 +321,17 @@ impl Scenario {
                 _ => {}
             }
         }
-        if self.arrival_rate() * self.duration.as_secs_f64() > 50_000_000.0 {
+        if let Some(n) = self.concurrency
+            && !(1..=MAX_CONCURRENCY).contains(&n)
+        {
+            return Err(format!(
+                "concurrency {n}: between 1 and {MAX_CONCURRENCY} callers"
+            ));
+        }
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return Err("timeout must be above 0".into());
+        }
+        if self.arrival_rate() * self.duration.as_secs_f64() > MAX_CALLS as f64 {
             return Err(
                 "more than 50 million calls: shorten the duration or lower the rate".into(),
             );
@@ -294,8 +339,17 @@ impl Scenario {
         Ok(())
     }
 
-    /// Arrivals per second.
+    /// Arrivals per second: open loop, as set; closed loop, an estimate (each caller
+    /// at the rate of the fastest backend).
     pub fn arrival_rate(&self) -> f64 {
+        if let Some(callers) = self.concurrency {
+            let fastest = self
+                .backends
+                .iter()
+                .map(|b| b.latency.as_secs_f64())
+                .fold(f64::INFINITY, f64::min);
+            return callers as f64 / fastest;
+        }
         self.rate.unwrap_or_else(|| {
             let capacity: f64 = self
                 .backends
@@ -330,18 +384,27 @@ struct SimBackend {
     base_mean_ns: f64,
     capacity: usize,
     busy: usize,
-    waiting: VecDeque<Call>,
+    /// Calls queued, by id (a call cancelled meanwhile is skipped when its turn comes).
+    waiting: VecDeque<u64>,
     served: u64,
+    timeouts: u64,
 }
 
 struct Call {
     arrived: u64,
     guard: InFlightGuard,
+    backend: usize,
+    /// The closed-loop caller that sent it.
+    caller: Option<usize>,
+    /// On a worker now (not queued).
+    serving: bool,
 }
 
 enum Happening {
     Arrival,
-    Done { backend: usize, call: Call },
+    Send { caller: usize },
+    Done { id: u64 },
+    Timeout { id: u64 },
     Change(usize),
 }
 
@@ -388,6 +451,9 @@ struct Simulation<'s> {
     end_ns: u64,
     calls: u64,
     unpicked: u64,
+    timeouts: u64,
+    /// Calls not yet answered, failed or cancelled, by id.
+    live: std::collections::HashMap<u64, Call>,
     latency: hdrhistogram::Histogram<u64>,
     explanations: Vec<String>,
     key_header: http::HeaderName,
@@ -411,6 +477,8 @@ impl<'s> Simulation<'s> {
             end_ns: u64::try_from(scenario.duration.as_nanos()).unwrap_or(u64::MAX),
             calls: 0,
             unpicked: 0,
+            timeouts: 0,
+            live: std::collections::HashMap::new(),
             latency: latency_histogram(),
             explanations: Vec::new(),
             key_header: http::HeaderName::from_bytes(header.as_bytes())
@@ -424,8 +492,17 @@ impl<'s> Simulation<'s> {
             let at = u64::try_from(event.at.as_nanos()).unwrap_or(u64::MAX);
             sim.schedule(at, Happening::Change(i));
         }
-        let first = sim.gap();
-        sim.schedule(first, Happening::Arrival);
+        match scenario.concurrency {
+            Some(callers) => {
+                for caller in 0..callers {
+                    sim.schedule(0, Happening::Send { caller });
+                }
+            }
+            None => {
+                let first = sim.gap();
+                sim.schedule(first, Happening::Arrival);
+            }
+        }
         sim
     }
 
@@ -455,6 +532,7 @@ impl<'s> Simulation<'s> {
             busy: 0,
             waiting: VecDeque::new(),
             served: 0,
+            timeouts: 0,
         });
         self.active.push(self.backends.len() - 1);
         self.states.push(state);
@@ -488,17 +566,38 @@ impl<'s> Simulation<'s> {
         while let Some(Scheduled { at, what, .. }) = self.heap.pop() {
             match what {
                 Happening::Arrival => self.arrive(at),
-                Happening::Done { backend, call } => self.complete(at, backend, call),
+                Happening::Send { caller } => self.send(at, Some(caller)),
+                Happening::Done { id } => self.complete(at, id),
+                Happening::Timeout { id } => self.time_out(at, id),
                 Happening::Change(i) => self.change(i),
             }
         }
         self.report()
     }
 
+    /// An open-loop arrival: the next one is scheduled at once.
     fn arrive(&mut self, now: u64) {
         let next = now.saturating_add(self.gap());
         if next < self.end_ns {
             self.schedule(next, Happening::Arrival);
+        }
+        self.send(now, None);
+    }
+
+    /// A closed-loop caller's call ended at `now`: it sends its next, if there is time.
+    fn next_from(&mut self, now: u64, caller: Option<usize>, pause: u64) {
+        let at = now.saturating_add(pause);
+        if let Some(caller) = caller
+            && at < self.end_ns
+        {
+            self.schedule(at, Happening::Send { caller });
+        }
+    }
+
+    /// One call, picked now and sent to its backend.
+    fn send(&mut self, now: u64, caller: Option<usize>) {
+        if self.calls >= MAX_CALLS {
+            return;
         }
         let number = self.calls;
         self.calls += 1;
@@ -531,35 +630,78 @@ impl<'s> Simulation<'s> {
         }
         let Some(&backend) = picked.ok().and_then(|i| self.active.get(i)) else {
             self.unpicked += 1;
+            self.next_from(now, caller, UNPICKED_PAUSE_NS);
             return;
         };
+        let id = number;
         let call = Call {
             arrived: now,
             guard: self.backends[backend].state.start_call_at(now),
+            backend,
+            caller,
+            serving: false,
         };
+        self.live.insert(id, call);
+        if let Some(timeout) = self.scenario.timeout {
+            let at = now.saturating_add(u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX));
+            self.schedule(at, Happening::Timeout { id });
+        }
         if self.backends[backend].busy < self.backends[backend].capacity {
-            self.start(now, backend, call);
+            self.start(now, backend, id);
         } else {
-            self.backends[backend].waiting.push_back(call);
+            self.backends[backend].waiting.push_back(id);
         }
     }
 
-    fn start(&mut self, now: u64, backend: usize, call: Call) {
+    fn start(&mut self, now: u64, backend: usize, id: u64) {
+        if let Some(call) = self.live.get_mut(&id) {
+            call.serving = true;
+        }
         self.backends[backend].busy += 1;
         let done = now.saturating_add(self.service_time(backend));
-        self.schedule(done, Happening::Done { backend, call });
+        self.schedule(done, Happening::Done { id });
     }
 
-    fn complete(&mut self, now: u64, backend: usize, call: Call) {
+    /// A worker of `backend` is free: the next queued call still waiting takes it.
+    fn start_next(&mut self, now: u64, backend: usize) {
+        while let Some(id) = self.backends[backend].waiting.pop_front() {
+            if self.live.contains_key(&id) {
+                self.start(now, backend, id);
+                return;
+            }
+        }
+    }
+
+    fn complete(&mut self, now: u64, id: u64) {
+        // A call that timed out was cancelled, its worker freed then: nothing to do.
+        let Some(call) = self.live.remove(&id) else {
+            return;
+        };
         let micros = (now.saturating_sub(call.arrived) / 1_000).max(1);
         let _ = self.latency.record(micros);
         call.guard.finish_at(now);
-        let b = &mut self.backends[backend];
+        let b = &mut self.backends[call.backend];
         b.served += 1;
         b.busy -= 1;
-        if let Some(next) = b.waiting.pop_front() {
-            self.start(now, backend, next);
+        self.start_next(now, call.backend);
+        self.next_from(now, call.caller, 0);
+    }
+
+    /// The call's deadline passed before its answer: it fails, and is cancelled on its
+    /// backend (its worker freed, or its place in the queue given up).
+    fn time_out(&mut self, now: u64, id: u64) {
+        let Some(call) = self.live.remove(&id) else {
+            return; // Answered in time.
+        };
+        self.timeouts += 1;
+        call.guard.finish_at(now);
+        let b = &mut self.backends[call.backend];
+        b.timeouts += 1;
+        if call.serving {
+            b.busy -= 1;
+            self.start_next(now, call.backend);
         }
+        self.next_from(now, call.caller, 0);
     }
 
     fn change(&mut self, index: usize) {
@@ -595,21 +737,28 @@ impl<'s> Simulation<'s> {
         let backends: Vec<Backend> = self
             .backends
             .iter()
-            .map(|b| Backend::new(b.label.clone(), b.served, 0))
+            .map(|b| Backend::new(b.label.clone(), b.served, b.timeouts))
             .collect();
-        let errors = if self.unpicked == 0 {
-            Vec::new()
-        } else {
-            vec![ErrorCount {
+        let mut errors = Vec::new();
+        if self.unpicked > 0 {
+            errors.push(ErrorCount {
                 code: "Unavailable".into(),
                 count: self.unpicked,
                 example: "no backend could be picked".into(),
-            }]
-        };
+            });
+        }
+        if self.timeouts > 0 {
+            let timeout = self.scenario.timeout.unwrap_or_default();
+            errors.push(ErrorCount {
+                code: "DeadlineExceeded".into(),
+                count: self.timeouts,
+                example: format!("no answer within {}", humantime::format_duration(timeout)),
+            });
+        }
         let report = Report::new(
             self.policy.name(),
             self.calls,
-            0,
+            self.scenario.concurrency.unwrap_or(0),
             self.scenario.duration.as_secs_f64(),
             backends,
             Latency::from_histogram_us(&self.latency),
@@ -691,5 +840,71 @@ mod tests {
         assert!(calls[1] > calls[0] && calls[1] > calls[2], "{calls:?}");
         assert_eq!(report.failed, 0);
         assert_eq!(report.succeeded, report.requests);
+    }
+
+    #[test]
+    fn a_closed_loop_keeps_its_callers_busy_and_no_more() {
+        let mut scenario = Scenario::with_backends(&["10ms"]).unwrap();
+        scenario.concurrency = Some(4);
+        let report = simulate(&scenario, &Policy::new(RoundRobinConfig {})).report;
+        // 4 callers, 10 ms a call, never more than 4 at once on 8 workers: 400 calls/s.
+        assert!(
+            (360.0..440.0).contains(&report.calls_per_sec),
+            "{}",
+            report.calls_per_sec
+        );
+        assert_eq!(report.failed, 0);
+        assert_eq!(report.concurrency, 4);
+        // Nobody queues: the median is the service time's (exponential: ln 2 × 10 ms).
+        assert!(report.latency_ms.p50 < 10.0, "{:?}", report.latency_ms);
+    }
+
+    #[test]
+    fn deadlines_fail_calls_and_cancel_them_on_the_backend() {
+        let mut scenario = Scenario::with_backends(&["100ms,capacity=1"]).unwrap();
+        scenario.concurrency = Some(10);
+        scenario.timeout = Some(Duration::from_millis(150));
+        let report = simulate(&scenario, &Policy::new(RoundRobinConfig {})).report;
+        assert!(report.failed > report.succeeded, "{report:?}");
+        assert_eq!(report.errors[0].code, "DeadlineExceeded");
+        assert_eq!(report.succeeded + report.failed, report.requests);
+        assert_eq!(report.backends[0].errors, report.failed);
+        assert!(
+            report.latency_ms.max <= 151.0,
+            "no answer counts after its deadline: {:?}",
+            report.latency_ms
+        );
+        // Cancelled calls free the worker: it serves about one call per 100 ms.
+        let served_per_sec = report.succeeded as f64 / 10.0;
+        assert!((7.0..11.0).contains(&served_per_sec), "{served_per_sec}");
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_closed_loop_run() {
+        let mut scenario = Scenario::with_backends(&["1ms", "10ms", "100ms", "1s"]).unwrap();
+        scenario.concurrency = Some(20);
+        scenario.timeout = Some(Duration::from_secs(1));
+        let policy: Policy = "least_request".parse().unwrap();
+        let a = serde_json::to_string(&simulate(&scenario, &policy).report).unwrap();
+        let b = serde_json::to_string(&simulate(&scenario, &policy).report).unwrap();
+        assert_eq!(a, b);
+        scenario.seed = 2;
+        let c = serde_json::to_string(&simulate(&scenario, &policy).report).unwrap();
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn closed_loop_settings_are_checked() {
+        let mut scenario = Scenario::with_backends(&["1ms"]).unwrap();
+        scenario.concurrency = Some(0);
+        assert!(scenario.check().unwrap_err().contains("concurrency 0"));
+        scenario.concurrency = Some(2);
+        scenario.timeout = Some(Duration::ZERO);
+        assert!(scenario.check().unwrap_err().contains("timeout"));
+        let file =
+            Scenario::from_json(r#"{"backends": ["1ms"], "concurrency": 3, "timeout": "250ms"}"#)
+                .unwrap();
+        assert_eq!(file.concurrency, Some(3));
+        assert_eq!(file.timeout, Some(Duration::from_millis(250)));
     }
 }

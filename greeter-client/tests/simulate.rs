@@ -136,3 +136,66 @@ fn a_scenario_file_works_and_mistakes_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected `TIME slow N LATENCY`"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The scenario of docs/POLICIES.md ("When two random choices are not enough"): ten
+/// backends, from 1 ms to 1 s, 50 callers in closed loop with 1 s deadlines. The same
+/// seed prints the same table; the slow backends' calls show up as failed calls, not as
+/// a p99 of minutes; and a full scan (`least_connections`) fails fewer calls than two
+/// random choices (`least_request`).
+#[test]
+fn closed_loop_with_deadlines_prints_the_same_table_and_fails_calls_not_the_p99() {
+    let args = [
+        "simulate",
+        "--backend",
+        "1ms",
+        "--backend",
+        "10ms",
+        "--backend",
+        "10ms",
+        "--backend",
+        "10ms",
+        "--backend",
+        "10ms",
+        "--backend",
+        "100ms",
+        "--backend",
+        "100ms",
+        "--backend",
+        "100ms",
+        "--backend",
+        "100ms",
+        "--backend",
+        "1s",
+        "--concurrency",
+        "50",
+        "--timeout",
+        "1s",
+        "--policies",
+        "least_request,least_connections",
+        "--json",
+    ];
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_greeter-client"))
+            .args(args)
+            .output()
+            .expect("runs")
+    };
+    let (first, second) = (run(), run());
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    assert_eq!(first.stdout, second.stdout, "the same seed, the same run");
+    let reports: serde_json::Value = serde_json::from_slice(&first.stdout).expect("JSON");
+    let [least_request, least_connections] = [&reports[0], &reports[1]];
+    for report in [least_request, least_connections] {
+        assert_eq!(report["concurrency"], 50);
+        let p99 = report["latency_ms"]["p99"].as_f64().expect("p99");
+        assert!(p99 <= 1000.0, "answers come within their deadline: {p99}");
+    }
+    let failed = |r: &serde_json::Value| r["failed"].as_u64().expect("failed");
+    assert!(failed(least_request) > 0, "{least_request}");
+    assert!(
+        failed(least_connections) < failed(least_request),
+        "a full scan fails fewer: {} vs {}",
+        failed(least_connections),
+        failed(least_request)
+    );
+}
