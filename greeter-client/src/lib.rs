@@ -7,6 +7,7 @@
 //!   the side-by-side table of several policies (`compare`, `simulate`).
 //! - [`simulate`]: a seeded discrete-event simulation in virtual time, with the same
 //!   pickers as the real balancer.
+//! - [`svg`]: the comparison table as an SVG picture (`--svg FILE`).
 //! - [`live`]: a view refreshed every second while a run goes on (`--live`).
 //! - [`health`]: asks servers' `grpc.health.v1.Health` whether they are SERVING (the
 //!   scripts use it to wait for servers to come up).
@@ -17,6 +18,7 @@ pub mod live;
 pub mod load;
 pub mod report;
 pub mod simulate;
+pub mod svg;
 
 pub use load::{LoadSpec, run};
 pub use report::Report;

@@ -307,6 +307,10 @@ struct CompareArgs {
     #[arg(long, value_delimiter = ',', value_name = "POLICY,...")]
     policies: Vec<Policy>,
 
+    /// Also draw the table as an SVG picture in this file.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+
     #[command(flatten)]
     workload: Workload,
 }
@@ -372,6 +376,10 @@ struct SimulateArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+
+    /// Also draw the table as an SVG picture in this file.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -458,6 +466,7 @@ async fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     if let Some(metrics) = metrics {
         metrics.shutdown().await;
     }
+    write_svg(args.svg.as_deref(), &reports)?;
     if args.workload.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
@@ -520,6 +529,7 @@ fn run_simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         }
         reports.push(outcome.report);
     }
+    write_svg(args.svg.as_deref(), &reports)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
@@ -569,6 +579,18 @@ async fn serve_metrics(
     Ok(Some(
         lb_core::metrics::serve(addr, std::sync::Arc::new(registry)).await?,
     ))
+}
+
+/// With `--svg FILE`, the comparison as an SVG picture in that file.
+fn write_svg(
+    path: Option<&std::path::Path>,
+    reports: &[greeter_client::Report],
+) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, greeter_client::svg::comparison_svg(reports))
+            .map_err(|e| anyhow::anyhow!("cannot write the SVG to {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The policies' names in `--help` come from lb-core's registry (the built-ins and any

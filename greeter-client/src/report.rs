@@ -287,18 +287,7 @@ impl Report {
 ///   round_robin           ██▋      33%  ██▋      33%  ██▋      33%  1.000     1034    0.41   22.41    22.91       0
 /// ```
 pub fn comparison_table(reports: &[Report]) -> String {
-    let mut addresses: Vec<&str> = Vec::new();
-    for report in reports {
-        for b in &report.backends {
-            if !addresses.contains(&b.address.as_str()) {
-                addresses.push(&b.address);
-            }
-        }
-    }
-    let letter = |i: usize| match u8::try_from(i) {
-        Ok(i) if i < 26 => char::from(b'A' + i).to_string(),
-        _ => format!("#{}", i + 1),
-    };
+    let addresses = columns(reports);
     let mut out = String::new();
     let legend: Vec<String> = addresses
         .iter()
@@ -327,11 +316,7 @@ pub fn comparison_table(reports: &[Report]) -> String {
     for report in reports {
         let _ = write!(out, "  {:<name_width$}", report.policy);
         for address in &addresses {
-            let share = report
-                .backends
-                .iter()
-                .find(|b| b.address == *address)
-                .map_or(0.0, |b| b.share);
+            let share = share_of(report, address);
             let bar = bar(share, SMALL_BAR_WIDTH);
             let percent = format!("{:.0}%", share * 100.0);
             let _ = write!(out, "  {bar:<SMALL_BAR_WIDTH$} {percent:>5}");
@@ -344,6 +329,36 @@ pub fn comparison_table(reports: &[Report]) -> String {
         );
     }
     out
+}
+
+/// The backends of `reports`, in the order they first appear: the table's columns.
+pub(crate) fn columns(reports: &[Report]) -> Vec<&str> {
+    let mut addresses: Vec<&str> = Vec::new();
+    for report in reports {
+        for b in &report.backends {
+            if !addresses.contains(&b.address.as_str()) {
+                addresses.push(&b.address);
+            }
+        }
+    }
+    addresses
+}
+
+/// A column's name: A, B, ... Z, then #27, #28, ...
+pub(crate) fn letter(i: usize) -> String {
+    match u8::try_from(i) {
+        Ok(i) if i < 26 => char::from(b'A' + i).to_string(),
+        _ => format!("#{}", i + 1),
+    }
+}
+
+/// A policy's share of calls on backend `address` (0 if it sent it none).
+pub(crate) fn share_of(report: &Report, address: &str) -> f64 {
+    report
+        .backends
+        .iter()
+        .find(|b| b.address == address)
+        .map_or(0.0, |b| b.share)
 }
 
 /// A horizontal bar of `share × width` cells, drawn with eighth-blocks so that

@@ -199,3 +199,42 @@ fn closed_loop_with_deadlines_prints_the_same_table_and_fails_calls_not_the_p99(
         failed(least_request)
     );
 }
+
+#[test]
+fn svg_draws_the_same_table_and_an_unwritable_file_is_named() {
+    let dir = std::env::temp_dir().join(format!("greeter-svg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let file = dir.join("simulate.svg");
+    let out = Command::new(env!("CARGO_BIN_EXE_greeter-client"))
+        .args(["simulate", "--backend", "2ms", "--backend", "20ms", "--svg"])
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let svg = std::fs::read_to_string(&file).expect("written");
+    assert!(
+        svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""),
+        "{svg}"
+    );
+    assert!(svg.trim_end().ends_with("</svg>"));
+    let table = String::from_utf8_lossy(&out.stdout);
+    for policy in Policy::names() {
+        assert!(svg.contains(&format!(">{policy}<")), "{policy} missing");
+    }
+    // The same numbers as the text table: round robin's shares, 50 % each.
+    assert!(table.contains("round_robin"));
+    assert!(svg.contains(">50%<"), "{svg}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_greeter-client"))
+        .args(["simulate", "--backend", "2ms", "--svg"])
+        .arg(dir.join("no/such/dir/x.svg"))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot write the SVG to") && stderr.contains("x.svg"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).expect("cleaned up");
+}
