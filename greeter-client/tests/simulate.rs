@@ -6,6 +6,14 @@ use greeter_client::simulate::{Scenario, simulate};
 use lb_core::Policy;
 use lb_core::policy::RoundRobinConfig;
 
+/// Runs the greeter-client binary with `args`.
+fn client(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_greeter-client"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
 /// 3 backends (2 ms, 2 ms, 20 ms, capacity 8 each) at 60 % utilisation, 10 simulated
 /// seconds: round robin sends the slow backend a third of the calls, four times what it
 /// can serve, and its queue grows all run long.
@@ -60,12 +68,7 @@ fn the_same_command_prints_the_same_output() {
         "--explain",
         "3",
     ];
-    let run = || {
-        Command::new(env!("CARGO_BIN_EXE_greeter-client"))
-            .args(args)
-            .output()
-            .expect("runs")
-    };
+    let run = || client(&args);
     let (first, second) = (run(), run());
     assert_eq!(first.status.code(), Some(0));
     assert!(!first.stdout.is_empty());
@@ -174,12 +177,7 @@ fn closed_loop_with_deadlines_prints_the_same_table_and_fails_calls_not_the_p99(
         "least_request,least_connections",
         "--json",
     ];
-    let run = || {
-        Command::new(env!("CARGO_BIN_EXE_greeter-client"))
-            .args(args)
-            .output()
-            .expect("runs")
-    };
+    let run = || client(&args);
     let (first, second) = (run(), run());
     assert_eq!(first.status.code(), Some(0), "{first:?}");
     assert_eq!(first.stdout, second.stdout, "the same seed, the same run");
@@ -205,11 +203,16 @@ fn svg_draws_the_same_table_and_an_unwritable_file_is_named() {
     let dir = std::env::temp_dir().join(format!("greeter-svg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a temp dir");
     let file = dir.join("simulate.svg");
-    let out = Command::new(env!("CARGO_BIN_EXE_greeter-client"))
-        .args(["simulate", "--backend", "2ms", "--backend", "20ms", "--svg"])
-        .arg(&file)
-        .output()
-        .expect("runs");
+    let file_arg = file.to_string_lossy().into_owned();
+    let out = client(&[
+        "simulate",
+        "--backend",
+        "2ms",
+        "--backend",
+        "20ms",
+        "--svg",
+        &file_arg,
+    ]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let svg = std::fs::read_to_string(&file).expect("written");
     assert!(
@@ -225,11 +228,8 @@ fn svg_draws_the_same_table_and_an_unwritable_file_is_named() {
     assert!(table.contains("round_robin"));
     assert!(svg.contains(">50%<"), "{svg}");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_greeter-client"))
-        .args(["simulate", "--backend", "2ms", "--svg"])
-        .arg(dir.join("no/such/dir/x.svg"))
-        .output()
-        .expect("runs");
+    let unwritable = dir.join("no/such/dir/x.svg").to_string_lossy().into_owned();
+    let out = client(&["simulate", "--backend", "2ms", "--svg", &unwritable]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
