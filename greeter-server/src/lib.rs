@@ -55,6 +55,7 @@ use lb_core::{Endpoint, resolver::etcd::Registration};
 pub const SERVED_BY: &str = "x-served-by";
 
 pub mod certs;
+pub mod control;
 pub mod limits;
 
 pub use limits::{
@@ -205,10 +206,26 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct Greeter {
     served_by: AsciiMetadataValue,
-    latency: Duration,
+    latency: Arc<Latency>,
     error_rate: f64,
     rng: Mutex<StdRng>,
     calls: Arc<CallCount>,
+}
+
+/// The delay added to every call, which [`Servers::set_latency`] can change while the
+/// instances serve (the playground's "slow down"). Kept in whole microseconds.
+#[derive(Debug, Default)]
+struct Latency(AtomicU64);
+
+impl Latency {
+    fn get(&self) -> Duration {
+        Duration::from_micros(self.0.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.0.store(micros, Ordering::Relaxed);
+    }
 }
 
 /// Calls received by all instances: an atomic counter on the hot path, published on
@@ -268,8 +285,9 @@ impl MyService for Greeter {
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloResponse>, Status> {
         self.calls.add_one();
-        if !self.latency.is_zero() {
-            tokio::time::sleep(self.latency).await;
+        let latency = self.latency.get();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
         }
         if self.inject_failure() {
             let mut status = Status::unavailable(format!(
@@ -299,6 +317,7 @@ pub struct Servers {
     instances: Vec<Instance>,
     stop: watch::Sender<bool>,
     calls: Arc<CallCount>,
+    latency: Arc<Latency>,
     registration: Option<Registration>,
 }
 
@@ -387,6 +406,18 @@ impl Servers {
             }
             info!(addr = %instance.addr, "health: {status}");
         }
+    }
+
+    /// Sets the delay added to every call from now on, on every instance (calls
+    /// already waiting keep the delay they started with).
+    pub fn set_latency(&self, latency: Duration) {
+        self.latency.set(latency);
+        info!("latency: {latency:?}");
+    }
+
+    /// The delay added to every call now.
+    pub fn latency(&self) -> Duration {
+        self.latency.get()
     }
 
     /// Watches the number of `SayHello` calls received by all instances.
@@ -488,12 +519,14 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
         watched: AtomicBool::new(false),
         tx: watch::Sender::new(0),
     });
+    let latency = Arc::new(Latency::default());
+    latency.set(config.latency);
     let mut instances = Vec::with_capacity(listeners.len());
     for (index, (addr, listener)) in listeners.into_iter().enumerate() {
         let greeter = Greeter {
             served_by: MetadataValue::try_from(addr.to_string())
                 .unwrap_or_else(|_| MetadataValue::from_static("unknown")),
-            latency: config.latency,
+            latency: latency.clone(),
             error_rate: config.error_rate,
             rng: Mutex::new(StdRng::seed_from_u64(
                 config.seed.wrapping_add(index as u64),
@@ -567,6 +600,7 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
         instances,
         stop,
         calls,
+        latency,
         registration: None,
     })
 }

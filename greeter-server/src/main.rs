@@ -6,6 +6,7 @@
 //! greeter-server --port 50053 --latency 20ms --error-rate 0.1
 //! kill -USR1 <pid>    # report NOT_SERVING (health), keep serving calls
 //! kill -USR2 <pid>    # report SERVING again
+//! greeter-server --port 0 --control-stdin   # `latency 200ms`, `health not-serving` on stdin
 //! greeter-server --port 0 --register etcd://127.0.0.1:2379/greeter   # found by clients watching etcd
 //! greeter-server --tls-cert certs/server.pem --tls-key certs/server.key --ca certs/ca.pem  # mTLS
 //! ```
@@ -13,7 +14,7 @@
 use std::{net::IpAddr, process::ExitCode, time::Duration};
 
 use clap::Parser;
-use greeter_server::{Config, EtcdTarget, parse_ports};
+use greeter_server::{Config, EtcdTarget, control::Command, parse_ports};
 use lb_core::resolver::Target;
 use tracing::info;
 
@@ -105,6 +106,13 @@ struct Args {
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
 
+    /// Take commands on standard input, one per line: `latency 200ms`, `health
+    /// not-serving`, `health serving`, `stop`; answer each on standard output, after
+    /// a `serving ADDR` line per instance and `ready`. End of input stops the server
+    /// (the parent is gone). greeter-client playground drives its servers this way.
+    #[arg(long)]
+    control_stdin: bool,
+
     /// The address to register in etcd (default: --host, which must then not be a
     /// wildcard such as 0.0.0.0).
     #[arg(long, value_name = "IP", requires = "register")]
@@ -169,7 +177,7 @@ async fn main() -> ExitCode {
     let registration = args
         .register
         .map(|target| (target, args.advertise, args.register_ttl));
-    match run(config, registration, args.metrics).await {
+    match run(config, registration, args.metrics, args.control_stdin).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("greeter-server: error: {err:#}");
@@ -182,6 +190,7 @@ async fn run(
     mut config: Config,
     registration: Option<(EtcdTarget, Option<IpAddr>, Duration)>,
     metrics_addr: Option<std::net::SocketAddr>,
+    control_stdin: bool,
 ) -> anyhow::Result<()> {
     // Listen for the signals *before* announcing that we serve: a script that sends
     // SIGTERM as soon as it reads "serving" must get a graceful shutdown, not the
@@ -202,8 +211,35 @@ async fn run(
         servers.shutdown().await?;
         return Err(err.into());
     }
+    let mut commands = control_stdin.then(|| {
+        for addr in servers.addrs() {
+            println!("serving {addr}");
+        }
+        println!("ready");
+        commands_from_stdin()
+    });
     loop {
-        match signals.next().await {
+        let signal = tokio::select! {
+            signal = signals.next() => signal,
+            Some(command) = next_command(&mut commands) => match command {
+                Err(err) => {
+                    println!("error: {err}");
+                    continue;
+                }
+                Ok(command @ Command::Latency(latency)) => {
+                    servers.set_latency(latency);
+                    println!("ok {command}");
+                    continue;
+                }
+                Ok(command @ Command::Serving(serving)) => {
+                    servers.set_serving(serving).await;
+                    println!("ok {command}");
+                    continue;
+                }
+                Ok(Command::Stop) => Signal::Stop("stop command"),
+            },
+        };
+        match signal {
             // For scripts: flip health without stopping (scripts/chaos.sh uses these).
             Signal::NotServing => servers.set_serving(false).await,
             Signal::Serving => servers.set_serving(true).await,
@@ -219,6 +255,45 @@ async fn run(
     }
     info!("stopped");
     Ok(())
+}
+
+/// Reads commands from standard input in a task of its own, in order, bad ones as
+/// errors to answer; end of input (or a read error) becomes `stop`.
+fn commands_from_stdin() -> tokio::sync::mpsc::Receiver<Result<Command, String>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut input = tokio::io::BufReader::new(tokio::io::stdin());
+        loop {
+            let command = match greeter_server::control::next_line(&mut input).await {
+                Ok(Some(Ok(line))) if line.trim().is_empty() => continue,
+                Ok(Some(Ok(line))) => line.parse::<Command>(),
+                Ok(Some(Err(err))) => Err(err),
+                Ok(None) => {
+                    info!("standard input closed (--control-stdin)");
+                    Ok(Command::Stop)
+                }
+                Err(err) => {
+                    info!("cannot read standard input ({err}): stopping");
+                    Ok(Command::Stop)
+                }
+            };
+            let stop = command == Ok(Command::Stop);
+            if tx.send(command).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The next command, or never if commands are not read.
+async fn next_command(
+    commands: &mut Option<tokio::sync::mpsc::Receiver<Result<Command, String>>>,
+) -> Option<Result<Command, String>> {
+    match commands {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What a signal asks for.

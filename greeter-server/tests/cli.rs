@@ -222,3 +222,44 @@ fn metrics_flag_serves_prometheus_text_and_a_busy_port_is_named() {
     let _rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert_eq!(child.0.wait().expect("exits").code(), Some(0));
 }
+
+/// `--control-stdin`: the parent's commands are answered in order, a bad one with an
+/// error that changes nothing, and closing the pipe stops the server cleanly.
+#[test]
+fn control_stdin_answers_commands_and_end_of_input_stops_the_server() {
+    use std::io::Write;
+    let mut child = server()
+        .args(["--port", "0", "--control-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut next = || lines.next().expect("a line").expect("utf-8");
+    let serving = next();
+    let addr: std::net::SocketAddr = serving
+        .strip_prefix("serving ")
+        .unwrap_or_else(|| panic!("`serving ADDR` first, not {serving}"))
+        .parse()
+        .expect("an address");
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+    assert_eq!(next(), "ready");
+    for (command, answer) in [
+        ("latency 50ms", "ok latency 50ms"),
+        ("latency 3h", "error: latency 3h is more than the most allowed, 1h"),
+        (
+            "slow down",
+            "error: unknown command `slow down` (commands: latency DURATION, health serving|not-serving, stop)",
+        ),
+        ("health not-serving", "ok health not-serving"),
+        ("health serving", "ok health serving"),
+    ] {
+        writeln!(stdin, "{command}").expect("write");
+        assert_eq!(next(), answer, "after `{command}`");
+    }
+    drop(stdin);
+    let status = child.wait().expect("exits");
+    assert_eq!(status.code(), Some(0), "end of input is a clean stop");
+}
