@@ -9,6 +9,8 @@
 //!   pickers as the real balancer.
 //! - [`svg`]: the comparison table as an SVG picture (`--svg FILE`).
 //! - [`live`]: a view refreshed every second while a run goes on (`--live`).
+//! - [`playground`]: a fleet, a balancer and steady load, watched and driven from a
+//!   web page (`greeter-client playground`).
 //! - [`health`]: asks servers' `grpc.health.v1.Health` whether they are SERVING (the
 //!   scripts use it to wait for servers to come up).
 #![forbid(unsafe_code)]
@@ -16,6 +18,7 @@
 pub mod health;
 pub mod live;
 pub mod load;
+pub mod playground;
 pub mod report;
 pub mod simulate;
 pub mod svg;

@@ -54,6 +54,9 @@ enum Command {
     Simulate(SimulateArgs),
     /// Wait until every server answers its health check with SERVING.
     Health(HealthArgs),
+    /// Start servers and a balancer with steady load, and watch and drive them from a
+    /// web page (http://127.0.0.1:8080/): switch the policy, kill, slow down, drain.
+    Playground(PlaygroundArgs),
 }
 
 /// `--servers`, shared by every subcommand.
@@ -383,6 +386,49 @@ struct SimulateArgs {
 }
 
 #[derive(Args, Debug)]
+struct PlaygroundArgs {
+    /// How many servers to start (greeter-server processes on 127.0.0.1); the page
+    /// can add more, up to 12.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=12))]
+    fleet: u16,
+
+    /// The servers' weights, comma-separated, e.g. 3,1,1 (default 1 each): what
+    /// weighted_round_robin and weighted_random follow.
+    #[arg(long, value_delimiter = ',', value_name = "W,...", value_parser = clap::value_parser!(u32).range(1..=i64::from(lb_core::endpoint::MAX_WEIGHT)))]
+    weights: Vec<u32>,
+
+    /// Where to serve the page: a loopback address (the page can kill processes, so
+    /// it is never offered to other machines). Port 0 lets the OS choose.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "IP:PORT")]
+    listen: std::net::SocketAddr,
+
+    /// The policy to start with.
+    #[arg(long, default_value = "round_robin")]
+    policy: Policy,
+
+    /// Calls per second, started on a clock (open loop; the default, at 200).
+    #[arg(long, conflicts_with = "concurrency", value_parser = clap::value_parser!(u32).range(1..=i64::from(greeter_client::playground::traffic::MAX_RATE)))]
+    rate: Option<u32>,
+
+    /// Instead of a rate: N callers, each sending its next call when its last returns.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(greeter_client::playground::traffic::MAX_CONCURRENCY)))]
+    concurrency: Option<u32>,
+
+    /// Each call's deadline.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+
+    /// The greeter-server to run (default: the one beside this greeter-client, as
+    /// cargo builds them, or else greeter-server on the PATH).
+    #[arg(long, value_name = "PATH")]
+    server_bin: Option<PathBuf>,
+
+    /// Seed for the balancer's random choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Args, Debug)]
 struct HealthArgs {
     #[command(flatten)]
     servers: Servers,
@@ -396,13 +442,26 @@ struct HealthArgs {
 async fn main() -> ExitCode {
     let matches = with_policy_lists(Cli::command()).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
-    init_tracing();
+    // Warnings by default (an endpoint that fails to connect); RUST_LOG=info shows
+    // every connectivity change. Logs go to stderr, so --json output stays clean. The
+    // playground's page shows what its servers do, and its terminal the events: a
+    // killed server's failed reconnections would only bury them.
+    init_tracing(if matches!(cli.command, Some(Command::Playground(_))) {
+        "error"
+    } else {
+        "warn,lb_core::explain=info"
+    });
+    if let Some(Command::Playground(args)) = cli.command {
+        // The playground stops on Ctrl-C itself, after stopping its servers.
+        return finish(run_playground(args).await);
+    }
     let work = async {
         match cli.command {
             Some(Command::Health(args)) => run_health(args).await,
             Some(Command::Run(args)) => run_load(args).await,
             Some(Command::Compare(args)) => run_compare(args).await,
             Some(Command::Simulate(args)) => run_simulate(args),
+            Some(Command::Playground(_)) => unreachable!("run above"),
             None => run_load(cli.load).await,
         }
     };
@@ -413,6 +472,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(130); // 128 + SIGINT, as shells report it
         }
     };
+    finish(result)
+}
+
+/// The exit code of a subcommand's result: 2 for a usage error, 1 for any other.
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) if err.is::<UsageError>() => {
@@ -424,6 +488,74 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run_playground(args: PlaygroundArgs) -> anyhow::Result<ExitCode> {
+    use greeter_client::playground::{Options, traffic::Load};
+    if !args.listen.ip().is_loopback() {
+        return Err(usage(format!(
+            "--listen {}: the playground serves only loopback (127.0.0.1 or [::1]), since \
+             its page can kill processes",
+            args.listen
+        )));
+    }
+    if args.weights.len() > usize::from(args.fleet) {
+        return Err(usage(format!(
+            "--weights gives {} weights for {} servers (--fleet)",
+            args.weights.len(),
+            args.fleet
+        )));
+    }
+    let server_binary = match args.server_bin {
+        Some(path) if path.is_file() => path,
+        Some(path) => {
+            return Err(usage(format!(
+                "--server-bin {}: no such file (build it with cargo build -p greeter-server)",
+                path.display()
+            )));
+        }
+        None => find_server_binary()?,
+    };
+    let load = match (args.rate, args.concurrency) {
+        (_, Some(callers)) => Load::Concurrency(callers),
+        (Some(rate), None) => Load::Rate(rate),
+        (None, None) => Load::Rate(200),
+    };
+    greeter_client::playground::run(Options {
+        servers: usize::from(args.fleet),
+        weights: args.weights,
+        listen: args.listen,
+        policy: args.policy,
+        load,
+        timeout: args.timeout,
+        server_binary,
+        seed: args.seed,
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// greeter-server beside this binary (cargo puts both in target/debug or
+/// target/release), or on the PATH.
+fn find_server_binary() -> anyhow::Result<PathBuf> {
+    let name = format!("greeter-server{}", std::env::consts::EXE_SUFFIX);
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(&name)));
+    if let Some(path) = beside.filter(|p| p.is_file()) {
+        return Ok(path);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(&name))
+            .find(|p| p.is_file())
+    });
+    on_path.ok_or_else(|| {
+        usage(format!(
+            "cannot find {name} beside greeter-client or on the PATH: build it \
+             (cargo build -p greeter-server) or give --server-bin PATH"
+        ))
+    })
 }
 
 async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
@@ -533,26 +665,10 @@ fn run_simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
-        let events: Vec<String> = scenario.events.iter().map(ToString::to_string).collect();
-        let load = match scenario.concurrency {
-            Some(callers) => format!("closed loop, {callers} callers"),
-            None => format!("at {:.0} calls/s", scenario.arrival_rate()),
-        };
-        let deadline = scenario
-            .timeout
-            .map(|t| format!(", {} deadline", humantime::format_duration(t)))
-            .unwrap_or_default();
-        println!(
-            "simulated {} s {load}{deadline} (seed {}){}\n",
-            scenario.duration.as_secs_f64(),
-            scenario.seed,
-            if events.is_empty() {
-                String::new()
-            } else {
-                format!("; events: {}", events.join(", "))
-            }
+        print!(
+            "{}",
+            greeter_client::simulate::printout(&scenario, &reports)
         );
-        print!("{}", comparison_table(&reports));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -612,6 +728,7 @@ fn with_policy_lists(command: clap::Command) -> clap::Command {
     command
         .mut_arg("policy", one)
         .mut_subcommand("run", |c| c.mut_arg("policy", one))
+        .mut_subcommand("playground", |c| c.mut_arg("policy", one))
         .mut_subcommand("compare", |c| c.mut_arg("policies", several))
         .mut_subcommand("simulate", |c| c.mut_arg("policies", several))
 }
@@ -654,12 +771,9 @@ async fn run_health(args: HealthArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_code(healthy))
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     use tracing_subscriber::EnvFilter;
-    // Warnings by default (an endpoint that fails to connect); RUST_LOG=info shows
-    // every connectivity change. Logs go to stderr, so --json output stays clean.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("warn,lb_core::explain=info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

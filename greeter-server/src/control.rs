@@ -148,7 +148,10 @@ mod tests {
         let long = "x".repeat(MAX_LINE * 3);
         let input = format!("stop\n{long}\nlatency 1ms\n");
         let mut reader = tokio::io::BufReader::new(input.as_bytes());
-        assert_eq!(next_line(&mut reader).await.unwrap(), Some(Ok("stop".into())));
+        assert_eq!(
+            next_line(&mut reader).await.unwrap(),
+            Some(Ok("stop".into()))
+        );
         let err = next_line(&mut reader).await.unwrap().unwrap().unwrap_err();
         assert!(err.contains("longer than 256 bytes"), "{err}");
         assert_eq!(

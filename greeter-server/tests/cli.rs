@@ -248,7 +248,10 @@ fn control_stdin_answers_commands_and_end_of_input_stops_the_server() {
     assert_eq!(next(), "ready");
     for (command, answer) in [
         ("latency 50ms", "ok latency 50ms"),
-        ("latency 3h", "error: latency 3h is more than the most allowed, 1h"),
+        (
+            "latency 3h",
+            "error: latency 3h is more than the most allowed, 1h",
+        ),
         (
             "slow down",
             "error: unknown command `slow down` (commands: latency DURATION, health serving|not-serving, stop)",

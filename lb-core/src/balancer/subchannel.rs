@@ -125,6 +125,17 @@ pub enum Health {
     NotServing,
 }
 
+impl std::fmt::Display for Health {
+    /// As grpc.health.v1 names the answers: `SERVING`, `NOT_SERVING`, or `UNKNOWN`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Unknown => "UNKNOWN",
+            Self::Serving => "SERVING",
+            Self::NotServing => "NOT_SERVING",
+        })
+    }
+}
+
 /// A [`Health`] that tasks write and readers read without a lock.
 #[derive(Debug, Default)]
 pub(crate) struct HealthCell(AtomicU8);
