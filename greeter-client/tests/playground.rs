@@ -587,3 +587,86 @@ mod browser {
         drop(driver);
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn drain_slow_add_and_load_show_within_seconds_and_sigkill_leaves_no_server() {
+    let playground = Playground::start(&["--fleet", "3", "--rate", "150"]);
+    playground.wait_for("3 servers READY with calls", |s| {
+        all_ready_and_serving(s, 3)
+    });
+
+    // Drain: NOT_SERVING on its health, no calls; and back.
+    let (status, answer) = playground.post("/api/servers/3/drain", "{}");
+    assert_eq!(status, 200, "{answer}");
+    playground.wait_for("server 3 drained, without calls", |s| {
+        let s3 = server(s, 3);
+        s3["health"] == "NOT_SERVING" && s3["draining"] == true && s3["calls_per_sec"] == 0
+    });
+    playground.post("/api/servers/3/undrain", "{}");
+    playground.wait_for("server 3 serving again", |s| {
+        let s3 = server(s, 3);
+        s3["health"] == "SERVING" && s3["calls_per_sec"].as_u64() > Some(0)
+    });
+
+    // Slow down: its calls take at least the added latency.
+    let (status, answer) = playground.post("/api/servers/2/latency", r#"{"latency": "50ms"}"#);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["message"], "server 2 now adds 50ms to every call");
+    playground.wait_for("server 2 at 50 ms or more", |s| {
+        server(s, 2)["mean_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms >= 50.0)
+    });
+    playground.post("/api/servers/2/latency", r#"{"latency": "0ms"}"#);
+    playground.wait_for("server 2 at full speed", |s| {
+        server(s, 2)["added_latency_ms"] == 0.0
+    });
+
+    // One more server: it takes calls.
+    let (status, answer) = playground.post("/api/servers", "{}");
+    assert_eq!(status, 200, "{answer}");
+    playground.wait_for("4 servers READY with calls", |s| {
+        all_ready_and_serving(s, 4)
+    });
+
+    // Closed loop instead of a rate.
+    let (status, answer) = playground.post("/api/load", r#"{"concurrency": 4}"#);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["message"],
+        "load: 150 calls/s → 4 callers in closed loop"
+    );
+    playground.wait_for("closed-loop calls", |s| {
+        s["load"] == serde_json::json!({"concurrency": 4}) && s["second"]["ok"].as_u64() > Some(0)
+    });
+    let state = playground.state();
+    assert_eq!(state["failed"], 0, "{state}");
+
+    // A playground killed outright still leaves no server behind: each one exits when
+    // its standard input (the playground's end of the pipe) closes.
+    let pids = playground.server_pids();
+    assert_eq!(pids.len(), 4);
+    let status = Command::new("kill")
+        .args(["-KILL", &playground.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    #[cfg(target_os = "linux")]
+    {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let alive = |pid: &u64| {
+            // A zombie (state Z) has exited; only its parent's reaping is left.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| !stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z')))
+        };
+        while pids.iter().any(alive) {
+            assert!(
+                Instant::now() < deadline,
+                "servers outlived a SIGKILLed playground: {:?}",
+                pids.iter().filter(|p| alive(p)).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -193,7 +193,16 @@ function renderEvents(snapshot) {
 function render(snapshot) {
   // The same snapshot can come twice: from /api/history, then first from /events.
   if (!snapshot.servers || (history.length && snapshot.t <= history[history.length - 1].t)) return;
-  if (!history.length) $("policy-select").value = snapshot.policy.name;
+  const previous = history[history.length - 1];
+  if (!previous || previous.policy.name !== snapshot.policy.name) {
+    $("policy-select").value = snapshot.policy.name;
+  }
+  if (!history.length) {
+    // The load's controls start at what runs now.
+    const [mode, value] = Object.entries(snapshot.load)[0];
+    $("load-mode").value = mode;
+    $("load-value").value = value;
+  }
   history.push(snapshot);
   while (history.length > HISTORY) history.shift();
   const second = snapshot.second;
@@ -233,28 +242,27 @@ function simChart(reports) {
   const box = $("sim-charts");
   box.replaceChildren();
   const maxMs = Math.max(...reports.map((r) => r.latency_ms.p999), 1);
-  const logMax = Math.log10(maxMs * 1.2 + 1);
+  const scale = (v) => 380 * Math.log10(v + 1) / Math.log10(maxMs + 1);
   const head = el("div", { class: "sim-row" });
   head.append(el("b", {}, "policy"), el("b", {}, "share of calls, by backend"),
-              el("b", {}, "latency p50 / p99 / p99.9 (ms, log scale)"));
+              el("b", {}, "latency p50 / p99 / p99.9 in ms (log scale)"));
   box.append(head);
   for (const r of reports) {
     const line = el("div", { class: "sim-row" });
-    const shares = svgEl("svg", { viewBox: "0 0 300 18", class: "chart" });
+    const shares = svgEl("svg", { viewBox: "0 0 500 20", class: "chart" });
     let x = 0;
     r.backends.forEach((b, i) => {
-      const w = 300 * b.share;
-      shares.append(svgEl("rect", { x, y: 2, width: Math.max(w, 0), height: 14, fill: COLORS[i % COLORS.length] }));
-      if (w > 26) shares.append(svgEl("text", { x: x + 3, y: 13, fill: "#fff" }, `${(b.share * 100).toFixed(0)}%`));
+      const w = 500 * b.share;
+      shares.append(svgEl("rect", { x, y: 2, width: Math.max(w, 0), height: 16, fill: COLORS[i % COLORS.length] }));
+      if (w > 36) shares.append(svgEl("text", { x: x + 4, y: 14, class: "on-bar" }, `${(b.share * 100).toFixed(0)}%`));
       x += w;
     });
-    const lat = svgEl("svg", { viewBox: "0 0 300 18", class: "chart" });
-    const scale = (v) => 300 * Math.log10(v + 1) / logMax;
-    [["p999", "#f3b4b4"], ["p99", "#e07070"], ["p50", "#c62d2d"]].forEach(([k, c]) => {
-      lat.append(svgEl("rect", { x: 0, y: 2, width: scale(r.latency_ms[k]), height: 14, fill: c }));
+    const lat = svgEl("svg", { viewBox: "0 0 500 36", class: "chart" });
+    [["p50", "#c62d2d"], ["p99", "#e07070"], ["p999", "#f0a8a8"]].forEach(([k, c], i) => {
+      const w = scale(r.latency_ms[k]);
+      lat.append(svgEl("rect", { x: 0, y: 1 + i * 12, width: w, height: 10, fill: c }));
+      lat.append(svgEl("text", { x: w + 4, y: 10 + i * 12 }, `${r.latency_ms[k]}`));
     });
-    lat.append(svgEl("text", { x: 4, y: 13, fill: "#fff" },
-                     `${r.latency_ms.p50} / ${r.latency_ms.p99} / ${r.latency_ms.p999}`));
     line.append(el("span", { class: "name" }, r.policy + (r.failed ? ` (${r.failed} failed)` : "")), shares, lat);
     box.append(line);
   }
