@@ -112,6 +112,24 @@ impl LoadSpec {
     }
 }
 
+/// Outlier detection tuned for a demo (`--outlier-detection` of `run` and `simulate`):
+/// gRFC A50's logic, with times in seconds rather than minutes (ejected 5 s, then
+/// 10 s, ... at most 30 s; reviewed every second), judging from 3 servers up.
+pub fn demo_outlier_detection() -> OutlierDetection {
+    OutlierDetection {
+        interval: Duration::from_secs(1),
+        base_ejection_time: Duration::from_secs(5),
+        max_ejection_time: Duration::from_secs(30),
+        max_ejection_percent: 50,
+        consecutive_failures: Some(5),
+        success_rate: Some(lb_core::balancer::SuccessRate {
+            stdev_factor: 1900,
+            request_volume: 20,
+            minimum_hosts: 3,
+        }),
+    }
+}
+
 /// What one worker saw; merged into the [`Report`] at the end.
 struct Tally {
     latency_us: Histogram<u64>,

@@ -22,8 +22,7 @@ use greeter_client::{
 };
 use lb_core::policy::RoundRobinConfig;
 use lb_core::{
-    Endpoint, OutlierDetection, Policy, RetryPolicy,
-    balancer::SuccessRate,
+    Endpoint, Policy, RetryPolicy,
     resolver::{Resolution, Target},
     tls::ClientTls,
 };
@@ -256,30 +255,15 @@ impl Workload {
                 interval: self.liveness_interval,
                 timeout: self.liveness_timeout,
             }),
-            outlier: self.outlier_detection.then(demo_outlier_detection),
+            outlier: self
+                .outlier_detection
+                .then(greeter_client::load::demo_outlier_detection),
             live: self.live,
             updates: None,
             token: None,
             tls: None,
             metrics: None,
         }
-    }
-}
-
-/// Outlier detection tuned for a demo: gRFC A50's logic, with times in seconds rather
-/// than minutes, and judging from 3 servers up.
-fn demo_outlier_detection() -> OutlierDetection {
-    OutlierDetection {
-        interval: Duration::from_secs(1),
-        base_ejection_time: Duration::from_secs(5),
-        max_ejection_time: Duration::from_secs(30),
-        max_ejection_percent: 50,
-        consecutive_failures: Some(5),
-        success_rate: Some(SuccessRate {
-            stdev_factor: 1900,
-            request_volume: 20,
-            minimum_hosts: 3,
-        }),
     }
 }
 
@@ -350,6 +334,11 @@ struct SimulateArgs {
     /// DEADLINE_EXCEEDED and is cancelled on its backend.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
+
+    /// Eject backends whose calls keep failing (with --timeout: running out of time),
+    /// with the same settings as `run --outlier-detection`.
+    #[arg(long)]
+    outlier_detection: bool,
 
     /// Simulated time during which calls arrive.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -638,6 +627,7 @@ fn run_simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             explain: 0,
             concurrency: None,
             timeout: None,
+            outlier: None,
         },
     };
     if let Some(callers) = args.concurrency {
@@ -645,6 +635,9 @@ fn run_simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     }
     if args.timeout.is_some() {
         scenario.timeout = args.timeout;
+    }
+    if args.outlier_detection {
+        scenario.outlier = Some(greeter_client::load::demo_outlier_detection());
     }
     scenario.explain = args.explain;
     scenario.check().map_err(usage)?;

@@ -17,6 +17,11 @@
 //!   DEADLINE_EXCEEDED and is cancelled on its backend (taken out of the queue, or its
 //!   worker freed), as a gRPC server drops a cancelled call. An overloaded backend then
 //!   shows up as failed calls, not as a p99 of minutes.
+//! - **Outlier detection** (`outlier`): failed calls count against their backend as in
+//!   the real balancer (lb-core's `OutlierDetection`): 5 in a row, or a success rate
+//!   far below the others' at a review every interval, eject it; the picker is rebuilt
+//!   without it (as the balancer publishes a new snapshot) until its time is up. With
+//!   deadlines, a backend too slow to answer in time leaves the draws.
 //! - **Each call is picked** by the policy's [`Picker`], reading real
 //!   [`EndpointState`]s: the in-flight count rises at the pick and falls when the call
 //!   completes, and the latency estimate is fed with the call's full latency (queueing
@@ -47,8 +52,8 @@ use std::{
 };
 
 use lb_core::{
-    BuildPicker, Connectivity, Endpoint, EndpointState, InFlightGuard, PickContext, Picker, Policy,
-    policy::config::DEFAULT_HASH_HEADER,
+    BuildPicker, Connectivity, Endpoint, EndpointState, InFlightGuard, OutlierDetection,
+    PickContext, Picker, Policy, policy::config::DEFAULT_HASH_HEADER,
 };
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use serde::Deserialize;
@@ -200,6 +205,9 @@ pub struct Scenario {
     pub concurrency: Option<usize>,
     /// Each call's deadline (`None`: none).
     pub timeout: Option<Duration>,
+    /// Eject backends whose calls keep failing (here: running out of time), as the
+    /// real balancer's outlier detection does (`None`: off).
+    pub outlier: Option<OutlierDetection>,
 }
 
 /// The most callers a closed-loop scenario may have.
@@ -231,6 +239,7 @@ impl Scenario {
             explain: 0,
             concurrency: None,
             timeout: None,
+            outlier: None,
         })
     }
 
@@ -260,6 +269,8 @@ impl Scenario {
             concurrency: Option<usize>,
             #[serde(default)]
             timeout: Option<String>,
+            #[serde(default)]
+            outlier_detection: bool,
         }
         let file: File = serde_json::from_str(text).map_err(|e| e.to_string())?;
         let mut scenario = Self::with_backends(&[])?;
@@ -289,6 +300,9 @@ impl Scenario {
                     .map_err(|e| format!("timeout `{timeout}`: {e}"))?,
             );
         }
+        scenario.outlier = file
+            .outlier_detection
+            .then(crate::load::demo_outlier_detection);
         scenario.check()?;
         Ok(scenario)
     }
@@ -413,6 +427,14 @@ struct SimBackend {
     waiting: VecDeque<u64>,
     served: u64,
     timeouts: u64,
+    /// Outlier detection's view of it.
+    ejected: bool,
+    ejected_until: u64,
+    times_ejected: u32,
+    ejections: u64,
+    failure_streak: u32,
+    /// Successes and failures in the current interval.
+    interval: (u64, u64),
 }
 
 struct Call {
@@ -427,10 +449,18 @@ struct Call {
 
 enum Happening {
     Arrival,
-    Send { caller: usize },
-    Done { id: u64 },
-    Timeout { id: u64 },
+    Send {
+        caller: usize,
+    },
+    Done {
+        id: u64,
+    },
+    Timeout {
+        id: u64,
+    },
     Change(usize),
+    /// Outlier detection's periodic review.
+    Review,
 }
 
 struct Scheduled {
@@ -462,8 +492,11 @@ struct Simulation<'s> {
     scenario: &'s Scenario,
     policy: &'s Policy,
     backends: Vec<SimBackend>,
-    /// Backends in the membership now, by index into `backends`; parallel to `states`.
+    /// Backends in the membership now, by index into `backends`.
     active: Vec<usize>,
+    /// What the picker sees: the members not ejected, by index into `backends`, and
+    /// their states (parallel).
+    view: Vec<usize>,
     states: Vec<EndpointState>,
     picker: Arc<dyn Picker>,
     heap: BinaryHeap<Scheduled>,
@@ -492,6 +525,7 @@ impl<'s> Simulation<'s> {
             policy,
             backends: Vec::new(),
             active: Vec::new(),
+            view: Vec::new(),
             states: Vec::new(),
             picker: policy.build(&[], &mut SmallRng::seed_from_u64(0)),
             heap: BinaryHeap::new(),
@@ -512,7 +546,11 @@ impl<'s> Simulation<'s> {
         for spec in &scenario.backends {
             sim.add_backend(spec);
         }
-        sim.rebuild_picker();
+        sim.publish();
+        if let Some(config) = &scenario.outlier {
+            let interval = u64::try_from(config.interval.as_nanos()).unwrap_or(u64::MAX);
+            sim.schedule(interval.max(1), Happening::Review);
+        }
         for (i, event) in scenario.events.iter().enumerate() {
             let at = u64::try_from(event.at.as_nanos()).unwrap_or(u64::MAX);
             sim.schedule(at, Happening::Change(i));
@@ -558,13 +596,95 @@ impl<'s> Simulation<'s> {
             waiting: VecDeque::new(),
             served: 0,
             timeouts: 0,
+            ejected: false,
+            ejected_until: 0,
+            times_ejected: 0,
+            ejections: 0,
+            failure_streak: 0,
+            interval: (0, 0),
         });
         self.active.push(self.backends.len() - 1);
-        self.states.push(state);
     }
 
-    fn rebuild_picker(&mut self) {
+    /// What the picker sees after a change: the members not ejected, and a picker
+    /// built for them (as the real balancer publishes a snapshot).
+    fn publish(&mut self) {
+        self.view = self
+            .active
+            .iter()
+            .copied()
+            .filter(|&b| !self.backends[b].ejected)
+            .collect();
+        self.states = self
+            .view
+            .iter()
+            .map(|&b| self.backends[b].state.clone())
+            .collect();
         self.picker = self.policy.build(&self.states, &mut self.picks);
+    }
+
+    /// Ejects `backend` if outlier detection allows one more; whether it did.
+    fn eject(&mut self, now: u64, backend: usize) -> bool {
+        let Some(config) = &self.scenario.outlier else {
+            return false;
+        };
+        let ejected = self
+            .active
+            .iter()
+            .filter(|&&b| self.backends[b].ejected)
+            .count();
+        let b = &mut self.backends[backend];
+        if b.ejected || !config.may_eject(ejected, self.active.len()) {
+            return false;
+        }
+        b.ejected = true;
+        b.times_ejected += 1;
+        b.ejections += 1;
+        b.failure_streak = 0;
+        let time = config.ejection_time(b.times_ejected);
+        b.ejected_until = now.saturating_add(u64::try_from(time.as_nanos()).unwrap_or(u64::MAX));
+        true
+    }
+
+    /// Every interval: the success-rate detector, and the ejected whose time is up
+    /// come back; a returned backend not ejected again is forgiven one ejection.
+    fn review(&mut self, now: u64) {
+        let Some(config) = self.scenario.outlier.clone() else {
+            return;
+        };
+        let judged: Vec<usize> = self
+            .active
+            .iter()
+            .copied()
+            .filter(|&b| !self.backends[b].ejected)
+            .collect();
+        let stats: Vec<(u64, u64)> = judged.iter().map(|&b| self.backends[b].interval).collect();
+        let mut changed = false;
+        let mut ejected_now = Vec::new();
+        for i in config.success_rate_outliers(&stats) {
+            if self.eject(now, judged[i]) {
+                ejected_now.push(judged[i]);
+                changed = true;
+            }
+        }
+        for &b in &self.active {
+            let backend = &mut self.backends[b];
+            if backend.ejected && !ejected_now.contains(&b) && backend.ejected_until <= now {
+                backend.ejected = false;
+                changed = true;
+            } else if !backend.ejected && backend.times_ejected > 0 {
+                backend.times_ejected -= 1;
+            }
+            backend.interval = (0, 0);
+        }
+        if changed {
+            self.publish();
+        }
+        let next =
+            now.saturating_add(u64::try_from(config.interval.as_nanos()).unwrap_or(u64::MAX));
+        if next < self.end_ns {
+            self.schedule(next.max(now + 1), Happening::Review);
+        }
     }
 
     fn schedule(&mut self, at: u64, what: Happening) {
@@ -595,6 +715,7 @@ impl<'s> Simulation<'s> {
                 Happening::Done { id } => self.complete(at, id),
                 Happening::Timeout { id } => self.time_out(at, id),
                 Happening::Change(i) => self.change(i),
+                Happening::Review => self.review(at),
             }
         }
         self.report()
@@ -653,7 +774,7 @@ impl<'s> Simulation<'s> {
                 Err(err) => format!("[{} t={t:.6}s] {err}", self.policy),
             });
         }
-        let Some(&backend) = picked.ok().and_then(|i| self.active.get(i)) else {
+        let Some(&backend) = picked.ok().and_then(|i| self.view.get(i)) else {
             self.unpicked += 1;
             self.next_from(now, caller, UNPICKED_PAUSE_NS);
             return;
@@ -708,6 +829,8 @@ impl<'s> Simulation<'s> {
         let b = &mut self.backends[call.backend];
         b.served += 1;
         b.busy -= 1;
+        b.failure_streak = 0;
+        b.interval.0 += 1;
         self.start_next(now, call.backend);
         self.next_from(now, call.caller, 0);
     }
@@ -722,9 +845,20 @@ impl<'s> Simulation<'s> {
         call.guard.finish_at(now);
         let b = &mut self.backends[call.backend];
         b.timeouts += 1;
+        b.failure_streak += 1;
+        b.interval.1 += 1;
+        let streak = b.failure_streak;
         if call.serving {
             b.busy -= 1;
             self.start_next(now, call.backend);
+        }
+        let limit = self
+            .scenario
+            .outlier
+            .as_ref()
+            .and_then(|c| c.consecutive_failures);
+        if limit.is_some_and(|n| streak >= n.max(1)) && self.eject(now, call.backend) {
+            self.publish();
         }
         self.next_from(now, call.caller, 0);
     }
@@ -747,13 +881,12 @@ impl<'s> Simulation<'s> {
             Change::Remove(n) => {
                 if let Some(position) = self.active.iter().position(|&b| b == n - 1) {
                     self.active.remove(position);
-                    self.states.remove(position);
-                    self.rebuild_picker();
+                    self.publish();
                 }
             }
             Change::Add(spec) => {
                 self.add_backend(spec);
-                self.rebuild_picker();
+                self.publish();
             }
         }
     }
@@ -762,7 +895,11 @@ impl<'s> Simulation<'s> {
         let backends: Vec<Backend> = self
             .backends
             .iter()
-            .map(|b| Backend::new(b.label.clone(), b.served, b.timeouts))
+            .map(|b| {
+                let mut row = Backend::new(b.label.clone(), b.served, b.timeouts);
+                row.ejections = b.ejections;
+                row
+            })
             .collect();
         let mut errors = Vec::new();
         if self.unpicked > 0 {
@@ -916,6 +1053,56 @@ mod tests {
         scenario.seed = 2;
         let c = serde_json::to_string(&simulate(&scenario, &policy).report).unwrap();
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn outlier_detection_ejects_a_backend_whose_calls_time_out() {
+        let mut scenario = Scenario::with_backends(&["1ms", "1ms", "1ms", "1s"]).unwrap();
+        scenario.concurrency = Some(20);
+        scenario.timeout = Some(Duration::from_millis(100));
+        let policy = Policy::new(RoundRobinConfig {});
+        let without = simulate(&scenario, &policy).report;
+        scenario.outlier = Some(crate::load::demo_outlier_detection());
+        let with = simulate(&scenario, &policy).report;
+        fn slow(report: &Report) -> &Backend {
+            &report.backends[3]
+        }
+        assert_eq!(slow(&without).ejections, 0);
+        // 5 timeouts in a row: out for 5 s, then (after it failed again) for 10 s.
+        assert!(slow(&with).ejections >= 1, "{:?}", slow(&with));
+        assert!(
+            slow(&with).errors * 4 < slow(&without).errors,
+            "{} failed calls on the slow backend with ejection, {} without",
+            slow(&with).errors,
+            slow(&without).errors
+        );
+        assert!(with.calls_per_sec > without.calls_per_sec);
+        for fast in &with.backends[..3] {
+            assert_eq!(fast.ejections, 0, "{fast:?}");
+        }
+        let file = Scenario::from_json(
+            r#"{"backends": ["1ms"], "timeout": "1s", "outlier_detection": true}"#,
+        )
+        .unwrap();
+        assert_eq!(file.outlier, Some(crate::load::demo_outlier_detection()));
+    }
+
+    #[test]
+    fn outlier_detection_never_ejects_more_than_half() {
+        let mut scenario = Scenario::with_backends(&["1s", "1s", "1s", "1s"]).unwrap();
+        scenario.concurrency = Some(8);
+        scenario.timeout = Some(Duration::from_millis(10));
+        scenario.outlier = Some(crate::load::demo_outlier_detection());
+        let report = simulate(&scenario, &Policy::new(RoundRobinConfig {})).report;
+        let ejected: Vec<u64> = report.backends.iter().map(|b| b.ejections).collect();
+        // Every call fails; two are ejected at a time, the others keep the calls.
+        assert!(ejected.iter().filter(|&&e| e > 0).count() >= 2, "{ejected:?}");
+        assert!(report.backends.iter().all(|b| b.errors > 0), "{report:?}");
+        assert!(
+            report.errors.iter().all(|e| e.code != "Unavailable"),
+            "the picker always had backends left: {:?}",
+            report.errors
+        );
     }
 
     #[test]
