@@ -1096,7 +1096,10 @@ mod tests {
         let report = simulate(&scenario, &Policy::new(RoundRobinConfig {})).report;
         let ejected: Vec<u64> = report.backends.iter().map(|b| b.ejections).collect();
         // Every call fails; two are ejected at a time, the others keep the calls.
-        assert!(ejected.iter().filter(|&&e| e > 0).count() >= 2, "{ejected:?}");
+        assert!(
+            ejected.iter().filter(|&&e| e > 0).count() >= 2,
+            "{ejected:?}"
+        );
         assert!(report.backends.iter().all(|b| b.errors > 0), "{report:?}");
         assert!(
             report.errors.iter().all(|e| e.code != "Unavailable"),

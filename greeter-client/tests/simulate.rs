@@ -238,3 +238,54 @@ fn svg_draws_the_same_table_and_an_unwritable_file_is_named() {
     );
     std::fs::remove_dir_all(&dir).expect("cleaned up");
 }
+
+/// docs/POLICIES.md's "Deadlines with outlier ejection": the same ten backends with
+/// 300 ms deadlines; ejection takes the slow half out of least_request's draws, so it
+/// serves more calls and fails fewer, and only slow backends are ejected.
+#[test]
+fn outlier_detection_with_deadlines_takes_the_slow_half_out_of_two_random_choices() {
+    let mut args = vec!["simulate"];
+    for latency in [
+        "1ms", "10ms", "10ms", "10ms", "10ms", "100ms", "100ms", "100ms", "100ms", "1s",
+    ] {
+        args.extend(["--backend", latency]);
+    }
+    args.extend([
+        "--concurrency",
+        "50",
+        "--timeout",
+        "300ms",
+        "--policies",
+        "least_request",
+        "--json",
+    ]);
+    let run = |extra: &[&str]| {
+        let out = client(&[args.as_slice(), extra].concat());
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let reports: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        reports[0].clone()
+    };
+    let (without, with) = (run(&[]), run(&["--outlier-detection"]));
+    let number = |r: &serde_json::Value, field: &str| r[field].as_f64().expect(field);
+    assert!(number(&with, "calls_per_sec") > 2.0 * number(&without, "calls_per_sec"));
+    assert!(number(&with, "failed") * 2.0 < number(&without, "failed"));
+    let ejections: Vec<u64> = with["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| b["ejections"].as_u64().expect("ejections"))
+        .collect();
+    assert!(
+        ejections[..5].iter().all(|&e| e == 0),
+        "fast ones stay: {ejections:?}"
+    );
+    assert!(
+        ejections[5..].iter().all(|&e| e > 0),
+        "slow ones leave: {ejections:?}"
+    );
+    let slow_share: f64 = with["backends"].as_array().expect("backends")[5..]
+        .iter()
+        .map(|b| b["share"].as_f64().expect("share"))
+        .sum();
+    assert!(slow_share < 0.05, "the slow half gets {slow_share}");
+}
