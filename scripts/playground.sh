@@ -21,5 +21,10 @@ else
   cargo build -p greeter-server -p greeter-client
 fi
 
+# The greeter-server just built, unless the flags name another.
+server_bin=(--server-bin "$BIN_DIR/greeter-server")
+for arg in "$@"; do
+  case "$arg" in --server-bin | --server-bin=*) server_bin=() ;; esac
+done
 # exec: Ctrl-C goes straight to the playground, which stops its servers itself.
-exec "$BIN_DIR/greeter-client" playground --server-bin "$BIN_DIR/greeter-server" "$@"
+exec "$BIN_DIR/greeter-client" playground "${server_bin[@]}" "$@"

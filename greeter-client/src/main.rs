@@ -488,6 +488,11 @@ async fn run_playground(args: PlaygroundArgs) -> anyhow::Result<ExitCode> {
             args.listen
         )));
     }
+    if args.timeout.is_zero() {
+        return Err(usage(
+            "--timeout 0s: every call would fail at once; give a deadline such as 5s".into(),
+        ));
+    }
     if args.weights.len() > usize::from(args.fleet) {
         return Err(usage(format!(
             "--weights gives {} weights for {} servers (--fleet)",

@@ -22,6 +22,7 @@ struct Playground {
     child: Child,
     port: u16,
     output: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 fn server_binary() -> PathBuf {
@@ -61,7 +62,7 @@ impl Playground {
         };
         // Keep reading, so that the playground never blocks on a full pipe.
         let kept = output.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 kept.lock().expect("output").push(line);
             }
@@ -70,6 +71,7 @@ impl Playground {
             child,
             port,
             output,
+            reader: Some(reader),
         }
     }
 
@@ -129,7 +131,12 @@ impl Playground {
             .status()
             .expect("kill runs");
         assert!(status.success());
-        self.child.wait().expect("exits").code()
+        let code = self.child.wait().expect("exits").code();
+        // Its output ends with it: every line it printed has been read then.
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        code
     }
 }
 
@@ -374,7 +381,20 @@ fn listen_must_be_loopback_and_a_missing_server_binary_is_named() {
         stderr.contains("--server-bin /nonexistent/greeter-server: no such file"),
         "{stderr}"
     );
+    let out = Command::new(env!("CARGO_BIN_EXE_greeter-client"))
+        .args(["playground", "--timeout", "0s"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--timeout 0s: every call would fail at once"),
+        "{stderr}"
+    );
 }
+
+/// Debian's Chromium, which chromedriver drives.
+const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// chromedriver on a port it chose; stopped when dropped.
 struct Driver {
@@ -386,14 +406,17 @@ impl Driver {
     fn start() -> Option<Self> {
         let binary = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
             .into_iter()
-            .find(|p| std::path::Path::new(p).is_file());
+            .find(|p| std::path::Path::new(p).is_file())
+            .filter(|_| std::path::Path::new(CHROMIUM).is_file());
         let Some(binary) = binary else {
             assert!(
                 std::env::var_os("LB_REQUIRE_BROWSER").is_none(),
-                "LB_REQUIRE_BROWSER is set but chromedriver is not installed \
-                 (apt-get install chromium chromium-driver)"
+                "LB_REQUIRE_BROWSER is set but chromedriver or {CHROMIUM} is not \
+                 installed (apt-get install chromium chromium-driver)"
             );
-            eprintln!("skipped: no chromedriver (apt-get install chromium chromium-driver)");
+            eprintln!(
+                "skipped: no chromedriver or {CHROMIUM} (apt-get install chromium chromium-driver)"
+            );
             return None;
         };
         let mut child = Command::new(binary)
@@ -476,7 +499,7 @@ mod browser {
         capabilities.insert(
             "goog:chromeOptions".into(),
             serde_json::json!({
-                "binary": "/usr/bin/chromium",
+                "binary": CHROMIUM,
                 "args": [
                     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                     "--disable-quic", "--no-first-run", "--disable-background-networking",

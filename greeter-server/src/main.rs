@@ -134,8 +134,25 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("greeter-server: error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(serve_main());
+    // Without waiting for blocking tasks: a read of standard input (--control-stdin)
+    // cannot be cancelled, and must not keep a stopped server from exiting.
+    runtime.shutdown_background();
+    code
+}
+
+async fn serve_main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
     let token = match lb_core::auth::read_token(args.token_file.as_deref(), "GREETER_TOKEN") {
@@ -213,9 +230,9 @@ async fn run(
     }
     let mut commands = control_stdin.then(|| {
         for addr in servers.addrs() {
-            println!("serving {addr}");
+            answer(&format!("serving {addr}"));
         }
-        println!("ready");
+        answer("ready");
         commands_from_stdin()
     });
     loop {
@@ -223,17 +240,17 @@ async fn run(
             signal = signals.next() => signal,
             Some(command) = next_command(&mut commands) => match command {
                 Err(err) => {
-                    println!("error: {err}");
+                    answer(&format!("error: {err}"));
                     continue;
                 }
                 Ok(command @ Command::Latency(latency)) => {
                     servers.set_latency(latency);
-                    println!("ok {command}");
+                    answer(&format!("ok {command}"));
                     continue;
                 }
                 Ok(command @ Command::Serving(serving)) => {
                     servers.set_serving(serving).await;
-                    println!("ok {command}");
+                    answer(&format!("ok {command}"));
                     continue;
                 }
                 Ok(Command::Stop) => Signal::Stop("stop command"),
@@ -284,6 +301,15 @@ fn commands_from_stdin() -> tokio::sync::mpsc::Receiver<Result<Command, String>>
         }
     });
     rx
+}
+
+/// One line to the parent on standard output. A parent that stopped reading is not a
+/// reason to stop serving: a failed write is ignored.
+fn answer(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
 }
 
 /// The next command, or never if commands are not read.

@@ -266,3 +266,45 @@ fn control_stdin_answers_commands_and_end_of_input_stops_the_server() {
     let status = child.wait().expect("exits");
     assert_eq!(status.code(), Some(0), "end of input is a clean stop");
 }
+
+/// SIGTERM stops a `--control-stdin` server even while its standard input stays open
+/// (a read of stdin cannot be cancelled; it must not hold the exit).
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_a_control_stdin_server_whose_input_is_still_open() {
+    let mut child = server()
+        .args(["--port", "0", "--control-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let stdin = child.stdin.take().expect("piped"); // kept open to the end
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    assert!(
+        lines
+            .next()
+            .expect("a line")
+            .expect("utf-8")
+            .starts_with("serving ")
+    );
+    assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running 20 s after SIGTERM, its stdin open");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    drop(stdin);
+}

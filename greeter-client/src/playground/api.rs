@@ -16,12 +16,15 @@
 //! | `POST /api/simulate`                 | a scenario file's JSON, plus `"policies"`   |
 //!
 //! Every answer to a POST is JSON: `{"message": ...}`, or `{"error": ...}` with a 4xx
-//! status that says what to do, and then nothing has changed.
+//! status that says what to do; input is checked before anything is done, so a
+//! refused request has changed nothing.
 //!
-//! Only the page may change things: a request must come from loopback, name this
-//! server in its `Host` (so a web site cannot reach it by pointing its own DNS name at
-//! 127.0.0.1), and a POST must carry the page's own `Origin` and a JSON body (which a
-//! cross-site form cannot send).
+//! Only the page may change things, not other web sites open in the same browser: a
+//! request must come from loopback, name this server in its `Host` (so a web site
+//! cannot reach it by pointing its own DNS name at 127.0.0.1), and a POST must carry
+//! the page's own `Origin` and a JSON body (which a cross-site form cannot send). A
+//! program on this machine can forge those headers, as it could kill the servers
+//! itself.
 
 use std::{
     convert::Infallible,
@@ -49,6 +52,9 @@ const PAGE: &str = include_str!("page/index.html");
 const SCRIPT: &str = include_str!("page/app.js");
 const STYLE: &str = include_str!("page/style.css");
 const POLICIES_MD: &str = include_str!("../../../docs/POLICIES.md");
+
+/// Where the files POLICIES.md links to are.
+const REPOSITORY: &str = env!("CARGO_PKG_REPOSITORY");
 
 /// Connections open at once; more wait to be accepted.
 const MAX_CONNECTIONS: usize = 64;
@@ -172,7 +178,7 @@ fn admit(request: &Request<Incoming>, peer: SocketAddr, listen: SocketAddr) -> R
             "Host `{host}` is not this playground: open http://{listen}/"
         )));
     }
-    if request.method() != Method::GET && request.method() != Method::HEAD {
+    if request.method() != Method::GET {
         let origin = request
             .headers()
             .get(header::ORIGIN)
@@ -239,12 +245,13 @@ async fn read_body(request: Request<Incoming>) -> Result<Value, Refusal> {
     let collect = Limited::new(request.into_body(), MAX_BODY).collect();
     let bytes = match tokio::time::timeout(Duration::from_secs(10), collect).await {
         Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(_)) => {
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
             return Err(Refusal(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the request is larger than {} KiB", MAX_BODY / 1024),
             ));
         }
+        Ok(Err(err)) => return Err(Refusal::bad(format!("cannot read the request: {err}"))),
         Err(_) => return Err(Refusal::bad("the request body did not arrive within 10 s")),
     };
     if bytes.is_empty() {
@@ -331,10 +338,14 @@ async fn add_server(playground: &Playground, body: &Value) -> Result<String, Ref
     };
     let endpoint = {
         let mut fleet = playground.fleet.lock().await;
-        fleet
-            .add(weight)
-            .await
-            .map_err(|e| Refusal::bad(format!("{e:#}")))?
+        fleet.add(weight).await.map_err(|e| {
+            let status = if e.is::<super::fleet::FleetFull>() {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            Refusal(status, format!("{e:#}"))
+        })?
     };
     playground
         .balancer
@@ -418,13 +429,16 @@ async fn run_simulation(playground: &Playground, mut body: Value) -> Result<Valu
     let scenario = Scenario::from_json(&body.to_string())
         .map_err(|e| Refusal::bad(format!("scenario: {e}")))?;
     check_size(&scenario, policies.len())?;
-    let Ok(permit) = playground.simulating.try_acquire() else {
+    // The permit goes with the work: a page that leaves before the answer does not
+    // free the place while its simulation still runs.
+    let Ok(permit) = playground.simulating.clone().try_acquire_owned() else {
         return Err(Refusal(
             StatusCode::TOO_MANY_REQUESTS,
             "a simulation is already running: wait for its results".into(),
         ));
     };
     let reports = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let reports: Vec<_> = policies
             .iter()
             .map(|policy| simulate(&scenario, policy).report)
@@ -438,7 +452,6 @@ async fn run_simulation(playground: &Playground, mut body: Value) -> Result<Valu
             format!("the simulation failed: {e}"),
         )
     })?;
-    drop(permit);
     let (printout, reports) = reports;
     Ok(json!({ "printout": printout, "reports": reports }))
 }
@@ -458,14 +471,20 @@ fn check_size(scenario: &Scenario, policies: usize) -> Result<(), Refusal> {
             humantime::format_duration(MAX_SIM_DURATION)
         )));
     }
-    // A closed loop sends at most its callers' worth of calls per fastest service time.
+    // A closed loop sends about its callers' worth of calls per mean service time of
+    // the fastest backend, events' backends included (`slow 1 1us` makes one fast).
     let rate = match scenario.concurrency {
         None => scenario.arrival_rate(),
         Some(callers) => {
-            let fastest = scenario
-                .backends
-                .iter()
-                .map(|b| b.latency.as_secs_f64())
+            let latencies = scenario.backends.iter().map(|b| b.latency);
+            let changed = scenario.events.iter().filter_map(|e| match &e.change {
+                crate::simulate::Change::Slow(_, latency) => Some(*latency),
+                crate::simulate::Change::Add(spec) => Some(spec.latency),
+                _ => None,
+            });
+            let fastest = latencies
+                .chain(changed)
+                .map(|l| l.as_secs_f64())
                 .fold(f64::INFINITY, f64::min)
                 .max(1e-6);
             callers as f64 / fastest
@@ -586,6 +605,24 @@ fn policies_html() -> &'static str {
                     }
                     inner.push(event);
                 }
+                // Links into the repository (`../lb-core/...`) are not served here.
+                (
+                    None,
+                    Event::Start(Tag::Link {
+                        link_type,
+                        dest_url,
+                        title,
+                        id,
+                    }),
+                ) if dest_url.starts_with("../") => {
+                    let url = format!("{REPOSITORY}/blob/main/{}", &dest_url[3..]);
+                    events.push(Event::Start(Tag::Link {
+                        link_type,
+                        dest_url: url.into(),
+                        title,
+                        id,
+                    }));
+                }
                 (None, event) => events.push(event),
             }
         }
@@ -668,5 +705,12 @@ mod tests {
         assert!(message.contains("shorten the duration"), "{message}");
         scenario.rate = Some(1000.0);
         assert!(check_size(&scenario, 11).is_ok());
+        // A closed loop made fast by an event counts as fast.
+        let slow_then_fast = Scenario::from_json(
+            r#"{"backends": ["1s,capacity=1000"], "concurrency": 1000, "duration": "120s",
+                "events": ["0s slow 1 1us"]}"#,
+        )
+        .unwrap();
+        assert!(check_size(&slow_then_fast, 1).is_err());
     }
 }

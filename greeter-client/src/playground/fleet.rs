@@ -20,7 +20,7 @@ use anyhow::{Context, anyhow, bail};
 use lb_core::Endpoint;
 use serde::Serialize;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     process::{Child, ChildStdin, Command},
     sync::mpsc,
 };
@@ -40,6 +40,11 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a process may take to stop after its standard input closed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The fleet has [`MAX_SERVERS`] already.
+#[derive(Debug, thiserror::Error)]
+#[error("the playground runs at most {MAX_SERVERS} servers")]
+pub struct FleetFull;
 
 /// What the page shows of one server's process.
 #[derive(Clone, Debug, Serialize)]
@@ -101,7 +106,7 @@ impl Fleet {
     /// Starts a new server on a port the OS chooses and returns its endpoint.
     pub async fn add(&mut self, weight: u32) -> anyhow::Result<Endpoint> {
         if self.servers.len() >= MAX_SERVERS {
-            bail!("the playground runs at most {MAX_SERVERS} servers");
+            bail!(FleetFull);
         }
         let (running, addr) = start(&self.binary, 0, Duration::ZERO).await?;
         let id = self.servers.len() + 1;
@@ -274,6 +279,8 @@ async fn tell(server: &mut Server, command: &str) -> anyhow::Result<()> {
     let Process::Running(running) = &mut server.process else {
         bail!("server {id} is not running: restart it first");
     };
+    // An answer that came after its command had timed out is not this one's.
+    while running.answers.try_recv().is_ok() {}
     running
         .stdin
         .write_all(format!("{command}\n").as_bytes())
@@ -316,10 +323,16 @@ async fn start(
     };
     let (tx, mut answers) = mpsc::channel(16);
     tokio::spawn(async move {
-        // Lines are short (the server answers one per command); cap them anyway.
-        let mut lines = BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let line: String = line.chars().take(1024).collect();
+        // The server's lines are short (one answer per command); a longer one is read
+        // in pieces of at most 4 KiB, never buffered whole.
+        let mut reader = BufReader::new(stdout);
+        loop {
+            let mut line = Vec::new();
+            match (&mut reader).take(4096).read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let line = String::from_utf8_lossy(&line).trim_end().to_string();
             if tx.send(line).await.is_err() {
                 break;
             }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! greeter-client playground                 # 3 servers, http://127.0.0.1:8080/
-//! greeter-client playground --servers 5 --policy least_request --rate 500
+//! greeter-client playground --fleet 5 --policy least_request --rate 500
 //! ```
 //!
 //! What runs:
@@ -101,7 +101,7 @@ pub struct Snapshot {
     pub in_flight: usize,
     /// One row per server.
     pub servers: Vec<ServerRow>,
-    /// The latest events, oldest first; `seq` tells the page which are new.
+    /// The events since the last snapshot, oldest first (`seq` numbers them all).
     pub events: Vec<Event>,
 }
 
@@ -182,7 +182,7 @@ pub struct Playground {
     history: Mutex<VecDeque<Arc<String>>>,
     started: Instant,
     timeout: Duration,
-    simulating: tokio::sync::Semaphore,
+    simulating: Arc<tokio::sync::Semaphore>,
 }
 
 struct Events {
@@ -194,7 +194,7 @@ impl Playground {
     /// Records an event for the page (and prints it, for the terminal).
     fn event(&self, kind: &'static str, text: String) {
         let t = self.started.elapsed().as_secs_f64();
-        println!("t={t:.1}s {kind}: {text}");
+        say(&format!("t={t:.1}s {kind}: {text}"));
         let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
         events.next += 1;
         let seq = events.next;
@@ -232,35 +232,25 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut signals = Signals::listen()?;
 
     let mut fleet = Fleet::new(options.server_binary.clone());
-    let mut started = Ok(());
-    for index in 0..options.servers {
-        let weight = options.weights.get(index).copied().unwrap_or(1);
-        if let Err(err) = fleet.add(weight).await {
-            started = Err(err);
-            break;
-        }
-    }
-    if let Err(err) = started {
-        fleet.stop_all().await;
-        return Err(err);
-    }
-    let balancer = match Balancer::builder(fleet.endpoints())
-        .policy(options.policy.clone())
-        .seed(options.seed)
-        .health_check(Some(""))
-        // Reconnect within a second, so that a restarted server is seen at once
-        // (the default waits up to 120 s between attempts, which spares a real fleet
-        // but would leave a learner waiting).
-        .backoff(RECONNECT)
-        .build()
-    {
-        Ok(balancer) => balancer,
-        Err(err) => {
-            fleet.stop_all().await;
-            return Err(err.into());
+    // Ctrl-C while the servers start stops the ones already running.
+    let started = tokio::select! {
+        started = start(&mut fleet, &options) => Some(started),
+        why = signals.next() => {
+            say(&format!("{why}: stopping the servers"));
+            None
         }
     };
-    balancer.wait_settled(Duration::from_secs(5)).await;
+    let balancer = match started {
+        Some(Ok(balancer)) => balancer,
+        Some(Err(err)) => {
+            fleet.stop_all().await;
+            return Err(err);
+        }
+        None => {
+            fleet.stop_all().await;
+            return Ok(());
+        }
+    };
     let views = fleet.views();
     let playground = Arc::new(Playground {
         traffic: Traffic::start(balancer.clone(), options.load, options.timeout),
@@ -275,7 +265,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         history: Mutex::new(VecDeque::new()),
         started: Instant::now(),
         timeout: options.timeout,
-        simulating: tokio::sync::Semaphore::new(1),
+        simulating: Arc::new(tokio::sync::Semaphore::new(1)),
     });
     playground.event(
         "action",
@@ -291,20 +281,61 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     // The page is offered once there is something to show on it.
     let _ = first.changed().await;
     let page = tokio::spawn(api::serve(listener, listen, playground.clone()));
-    println!("playground: open http://{listen}/ (Ctrl-C stops it and the servers it started)");
+    say(&format!(
+        "playground: open http://{listen}/ (Ctrl-C stops it and the servers it started)"
+    ));
 
     let why = signals.next().await;
-    println!("{why}: stopping the servers");
+    say(&format!("{why}: stopping the servers"));
     ticker.abort();
     page.abort();
-    playground.fleet.lock().await.stop_all().await;
-    println!("stopped");
+    // An action may hold the fleet for a few seconds (a server that is slow to
+    // start); a second signal does not wait for it. The servers still stop then: each
+    // exits when its standard input, the playground's end of the pipe, closes.
+    tokio::select! {
+        () = async { playground.fleet.lock().await.stop_all().await } => say("stopped"),
+        why = signals.next() => say(&format!("{why} again: exiting at once")),
+    }
     Ok(())
+}
+
+/// The servers, then a balancer over them once they have connected.
+async fn start(fleet: &mut Fleet, options: &Options) -> anyhow::Result<Balancer> {
+    for index in 0..options.servers {
+        let weight = options.weights.get(index).copied().unwrap_or(1);
+        fleet.add(weight).await?;
+    }
+    let balancer = Balancer::builder(fleet.endpoints())
+        .policy(options.policy.clone())
+        .seed(options.seed)
+        .health_check(Some(""))
+        // Reconnect within a second, so that a restarted server is seen at once
+        // (the default waits up to 120 s between attempts, which spares a real fleet
+        // but would leave a learner waiting).
+        .backoff(RECONNECT)
+        // Eject a server whose calls keep failing, as `run --outlier-detection` does.
+        .outlier_detection(Some(crate::load::demo_outlier_detection()))
+        .build()?;
+    balancer.wait_settled(Duration::from_secs(5)).await;
+    Ok(balancer)
+}
+
+/// A line on the terminal; a terminal that went away (SIGHUP, a closed pipe) is not a
+/// reason to fail.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
 }
 
 /// Once a second: what the last second looked like, for the page.
 async fn tick(playground: Arc<Playground>) {
-    let mut last_calls: HashMap<String, u64> = HashMap::new();
+    let mut last = Last {
+        calls: HashMap::new(),
+        event: 0,
+        at: Instant::now(),
+    };
     let mut last_retries = playground.balancer.retries();
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -344,7 +375,7 @@ async fn tick(playground: Arc<Playground>) {
         }
         last_retries = retries;
         let statuses = playground.balancer.endpoints();
-        let snapshot = snapshot(&playground, second, &statuses, &mut last_calls, retries);
+        let snapshot = snapshot(&playground, second, &statuses, &mut last, retries);
         match serde_json::to_string(&snapshot) {
             Ok(json) => {
                 let json = Arc::new(json);
@@ -364,13 +395,24 @@ async fn tick(playground: Arc<Playground>) {
     }
 }
 
+/// What the previous snapshot saw, for this one's rates and new events.
+struct Last {
+    calls: HashMap<String, u64>,
+    event: u64,
+    at: Instant,
+}
+
 fn snapshot(
     playground: &Playground,
     second: Second,
     statuses: &[EndpointStatus],
-    last_calls: &mut HashMap<String, u64>,
+    last: &mut Last,
     retries: u64,
 ) -> Snapshot {
+    // A tick can come late (a busy machine): rates are per second of real time.
+    let now = Instant::now();
+    let elapsed = now.duration_since(last.at).as_secs_f64().max(0.001);
+    last.at = now;
     let views = playground
         .views
         .lock()
@@ -384,8 +426,9 @@ fn snapshot(
         .iter()
         .map(|view| {
             let calls = by_address.get(&view.address).map_or(0, |s| s.calls);
-            let last = last_calls.insert(view.address.clone(), calls).unwrap_or(0);
-            calls.saturating_sub(last)
+            let before = last.calls.insert(view.address.clone(), calls).unwrap_or(0);
+            let per_sec = calls.saturating_sub(before) as f64 / elapsed.max(1.0);
+            per_sec.round() as u64
         })
         .collect();
     let total: u64 = rates.iter().sum();
@@ -419,8 +462,12 @@ fn snapshot(
         .unwrap_or_else(PoisonError::into_inner)
         .kept
         .iter()
+        .filter(|e| e.seq > last.event)
         .cloned()
-        .collect();
+        .collect::<Vec<_>>();
+    if let Some(newest) = events.last() {
+        last.event = newest.seq;
+    }
     let totals = playground.traffic.totals();
     Snapshot {
         t: playground.started.elapsed().as_secs_f64(),

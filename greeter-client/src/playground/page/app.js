@@ -130,26 +130,32 @@ function niceMax(v) {
   return 10 * p;
 }
 
-// Lines over the last HISTORY seconds: series = [{name, color, values: [v per snapshot]}].
+// Lines over the last HISTORY seconds: series = [{name, color, values: [v per snapshot
+// in history]}]; a null is a gap in the line.
 function lineChart(svg, series, unit) {
   const W = 600, H = 220, L = 46, R = 120, T = 10, B = 24;
   svg.replaceChildren();
   const n = history.length;
   const max = niceMax(Math.max(0, ...series.flatMap((s) => s.values.filter((v) => v != null))));
-  // The newest snapshot at the right edge, one second per step to the left.
-  const x = (i) => L + (W - L - R) * (HISTORY - n + i) / (HISTORY - 1);
+  // By each snapshot's own time: the newest at the right edge, HISTORY seconds across,
+  // so that a missed second (a reconnect, a sleeping tab) leaves a gap, not a squeeze.
+  const now = n ? history[n - 1].t : 0;
+  const x = (i) => W - R - (W - L - R) * (now - history[i].t) / HISTORY;
   const y = (v) => T + (H - T - B) * (1 - v / max);
   for (const f of [0, 0.5, 1]) {
     svg.append(svgEl("line", { x1: L, x2: W - R, y1: y(max * f), y2: y(max * f), class: "axis" }));
     svg.append(svgEl("text", { x: L - 6, y: y(max * f) + 4, "text-anchor": "end" }, `${+(max * f).toFixed(2)}`));
   }
   svg.append(svgEl("text", { x: L, y: H - 6 }, `−${HISTORY} s`));
+  svg.append(svgEl("text", { x: (L + W - R) / 2, y: H - 6, "text-anchor": "middle" }, `−${HISTORY / 2} s`));
   svg.append(svgEl("text", { x: W - R, y: H - 6, "text-anchor": "end" }, "now"));
   series.forEach((s, k) => {
     let d = "";
+    let pen = "M";
     s.values.forEach((v, i) => {
-      if (v == null) return;
-      d += `${d ? "L" : "M"}${x(i).toFixed(1)},${y(v).toFixed(1)}`;
+      if (v == null || now - history[i].t > HISTORY) { pen = "M"; return; }
+      d += `${pen}${x(i).toFixed(1)},${y(v).toFixed(1)}`;
+      pen = "L";
     });
     if (d) svg.append(svgEl("path", { d, fill: "none", stroke: s.color, "stroke-width": 2,
                                         "stroke-dasharray": s.dash || "" }));
@@ -191,14 +197,23 @@ function renderEvents(snapshot) {
 }
 
 function render(snapshot) {
-  // The same snapshot can come twice: from /api/history, then first from /events.
-  if (!snapshot.servers || (history.length && snapshot.t <= history[history.length - 1].t)) return;
+  if (!snapshot.servers) return;
+  const latest = history[history.length - 1];
+  if (latest && snapshot.t < latest.t) {
+    // Time went backwards: a new playground on the same port. Start over.
+    history.length = 0;
+    lastEvent = 0;
+    $("events").replaceChildren();
+    $("servers").tBodies[0].replaceChildren();
+  } else if (latest && snapshot.t === latest.t) {
+    return; // The same snapshot twice: from /api/history, then first from /events.
+  }
   const previous = history[history.length - 1];
+  // The controls follow what runs now, when it changes (not while one is being set).
   if (!previous || previous.policy.name !== snapshot.policy.name) {
     $("policy-select").value = snapshot.policy.name;
   }
-  if (!history.length) {
-    // The load's controls start at what runs now.
+  if (!previous || JSON.stringify(previous.load) !== JSON.stringify(snapshot.load)) {
     const [mode, value] = Object.entries(snapshot.load)[0];
     $("load-mode").value = mode;
     $("load-value").value = value;
