@@ -235,8 +235,23 @@ async fn servers_registered_in_etcd_are_found_and_lost_as_they_come_and_go() {
     for _ in 0..300 {
         *counts.entry(served_by(&mut client).await).or_default() += 1;
     }
+    // Exactly 100 each, unless the run was disturbed: a call retried elsewhere takes
+    // an extra turn, and a connection that dropped and came back changes the READY set
+    // (a new picker, starting at a new turn). Then the split may be off by a little,
+    // and the statuses say why.
+    let statuses = balancer.endpoints();
+    let disturbed = balancer.retries() > 0
+        || statuses
+            .iter()
+            .any(|s| s.connects != 1 || s.disconnections != 0 || s.connect_failures != 0);
+    let slack = if disturbed { 3 } else { 0 };
     for server in &servers {
-        assert_eq!(counts.get(&server.addr), Some(&100), "{counts:?}");
+        let got = counts.get(&server.addr).copied().unwrap_or(0);
+        assert!(
+            got.abs_diff(100) <= slack,
+            "{counts:?}, retries {}, {statuses:?}",
+            balancer.retries()
+        );
     }
 
     // A fourth registers and gets calls.
