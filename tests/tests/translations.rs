@@ -53,7 +53,9 @@ fn parse(text: &str) -> Doc {
     let options = pulldown_cmark::Options::ENABLE_TABLES;
     for event in Parser::new_ext(text, options) {
         match event {
-            Event::Start(Tag::Heading { level, .. }) => heading = Some((level, String::new(), 0, 0)),
+            Event::Start(Tag::Heading { level, .. }) => {
+                heading = Some((level, String::new(), 0, 0))
+            }
             Event::End(TagEnd::Heading(_)) => {
                 if let Some((level, text, codes, others)) = heading.take() {
                     doc.headings.push((level, text, codes == 1 && others == 0));
@@ -131,7 +133,10 @@ fn the_chinese_documents_have_the_english_ones_structure_code_and_commands() {
         );
         for ((_, en_text, code_only), (_, zh_text, _)) in en.headings.iter().zip(&zh.headings) {
             if *code_only {
-                assert_eq!(en_text, zh_text, "{chinese}: a code heading is not translated");
+                assert_eq!(
+                    en_text, zh_text,
+                    "{chinese}: a code heading is not translated"
+                );
             }
         }
         assert_eq!(
@@ -141,7 +146,8 @@ fn the_chinese_documents_have_the_english_ones_structure_code_and_commands() {
         );
         for (i, (en_block, zh_block)) in en.code_blocks.iter().zip(&zh.code_blocks).enumerate() {
             assert_eq!(
-                en_block, zh_block,
+                en_block,
+                zh_block,
                 "code block {} of {chinese} differs from {english}'s (carry the change over)",
                 i + 1
             );
