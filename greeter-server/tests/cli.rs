@@ -223,11 +223,13 @@ fn metrics_flag_serves_prometheus_text_and_a_busy_port_is_named() {
     assert_eq!(child.0.wait().expect("exits").code(), Some(0));
 }
 
-/// `--control-stdin`: the parent's commands are answered in order, a bad one with an
-/// error that changes nothing, and closing the pipe stops the server cleanly.
-#[test]
-fn control_stdin_answers_commands_and_end_of_input_stops_the_server() {
-    use std::io::Write;
+/// A `--control-stdin` server on a port the OS chose, once it has said `serving ADDR`
+/// (on loopback, a real port) and `ready`: the process, its stdin, and its stdout's lines.
+fn controlled_server() -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
     let mut child = server()
         .args(["--port", "0", "--control-stdin"])
         .stdin(Stdio::piped())
@@ -235,7 +237,7 @@ fn control_stdin_answers_commands_and_end_of_input_stops_the_server() {
         .stderr(Stdio::null())
         .spawn()
         .expect("starts");
-    let mut stdin = child.stdin.take().expect("piped");
+    let stdin = child.stdin.take().expect("piped");
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     let mut next = || lines.next().expect("a line").expect("utf-8");
     let serving = next();
@@ -246,6 +248,16 @@ fn control_stdin_answers_commands_and_end_of_input_stops_the_server() {
         .expect("an address");
     assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
     assert_eq!(next(), "ready");
+    (child, stdin, lines)
+}
+
+/// `--control-stdin`: the parent's commands are answered in order, a bad one with an
+/// error that changes nothing, and closing the pipe stops the server cleanly.
+#[test]
+fn control_stdin_answers_commands_and_end_of_input_stops_the_server() {
+    use std::io::Write;
+    let (mut child, mut stdin, mut lines) = controlled_server();
+    let mut next = || lines.next().expect("a line").expect("utf-8");
     for (command, answer) in [
         ("latency 50ms", "ok latency 50ms"),
         (
@@ -272,23 +284,7 @@ fn control_stdin_answers_commands_and_end_of_input_stops_the_server() {
 #[cfg(unix)]
 #[test]
 fn sigterm_stops_a_control_stdin_server_whose_input_is_still_open() {
-    let mut child = server()
-        .args(["--port", "0", "--control-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts");
-    let stdin = child.stdin.take().expect("piped"); // kept open to the end
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    assert!(
-        lines
-            .next()
-            .expect("a line")
-            .expect("utf-8")
-            .starts_with("serving ")
-    );
-    assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+    let (mut child, stdin, _lines) = controlled_server(); // stdin kept open to the end
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

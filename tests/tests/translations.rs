@@ -19,6 +19,7 @@ use std::{
     process::Command,
 };
 
+use greeter_client::playground::api::slug;
 use pulldown_cmark::{CodeBlockKind, Event, HeadingLevel, Parser, Tag, TagEnd};
 
 /// The pairs: English, Chinese.
@@ -95,21 +96,6 @@ fn parse(text: &str) -> Doc {
         }
     }
     doc
-}
-
-/// A heading's anchor, as GitHub makes it: lower case, punctuation dropped but `-` and
-/// `_`, spaces as `-` (CJK characters are letters and stay).
-fn slug(heading: &str) -> String {
-    heading
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter_map(|c| match c {
-            ' ' => Some('-'),
-            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
-            _ => None,
-        })
-        .collect()
 }
 
 fn slugs(doc: &Doc) -> BTreeSet<String> {

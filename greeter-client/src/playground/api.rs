@@ -564,8 +564,9 @@ pub fn policy_doc(policy: &str) -> Option<String> {
 }
 
 /// A heading's anchor, as GitHub makes it: lower case, punctuation dropped but `-`
-/// and `_`, spaces as `-`.
-fn slug(heading: &str) -> String {
+/// and `_`, spaces as `-` (CJK characters are letters, and stay). The docs test of
+/// the Chinese translations checks links with it too.
+pub fn slug(heading: &str) -> String {
     heading
         .trim()
         .to_lowercase()
