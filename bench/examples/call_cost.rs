@@ -8,12 +8,7 @@
 //! (connecting, the runtime) taken out:
 //!
 //! ```text
-//! cargo build --release -p greeter-server -p lb-bench --example call_cost
-//! target/release/greeter-server --port 50992 &
-//! for n in 2000 4000; do
-//!   valgrind --tool=callgrind --callgrind-out-file=cg.$n \
-//!     target/release/examples/call_cost 127.0.0.1:50992 balancer 16 $n
-//! done    # "Collected : ..." for each; (cg.4000 - cg.2000) / 2000 per call
+//! scripts/call-cost.sh        # VARIANTS, CONCURRENCY, CALLS to choose
 //! ```
 //!
 //! Variants: `direct`, `balancer`, `no-health`, `no-liveness`, `no-retries`, `bare`

@@ -11,18 +11,22 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures::future::poll_fn;
-use tonic::{Status, body::Body, transport::Channel};
-use tower::Service;
+use http_body::Body as _;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tonic::{Status, body::Body};
 
 use super::headers::{header_status, is_endpoint_failure};
 use super::pool::Pool;
 use super::subchannel::Subchannel;
+use super::wire::{AttemptBody, Wire};
 use crate::{Endpoint, EndpointState, InFlightGuard};
 
 /// Added to every response's extensions: the endpoint the balancer sent the call to.
 ///
 /// Read it from a tonic response with `response.extensions().get::<PickedEndpoint>()`.
+/// (The response's extensions also hold the request's own: the balancer moves them
+/// from the request, which no server sees, to the response.)
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PickedEndpoint(pub Endpoint);
 
@@ -30,7 +34,7 @@ pub struct PickedEndpoint(pub Endpoint);
 pub(crate) struct Route {
     pub state: EndpointState,
     pub guard: InFlightGuard,
-    pub channel: Channel,
+    pub wire: Wire,
     pub sub: Arc<Subchannel>,
     pub generation: u64,
     pub pool: Arc<Pool>,
@@ -45,8 +49,8 @@ pub(crate) struct Failure {
 /// What a failed attempt means for a retry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FailureKind {
-    /// The request never reached a server (no connection, refused stream, never
-    /// sent): sending it elsewhere cannot do anything twice.
+    /// The request never reached a server (the connection was gone, the stream was
+    /// refused): sending it elsewhere cannot do anything twice.
     Unsent,
     /// The connection broke while the call was out (reset, closed, declared dead by
     /// a liveness ping): a server may have run it. Retried only if the policy says so.
@@ -56,21 +60,55 @@ pub(crate) enum FailureKind {
 }
 
 impl Route {
+    /// Sends one attempt and waits for the response's headers, until `deadline` at
+    /// the latest. An attempt that runs out of time counts against its endpoint if it
+    /// had a `fair_share` of the call's time (not one sent late in the call, after a
+    /// wait for a reconnect or a retry).
+    ///
+    /// The response's extensions are the call's (`extensions`, taken from the request:
+    /// nothing below the balancer reads them), hyper's and a [`PickedEndpoint`]: one
+    /// map, made once per call (making one for the response alone would cost two
+    /// allocations). On a failure, `extensions` are left for the next attempt.
     pub async fn send(
         mut self,
-        request: http::Request<Body>,
+        request: http::Request<AttemptBody>,
+        extensions: &mut http::Extensions,
+        deadline: Option<Instant>,
+        fair_share: bool,
     ) -> Result<http::Response<ResponseBody>, Failure> {
         self.sub.calls.fetch_add(1, Ordering::Relaxed);
-        let result = match poll_fn(|cx| self.channel.poll_ready(cx)).await {
-            Ok(()) => self.channel.call(request).await,
-            Err(err) => Err(err),
+        let sent = self.wire.send(request);
+        let result = match deadline {
+            None => sent.await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, sent).await {
+                Ok(result) => result,
+                Err(_) => {
+                    // Dropping the attempt resets its stream: the server sees CANCELLED.
+                    // An endpoint that lets calls run out of time is failing them, as
+                    // Envoy and linkerd count it (and its latency estimate has just
+                    // taken the whole wait, for the load-aware policies).
+                    if fair_share {
+                        self.pool.record_outcome(&self.sub, false);
+                    }
+                    let endpoint = self.state.endpoint();
+                    return Err(Failure {
+                        status: Status::deadline_exceeded(format!(
+                            "endpoint {endpoint}: deadline exceeded"
+                        )),
+                        kind: FailureKind::Deadline,
+                    });
+                }
+            },
         };
         let endpoint = self.state.endpoint();
         match result {
             Ok(response) => {
                 self.sub.answers.fetch_add(1, Ordering::Relaxed);
                 let (mut parts, body) = response.into_parts();
-                parts.extensions.insert(PickedEndpoint(endpoint.clone()));
+                let mut call = std::mem::take(extensions);
+                call.extend(std::mem::take(&mut parts.extensions));
+                call.insert(PickedEndpoint(endpoint.clone()));
+                parts.extensions = call;
                 // A "trailers-only" answer carries its status in the headers: the call
                 // is over, and its outcome known, already.
                 let outcome = match header_status(&parts.headers) {
@@ -82,7 +120,7 @@ impl Route {
                     None => Some((self.sub.clone(), self.pool.clone())),
                 };
                 let body = ResponseBody {
-                    inner: body,
+                    inner: Inner::Wire(body),
                     guard: Some(self.guard),
                     outcome,
                     deadline: None,
@@ -94,47 +132,28 @@ impl Route {
             Err(err) => {
                 // No response arrived. Say which endpoint, and why, in gRPC's terms.
                 let reason = super::describe(&err);
-                let (mut status, kind) = if has_cause::<tonic::TimeoutExpired>(&err) {
-                    // The call's own deadline ran out: the endpoint may be fine, only
-                    // slower than the caller allows; either way it did not answer in
-                    // time, which counts against it (as Envoy and linkerd count
-                    // timeouts). Not retried: no time is left.
-                    self.pool.record_outcome(&self.sub, false);
-                    let status =
-                        Status::deadline_exceeded(format!("endpoint {endpoint}: {reason}"));
-                    (status, FailureKind::Deadline)
+                let kind = if never_reached_a_server(&err) {
+                    FailureKind::Unsent
                 } else {
-                    let kind = if never_reached_a_server(&err) {
-                        FailureKind::Unsent
-                    } else {
-                        FailureKind::Cut
-                    };
-                    if asked_to_calm_down(&err) {
-                        self.sub.calm_down(self.generation);
-                    }
-                    if has_cause::<tonic::ConnectError>(&err) {
-                        // A connection that could not be made takes the endpoint out of
-                        // the snapshot until its task has reconnected it.
-                        self.pool
-                            .report_broken(&self.sub, self.generation, &reason, false);
-                        self.pool.record_outcome(&self.sub, false);
-                    } else if connection_lost(&err) {
-                        // The connection under the call is gone (closed, reset, or
-                        // declared dead by a liveness ping): out of the rotation until
-                        // reconnected and healthy. Connectivity deals with this; it is
-                        // not held against the endpoint by outlier detection, so a
-                        // server that hung and recovered is back as soon as it answers.
-                        self.pool
-                            .report_broken(&self.sub, self.generation, &reason, true);
-                    } else if kind == FailureKind::Cut {
-                        // The server reset the call itself: its own failure. (A stream
-                        // refused by a connection closing with GOAWAY is routine: a
-                        // server recycling connections, not a sign of a bad server.)
-                        self.pool.record_outcome(&self.sub, false);
-                    }
-                    let status = Status::unavailable(format!("endpoint {endpoint}: {reason}"));
-                    (status, kind)
+                    FailureKind::Cut
                 };
+                if asked_to_calm_down(&err) {
+                    self.sub.calm_down(self.generation);
+                }
+                if connection_lost(&err) || going_away(&err) {
+                    // The connection under the call is gone (closed, reset, or declared
+                    // dead by a liveness ping), or going (the server sent GOAWAY): out of
+                    // the rotation until reconnected and healthy. Connectivity deals with
+                    // this; it is not held against the endpoint by outlier detection, so
+                    // a server that hung and recovered is back as soon as it answers, and
+                    // a server recycling its connections (as nginx does after every
+                    // 1,000 calls on one) is not a bad server.
+                    self.pool.report_broken(&self.sub, self.generation, &reason);
+                } else if kind == FailureKind::Cut {
+                    // The server reset the call itself: its own failure.
+                    self.pool.record_outcome(&self.sub, false);
+                }
+                let mut status = Status::unavailable(format!("endpoint {endpoint}: {reason}"));
                 status.set_source(Arc::new(err));
                 Err(Failure { status, kind })
             }
@@ -143,26 +162,33 @@ impl Route {
 }
 
 /// Whether a transport error proves that no server saw the request: the connection
-/// could not be made, the server refused the stream or announced with a GOAWAY that
-/// it would not process it, or the request was cancelled before it was sent.
+/// was gone before the request was handed to it (hyper calls that "canceled"), or the
+/// server refused the stream or announced with a GOAWAY that it would not process it.
 fn never_reached_a_server(err: &(dyn std::error::Error + 'static)) -> bool {
-    has_cause::<tonic::ConnectError>(err)
-        || any_cause(err, hyper::Error::is_canceled)
+    any_cause(err, hyper::Error::is_canceled)
         || any_cause(err, |e: &h2::Error| {
             // Refused outright, or beyond the last stream a GOAWAY said the server
             // would process: h2 fails only those streams with the GOAWAY itself,
             // whatever its reason (graceful, as nginx after every 1,000 calls on a
             // connection, or not, as a server that thinks it is abused); the streams
             // it did take end with the connection, as calls cut off.
-            e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
+            e.reason() == Some(h2::Reason::REFUSED_STREAM) || going_away(e)
         })
 }
 
 /// Whether a transport error says the connection itself is gone, not only this call:
-/// closed or reset under it (h2 fails every open stream with an I/O error then), or
-/// not answering a liveness ping (hyper's keep-alive timeout).
+/// gone before the call was handed to it, closed or reset under it (h2 fails every open
+/// stream with an I/O error then), or not answering a liveness ping (hyper's
+/// keep-alive timeout).
 fn connection_lost(err: &(dyn std::error::Error + 'static)) -> bool {
-    any_cause(err, hyper::Error::is_timeout) || any_cause(err, h2::Error::is_io)
+    any_cause(err, hyper::Error::is_canceled)
+        || any_cause(err, hyper::Error::is_timeout)
+        || any_cause(err, h2::Error::is_io)
+}
+
+/// Whether the server said, with a GOAWAY, that this connection takes no new calls.
+fn going_away(err: &(dyn std::error::Error + 'static)) -> bool {
+    any_cause(err, |e: &h2::Error| e.is_go_away() && e.is_remote())
 }
 
 /// Whether the server closed the connection with `ENHANCE_YOUR_CALM` and the debug
@@ -187,8 +213,7 @@ pin_project_lite::pin_project! {
     /// response headers, so a server that sends them and then stalls would otherwise
     /// hold the call until the connection dies.
     pub struct ResponseBody {
-        #[pin]
-        inner: Body,
+        inner: Inner,
         guard: Option<InFlightGuard>,
         outcome: Option<(Arc<Subchannel>, Arc<Pool>)>,
         // The call's deadline, and its timer, made only if the body has to be
@@ -199,11 +224,48 @@ pin_project_lite::pin_project! {
     }
 }
 
+/// The body under a [`ResponseBody`]: hyper's own, as it came off the connection, or
+/// any other.
+enum Inner {
+    Wire(Incoming),
+    Body(Body),
+}
+
+impl Inner {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        match self {
+            // As tonic reads a transport error: a reset stream's reason becomes its
+            // gRPC code (CANCEL is CANCELLED, and so on).
+            Self::Wire(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|err| Status::from_error(Box::new(err))),
+            Self::Body(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Wire(body) => body.is_end_stream(),
+            Self::Body(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Wire(body) => body.size_hint(),
+            Self::Body(body) => body.size_hint(),
+        }
+    }
+}
+
 impl ResponseBody {
     /// Wraps `inner`, releasing `guard` when the body ends, fails or is dropped.
     pub fn new(inner: Body, guard: InFlightGuard) -> Self {
         Self {
-            inner,
+            inner: Inner::Body(inner),
             guard: Some(guard),
             outcome: None,
             deadline: None,
@@ -293,13 +355,6 @@ impl fmt::Debug for ResponseBody {
     }
 }
 
-/// Whether `E` is `err` or one of its causes.
-pub(crate) fn has_cause<E: std::error::Error + 'static>(
-    err: &(dyn std::error::Error + 'static),
-) -> bool {
-    any_cause(err, |_: &E| true)
-}
-
 /// Whether `err` or one of its causes is an `E` for which `test` holds.
 fn any_cause<E: std::error::Error + 'static>(
     err: &(dyn std::error::Error + 'static),
@@ -327,7 +382,7 @@ fn any_cause<E: std::error::Error + 'static>(
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use http_body::{Body as _, Frame};
+    use http_body::Frame;
     use std::collections::VecDeque;
 
     /// A body that yields its frames one poll at a time.
@@ -385,9 +440,10 @@ mod tests {
 
     #[test]
     fn causes_are_found_anywhere_in_the_chain() {
-        let err = Status::unavailable("outer");
-        assert!(has_cause::<Status>(&err));
-        assert!(!has_cause::<tonic::TimeoutExpired>(&err));
+        let inner = std::io::Error::other(Status::unavailable("inner"));
+        let outer = Status::from_error(Box::new(inner));
+        assert!(any_cause(&outer, |s: &Status| s.message() == "inner"));
+        assert!(!any_cause(&outer, h2::Error::is_io));
     }
 
     /// A body whose server went quiet after the headers.

@@ -5,17 +5,16 @@ use std::sync::{Arc, atomic::Ordering};
 
 use rand::rngs::SmallRng;
 use tokio::sync::watch;
-use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 use tracing::{info, warn};
 
-use super::attempt::has_cause;
 use super::describe;
 use super::lock;
 use super::pool::Pool;
 use super::subchannel::{Health, Settings, Subchannel};
+use super::wire::{Closed, ConnectError, Wire};
 use crate::Connectivity;
 
 /// Keeps one endpoint connected (and health-checked) until it is removed or the
@@ -90,22 +89,21 @@ impl ConnectionTask {
                 return;
             }
             self.set(Connectivity::Connecting, None);
-            // The whole attempt (TCP, TLS, HTTP/2) is bounded: tonic's connect timeout
-            // covers the TCP connect only, and a peer that accepts and then says
-            // nothing must not keep the endpoint CONNECTING.
+            // The whole attempt (TCP, TLS, HTTP/2) is bounded: a peer that accepts and
+            // then says nothing must not keep the endpoint CONNECTING.
             let limit = self.pool.settings.connect_timeout;
             let attempt = tokio::select! {
                 attempt = tokio::time::timeout(limit, Self::connect(&self.sub, &self.pool.settings)) => attempt,
                 _ = Self::stop(&mut self.stopped, &mut self.removed) => return,
             };
             let reason = match attempt {
-                Ok(Ok((channel, health))) => {
+                Ok(Ok((wire, closed, health))) => {
                     self.sub.connects.fetch_add(1, Ordering::Relaxed);
                     generation += 1;
-                    *lock(&self.sub.connection) = Some((channel, generation));
+                    *lock(&self.sub.connection) = Some((wire, generation));
                     let connected_at = tokio::time::Instant::now();
                     let answers_before = self.sub.answers.load(Ordering::Relaxed);
-                    let ended = self.serve(health, generation).await;
+                    let ended = self.serve(health, closed, generation).await;
                     let answered = self.sub.answers.load(Ordering::Relaxed) > answers_before;
                     *lock(&self.sub.connection) = None;
                     self.sub.health.set(Health::Unknown);
@@ -135,12 +133,7 @@ impl ConnectionTask {
                 }
                 Ok(Err(err)) => {
                     self.sub.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    if has_cause::<tokio::time::error::Elapsed>(&err) {
-                        // tonic's own connect timer, set to the same limit, fired first.
-                        format!("no connection within {limit:?} (connect and handshakes)")
-                    } else {
-                        describe(&err)
-                    }
+                    describe(&*err)
                 }
                 Err(_) => {
                     self.sub.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -164,21 +157,17 @@ impl ConnectionTask {
     async fn connect(
         sub: &Subchannel,
         settings: &Settings,
-    ) -> Result<(Channel, Option<Channel>), tonic::transport::Error> {
+    ) -> Result<(Wire, Closed, Option<Wire>), ConnectError> {
         // Our own connector: a TLS refusal is then read as such (see `connector`).
-        let calls = sub.call_target(settings.liveness);
+        let calls = sub.target.connect(sub.call_keep_alive(settings.liveness));
         if settings.health_service.is_none() {
-            return Ok((
-                calls.connect_with_connector(sub.connector.clone()).await?,
-                None,
-            ));
+            let (wire, closed) = calls.await?;
+            return Ok((wire, closed, None));
         }
-        let health = sub.health_target();
-        let (calls, health) = tokio::try_join!(
-            calls.connect_with_connector(sub.connector.clone()),
-            health.connect_with_connector(sub.connector.clone())
-        )?;
-        Ok((calls, Some(health)))
+        // The health connection's end shows in its stream: its `Closed` is not needed.
+        let health = sub.target.connect(Subchannel::health_keep_alive());
+        let ((wire, closed), (health, _)) = tokio::try_join!(calls, health)?;
+        Ok((wire, closed, Some(health)))
     }
 
     /// READY on a new connection: what was learnt of the endpoint's latency belongs to
@@ -191,16 +180,17 @@ impl ConnectionTask {
 
     /// While connected: READY (or as the health check says) until the connection is
     /// lost, a call reports it broken, or the task must stop.
-    async fn serve(&mut self, health: Option<Channel>, generation: u64) -> Ended {
-        let (Some(service), Some(channel)) = (self.pool.settings.health_service.clone(), health)
+    async fn serve(&mut self, health: Option<Wire>, mut closed: Closed, generation: u64) -> Ended {
+        let (Some(service), Some(wire)) = (self.pool.settings.health_service.clone(), health)
         else {
             self.ready_on_new_connection();
             return tokio::select! {
                 _ = Self::broken(&mut self.broken, generation) => Ended::Lost(self.last_error()),
+                why = closed.wait() => Ended::Lost(why),
                 _ = Self::stop(&mut self.stopped, &mut self.removed) => Ended::Stop,
             };
         };
-        let mut health = HealthClient::new(channel);
+        let mut health = HealthClient::new(wire);
         let request = HealthCheckRequest { service };
         // A server that accepted the connection but never answers its health check
         // must not keep the endpoint CONNECTING forever.
@@ -210,6 +200,7 @@ impl ConnectionTask {
                 Ok(stream) => stream,
                 Err(_) => return Ended::Lost(format!("no health answer within {answer_within:?}")),
             },
+            why = closed.wait() => return Ended::Lost(why),
             _ = Self::stop(&mut self.stopped, &mut self.removed) => return Ended::Stop,
         };
         let mut stream = match stream {
@@ -221,6 +212,7 @@ impl ConnectionTask {
                 self.ready_on_new_connection();
                 return tokio::select! {
                     _ = Self::broken(&mut self.broken, generation) => Ended::Lost(self.last_error()),
+                    why = closed.wait() => Ended::Lost(why),
                     _ = Self::stop(&mut self.stopped, &mut self.removed) => Ended::Stop,
                 };
             }
@@ -271,6 +263,7 @@ impl ConnectionTask {
                     )),
                 },
                 _ = Self::broken(&mut self.broken, generation) => return Ended::Lost(self.last_error()),
+                why = closed.wait() => return Ended::Lost(why),
                 _ = Self::stop(&mut self.stopped, &mut self.removed) => return Ended::Stop,
             }
         }

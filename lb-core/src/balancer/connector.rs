@@ -59,9 +59,17 @@ impl Connector {
         }
     }
 
-    /// A tonic endpoint for `endpoint`, and the connector that reaches it: plain TCP,
-    /// or with `tls`, TCP and a TLS handshake that verifies the server's certificate
-    /// (see [`crate::tls`]). Calls on it say `https` with TLS.
+    /// The connector that reaches `endpoint`: plain TCP, or with `tls`, TCP and a TLS
+    /// handshake that verifies the server's certificate (see [`crate::tls`]).
+    pub(crate) fn to(endpoint: &Endpoint, tls: Option<&ClientTls>) -> Result<Self, Error> {
+        match tls {
+            None => Ok(Self::new(None)),
+            Some(tls) => Ok(Self::new(Some(tls.for_endpoint(endpoint)?))),
+        }
+    }
+
+    /// A tonic endpoint for `endpoint`, and the connector that reaches it (see
+    /// [`Connector::to`]). Calls on it say `https` with TLS.
     pub(crate) fn for_endpoint(
         endpoint: &Endpoint,
         tls: Option<&ClientTls>,
@@ -71,22 +79,20 @@ impl Connector {
             source,
         };
         let target = tonic::transport::Endpoint::from_shared(endpoint.uri()).map_err(transport)?;
-        match tls {
-            None => Ok((target, Self::new(None))),
-            Some(tls) => {
-                // tonic connects to `http://` (the handshake is the connector's) but
-                // says `https` in every call, as a client over TLS does.
-                let origin: http::Uri =
-                    format!("https://{endpoint}")
-                        .parse()
-                        .map_err(|_| Error::InvalidEndpoint {
-                            input: endpoint.to_string(),
-                            reason: "not usable in a URI".into(),
-                        })?;
-                let target = target.origin(origin);
-                Ok((target, Self::new(Some(tls.for_endpoint(endpoint)?))))
-            }
+        let connector = Self::to(endpoint, tls)?;
+        if tls.is_none() {
+            return Ok((target, connector));
         }
+        // tonic connects to `http://` (the handshake is the connector's) but says
+        // `https` in every call, as a client over TLS does.
+        let origin: http::Uri =
+            format!("https://{endpoint}")
+                .parse()
+                .map_err(|_| Error::InvalidEndpoint {
+                    input: endpoint.to_string(),
+                    reason: "not usable in a URI".into(),
+                })?;
+        Ok((target.origin(origin), connector))
     }
 }
 

@@ -20,6 +20,7 @@ use tower::Service;
 use super::headers::{deadline_after, grpc_timeout};
 use super::pool::Pool;
 use super::retry::{RetryBudget, RetryPolicy};
+use super::wire::AttemptBody;
 use super::{EndpointStatus, ResponseBody};
 use crate::resolver::Resolution;
 use crate::{Endpoint, Error, Policy};
@@ -230,7 +231,13 @@ impl Service<http::Request<Body>> for Balancer {
         {
             let deadline = grpc_timeout(request.headers()).map(deadline_after);
             return Box::pin(async move {
-                let response = route.send(request).await.map_err(|f| f.status)?;
+                let (mut parts, body) = request.into_parts();
+                let mut extensions = std::mem::take(&mut parts.extensions);
+                let request = http::Request::from_parts(parts, AttemptBody::Body(body));
+                let response = route
+                    .send(request, &mut extensions, deadline, true)
+                    .await
+                    .map_err(|f| f.status)?;
                 Ok(response.map(|body| body.until(deadline)))
             });
         }

@@ -3,12 +3,17 @@
 
 use std::time::Duration;
 
+use http::HeaderName;
 use tokio::time::Instant;
 use tonic::Code;
 
+/// The names, made once: a name given as a `&str` is parsed at every lookup.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub(crate) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
 /// The `grpc-status` in response headers (a trailers-only response), if any.
 pub(crate) fn header_status(headers: &http::HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?.to_str().ok()?;
+    let value = headers.get(GRPC_STATUS)?.to_str().ok()?;
     Some(Code::from_i32(value.parse().ok()?))
 }
 
@@ -24,7 +29,7 @@ pub(crate) fn is_endpoint_failure(code: Code) -> bool {
 /// The call's deadline from its `grpc-timeout` header (e.g. `250m` = 250 ms), as tonic
 /// sets it from `Request::set_timeout`.
 pub(crate) fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let value = headers.get(GRPC_TIMEOUT)?.to_str().ok()?;
     // At most 8 digits and a unit, by the gRPC spec; reject anything else.
     if value.len() < 2 || value.len() > 9 {
         return None;

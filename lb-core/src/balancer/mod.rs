@@ -57,6 +57,7 @@ mod pool;
 mod replay;
 pub mod retry;
 mod subchannel;
+mod wire;
 
 use std::sync::{Mutex, PoisonError, RwLock};
 

@@ -54,7 +54,7 @@ impl Router {
         Ok(Route {
             guard: state.start_call(),
             state: state.clone(),
-            channel: route.channel.clone(),
+            wire: route.wire.clone(),
             sub: route.sub.clone(),
             generation: route.generation,
             pool: self.pool.clone(),

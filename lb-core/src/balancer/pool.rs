@@ -23,11 +23,11 @@ use std::{
 
 use rand::rngs::SmallRng;
 use tokio::sync::watch;
-use tonic::transport::Channel;
 use tracing::info;
 
 use super::connection::ConnectionTask;
 use super::subchannel::{EndpointStatus, Settings, Subchannel};
+use super::wire::Wire;
 use super::{lock, read, write};
 use crate::{
     Connectivity, Endpoint, EndpointState, Error,
@@ -81,7 +81,7 @@ pub(crate) struct Snapshot {
 
 pub(crate) struct SnapshotRoute {
     pub sub: Arc<Subchannel>,
-    pub channel: Channel,
+    pub wire: Wire,
     pub generation: u64,
 }
 
@@ -242,11 +242,11 @@ impl Pool {
             if !sub.state.is_ready() || sub.is_ejected() {
                 continue;
             }
-            if let Some((channel, generation)) = lock(&sub.connection).clone() {
+            if let Some((wire, generation)) = lock(&sub.connection).clone() {
                 ready.push(sub.state.clone());
                 routes.push(SnapshotRoute {
                     sub: sub.clone(),
-                    channel,
+                    wire,
                     generation,
                 });
             }
@@ -322,32 +322,23 @@ impl Pool {
             .collect()
     }
 
-    /// A call on connection `generation` of `sub` could not connect (`lost`: false),
-    /// or found the connection gone (`lost`: true).
+    /// A call on connection `generation` of `sub` found the connection gone or going.
     ///
-    /// A connection that could not be made is TRANSIENT_FAILURE: calls fail fast
-    /// rather than wait for the backoff. A connection lost is IDLE, as in gRPC: the
-    /// task reconnects at once, and calls wait for it (within their deadline) instead
-    /// of failing in the moment between the loss and the new attempt.
-    pub fn report_broken(&self, sub: &Subchannel, generation: u64, error: &str, lost: bool) {
+    /// The endpoint is then IDLE, as in gRPC: the task reconnects at once, and calls
+    /// wait for it (within their deadline) instead of failing in the moment between
+    /// the loss and the new attempt.
+    pub fn report_broken(&self, sub: &Subchannel, generation: u64, error: &str) {
         let current = lock(&sub.connection).as_ref().map(|(_, g)| *g);
         if current != Some(generation) {
             return; // An older connection; the current one may be fine.
         }
-        let next = if lost {
-            Connectivity::Idle
-        } else {
-            Connectivity::TransientFailure
-        };
         // Only the first report moves the endpoint out of READY and wakes the task.
-        if sub.state.transition(Connectivity::Ready, next) {
+        if sub
+            .state
+            .transition(Connectivity::Ready, Connectivity::Idle)
+        {
             *lock(&sub.last_error) = Some(error.to_string());
-            let why = if lost {
-                "a call found its connection gone"
-            } else {
-                "a call could not connect"
-            };
-            info!(endpoint = %sub.state.endpoint(), %error, "{next}: {why}");
+            info!(endpoint = %sub.state.endpoint(), %error, "IDLE: a call found its connection gone");
             self.publish();
             // The task's own `set` will find the state already changed; count the
             // failure here, so that the resolver is asked to look again now.

@@ -19,8 +19,13 @@ use bytes::Bytes;
 use http_body::{Body as _, Frame};
 use tonic::{Status, body::Body};
 
+use super::wire::AttemptBody;
+
 /// A request body, kept for replay or passed through once.
 pub(crate) enum RequestBody {
+    /// Complete when the call started, in at most one chunk and without trailers
+    /// (every unary call): every attempt sends the same bytes, nothing is copied.
+    One(Option<Bytes>),
     /// Complete when the call started: every attempt sends a copy.
     Replayable(Vec<Bytes>, Option<http::HeaderMap>),
     /// Still streaming when the call started: recorded as it is sent, so that a retry
@@ -35,6 +40,9 @@ impl RequestBody {
     /// `limit`) is replayable as it is; one that would have to wait is recorded while
     /// it streams, up to `limit` bytes.
     pub(crate) async fn read(mut body: Body, limit: usize) -> Result<Self, Status> {
+        // The first chunk apart: a unary request has only that one, and needs no
+        // vector.
+        let mut first = None;
         let mut chunks = Vec::new();
         let mut size = 0;
         loop {
@@ -42,17 +50,25 @@ impl RequestBody {
                 futures::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)))
                     .await;
             match next {
+                Poll::Ready(None) if chunks.is_empty() => return Ok(Self::One(first)),
                 Poll::Ready(None) => return Ok(Self::Replayable(chunks, None)),
                 Poll::Ready(Some(Err(status))) => return Err(status),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         size += data.len();
-                        chunks.push(data);
+                        if first.is_none() && chunks.is_empty() {
+                            first = Some(data);
+                        } else {
+                            chunks.extend(first.take());
+                            chunks.push(data);
+                        }
                         if size > limit {
+                            chunks.extend(first.take());
                             return Ok(Self::Streaming(prefixed(chunks, None, body)));
                         }
                     }
                     Err(frame) => {
+                        chunks.extend(first.take());
                         let trailers = frame.into_trailers().ok();
                         if body.is_end_stream() {
                             return Ok(Self::Replayable(chunks, trailers));
@@ -61,6 +77,7 @@ impl RequestBody {
                     }
                 },
                 Poll::Pending => {
+                    chunks.extend(first.take());
                     return Ok(Self::Recording(Arc::new(Mutex::new(Recording {
                         source: body,
                         chunks,
@@ -79,15 +96,16 @@ impl RequestBody {
 
     /// The body for one attempt: a copy if replayable, a replay of the recording, or
     /// the stream (once).
-    pub(crate) fn attempt(&mut self) -> Option<Body> {
+    pub(crate) fn attempt(&mut self) -> Option<AttemptBody> {
         match self {
-            // A unary request: one chunk, no trailers (the common case: kept cheap).
-            Self::Replayable(chunks, None) if chunks.len() <= 1 => {
-                Some(Body::new(OneChunk(chunks.first().cloned())))
-            }
-            Self::Replayable(chunks, trailers) => {
-                Some(prefixed(chunks.clone(), trailers.clone(), Body::empty()))
-            }
+            // A unary request: one chunk, no trailers (the common case: kept cheap,
+            // a reference to the same bytes, no box).
+            Self::One(chunk) => Some(AttemptBody::One(chunk.clone())),
+            Self::Replayable(chunks, trailers) => Some(AttemptBody::Body(prefixed(
+                chunks.clone(),
+                trailers.clone(),
+                Body::empty(),
+            ))),
             Self::Recording(recording) => {
                 let mut r = lock(recording);
                 if r.attempt > 0 && !r.kept {
@@ -99,20 +117,20 @@ impl RequestBody {
                 if let Some(waker) = r.reader.take() {
                     waker.wake();
                 }
-                Some(Body::new(Replay {
+                Some(AttemptBody::Body(Body::new(Replay {
                     recording: recording.clone(),
                     attempt: r.attempt,
                     next: 0,
                     trailers_sent: false,
-                }))
+                })))
             }
-            Self::Streaming(body) => Some(std::mem::take(body)),
+            Self::Streaming(body) => Some(AttemptBody::Body(std::mem::take(body))),
         }
     }
 
     pub(crate) fn is_replayable(&self) -> bool {
         match self {
-            Self::Replayable(..) => true,
+            Self::One(_) | Self::Replayable(..) => true,
             Self::Recording(recording) => lock(recording).kept,
             Self::Streaming(_) => false,
         }
@@ -246,29 +264,6 @@ impl http_body::Body for Replay {
                 Poll::Ready(Some(Ok(frame)))
             }
         }
-    }
-}
-
-/// A body of at most one chunk, as a unary request's is.
-struct OneChunk(Option<Bytes>);
-
-impl http_body::Body for OneChunk {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        Poll::Ready(self.0.take().map(|chunk| Ok(Frame::data(chunk))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_none()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.0.as_ref().map_or(0, |c| c.len() as u64))
     }
 }
 
@@ -419,7 +414,7 @@ mod tests {
         (tx, Body::new(Channel(rx)))
     }
 
-    async fn next_data(body: &mut Body) -> Vec<u8> {
+    async fn next_data(body: &mut AttemptBody) -> Vec<u8> {
         let frame = futures::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx))
             .await
             .unwrap()
@@ -437,7 +432,7 @@ mod tests {
         }
     }
 
-    async fn collect(mut body: Body) -> Vec<u8> {
+    async fn collect(mut body: AttemptBody) -> Vec<u8> {
         let mut out = Vec::new();
         while let Some(frame) =
             futures::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await

@@ -39,7 +39,9 @@ use tracing::debug;
 use super::ResponseBody;
 use super::attempt::{Failure, FailureKind, Route};
 use super::handle::Router;
-use super::headers::{deadline_after, grpc_timeout, grpc_timeout_value, header_status};
+use super::headers::{
+    GRPC_TIMEOUT, deadline_after, grpc_timeout, grpc_timeout_value, header_status,
+};
 use super::replay::RequestBody;
 use super::subchannel::Subchannel;
 
@@ -140,6 +142,8 @@ impl Router {
         mut rng: SmallRng,
     ) -> Result<http::Response<ResponseBody>, Status> {
         let (mut parts, body) = request.into_parts();
+        // Not sent (no server sees them): they go to the response (see `Route::send`).
+        let mut extensions = std::mem::take(&mut parts.extensions);
         let mut body = if self.retry.max_attempts > 1 {
             RequestBody::read(body, self.retry.max_replay_bytes).await?
         } else {
@@ -174,12 +178,9 @@ impl Router {
                         attempt - 1
                     )));
                 }
-                parts
-                    .headers
-                    .insert("grpc-timeout", grpc_timeout_value(left));
+                parts.headers.insert(GRPC_TIMEOUT, grpc_timeout_value(left));
             }
             let sub = route.sub.clone();
-            let endpoint = route.state.endpoint().clone();
             let Some(attempt_body) = body.attempt() else {
                 // The body outgrew what is kept for a retry while the last attempt
                 // was failing: that failure is the call's.
@@ -187,26 +188,15 @@ impl Router {
                     .take()
                     .unwrap_or_else(|| Status::internal("request body already sent")));
             };
-            let send = route.send(http::Request::from_parts(parts.clone(), attempt_body));
-            // tonic's own timer starts only once a connection is ready; this one also
-            // covers a wait for a reconnect.
-            let result = match deadline {
-                Some(deadline) => match tokio::time::timeout_at(deadline, send).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        // An endpoint that lets calls run out of time is failing them,
-                        // as Envoy and linkerd count it (and its latency estimate has
-                        // just taken the whole wait, for the load-aware policies).
-                        if fair_share {
-                            self.pool.record_outcome(&sub, false);
-                        }
-                        return Err(Status::deadline_exceeded(format!(
-                            "endpoint {endpoint}: deadline exceeded"
-                        )));
-                    }
-                },
-                None => send.await,
-            };
+            // A copy of the request's head for this attempt: the call may need it again.
+            let mut request = http::Request::new(attempt_body);
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = parts.uri.clone();
+            *request.version_mut() = parts.version;
+            *request.headers_mut() = parts.headers.clone();
+            let result = route
+                .send(request, &mut extensions, deadline, fair_share)
+                .await;
             let retry_allowed = attempt < self.retry.max_attempts && body.is_replayable();
             match result {
                 Ok(response) => {

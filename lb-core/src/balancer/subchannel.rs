@@ -22,9 +22,9 @@
 //! With health checking on, an endpoint has two HTTP/2 connections: one for calls,
 //! which is pinged while calls wait on it (see [`super::liveness`]), and one for the
 //! Watch stream, which would otherwise count as a call in flight forever. They are
-//! made together, and the loss of either, once a call or the health stream sees it,
-//! ends both: policies see one endpoint. (A call connection that the server closes
-//! while no call is on it is reconnected by tonic itself, at the next call.)
+//! made together, and the loss of either ends both: policies see one endpoint. The
+//! call connection's end is seen the moment it happens, by the task that runs it
+//! (`wire.rs`), even while no call is on it; the health connection's, by its stream.
 //!
 //! Every change rebuilds the `Snapshot` (READY, not ejected endpoints and their
 //! picker) and wakes calls waiting for one.
@@ -38,7 +38,6 @@ use std::{
 };
 
 use tokio::sync::watch;
-use tonic::transport::Channel;
 use tracing::warn;
 
 use super::connector::Connector;
@@ -46,6 +45,7 @@ use super::liveness::{
     HEALTH_KEEPALIVE_INTERVAL, HEALTH_KEEPALIVE_TIMEOUT, Liveness, MAX_INTERVAL,
 };
 use super::outlier::OutlierDetection;
+use super::wire::{KeepAlive, Target, Wire};
 use crate::{Backoff, Connectivity, Endpoint, EndpointState, Error};
 
 /// Settings every subchannel shares.
@@ -67,11 +67,9 @@ pub(crate) struct Settings {
 /// One endpoint, its connection and its counters.
 pub(crate) struct Subchannel {
     pub state: EndpointState,
-    /// Where and how to connect (address, TLS, connect timeout); each connection
-    /// adds its own keepalive settings.
-    pub target: tonic::transport::Endpoint,
-    /// Opens its connections (TCP, TLS): see `connector`.
-    pub connector: Connector,
+    /// Where and how to connect (address, TLS); each connection adds its own
+    /// keepalive settings.
+    pub target: Target,
     /// The liveness ping interval for the next call connection, in nanoseconds:
     /// doubled each time the server complains of too many pings (gRFC A8).
     pub liveness_interval: AtomicU64,
@@ -83,7 +81,7 @@ pub(crate) struct Subchannel {
     pub answers: AtomicU64,
     /// The connection while connected, with its generation (connections made so far),
     /// so that a failure seen on an old connection cannot tear down a newer one.
-    pub connection: Mutex<Option<(Channel, u64)>>,
+    pub connection: Mutex<Option<(Wire, u64)>>,
     pub last_error: Mutex<Option<String>>,
     /// The generation of the connection a call saw fail to connect. A value, not a
     /// one-shot signal: a report about an older connection must not tear down a newer.
@@ -194,13 +192,12 @@ pub struct EndpointStatus {
 impl Subchannel {
     /// A subchannel for `endpoint`, not yet connecting (see `ConnectionTask`).
     pub fn new(endpoint: Endpoint, settings: &Settings) -> Result<Self, Error> {
-        let (target, connector) = Connector::for_endpoint(&endpoint, settings.tls.as_ref())?;
-        let target = target.connect_timeout(settings.connect_timeout);
+        let connector = Connector::to(&endpoint, settings.tls.as_ref())?;
+        let target = Target::new(&endpoint, connector, settings.tls.is_some())?;
         let interval = settings.liveness.map_or(Duration::ZERO, |l| l.interval);
         Ok(Self {
             state: EndpointState::with_decay(endpoint, settings.latency_decay),
             target,
-            connector,
             liveness_interval: AtomicU64::new(nanos(interval)),
             calmed: AtomicU64::new(0),
             answers: AtomicU64::new(0),
@@ -250,30 +247,30 @@ impl Subchannel {
         }
     }
 
-    /// The target for the connection that carries calls: pinged while calls are in
-    /// flight and nothing is read (see [`super::liveness`]), or, with liveness off,
-    /// kept alive as gently as the health connection.
-    pub(super) fn call_target(&self, liveness: Option<Liveness>) -> tonic::transport::Endpoint {
+    /// How the connection that carries calls is kept alive: pinged while calls are in
+    /// flight and nothing is read (see [`super::liveness`]), or, with liveness off, as
+    /// gently as the health connection.
+    pub(super) fn call_keep_alive(&self, liveness: Option<Liveness>) -> KeepAlive {
         match liveness {
             Some(liveness) => {
                 let interval = Duration::from_nanos(self.liveness_interval.load(Ordering::Relaxed));
-                self.target
-                    .clone()
-                    .http2_keep_alive_interval(interval.max(Duration::from_millis(1)))
-                    .keep_alive_timeout(liveness.timeout)
-                    .keep_alive_while_idle(false)
+                KeepAlive {
+                    interval: interval.max(Duration::from_millis(1)),
+                    timeout: liveness.timeout,
+                    while_idle: false,
+                }
             }
-            None => self.health_target(),
+            None => Self::health_keep_alive(),
         }
     }
 
-    /// The target for the connection that carries the health `Watch` stream.
-    pub(super) fn health_target(&self) -> tonic::transport::Endpoint {
-        self.target
-            .clone()
-            .http2_keep_alive_interval(HEALTH_KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(HEALTH_KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
+    /// How the connection that carries the health `Watch` stream is kept alive.
+    pub(super) fn health_keep_alive() -> KeepAlive {
+        KeepAlive {
+            interval: HEALTH_KEEPALIVE_INTERVAL,
+            timeout: HEALTH_KEEPALIVE_TIMEOUT,
+            while_idle: true,
+        }
     }
 }
 
