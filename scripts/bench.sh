@@ -2,21 +2,33 @@
 # Measures our balancer against the alternatives, in one run, and regenerates
 # docs/BENCHMARKS.md (the block between the bench markers) and docs/bench.svg.
 #
-#   scripts/bench.sh                 # about 6 minutes after the build
-#   QUICK=1 scripts/bench.sh         # a short run (1 repeat, 3 s a subject): for trying it out
+#   scripts/bench.sh                       # 5 full runs: about 12 minutes after the build
+#   scripts/bench.sh --baseline docs/bench.json   # and say what moved since the saved figures
+#   QUICK=1 scripts/bench.sh               # a short run (1 run, 0.5 s a subject): for trying it out
 #
 # It starts, on 127.0.0.1 only, and stops again:
 #   - 3 greeter-servers (every subject calls these),
-#   - lb-proxy and nginx (grpc_pass), each balancing over those 3,
+#   - lb-proxy (one thread, its default, and one per core) and nginx (grpc_pass), each
+#     balancing over those 3,
 #   - the article's Python server (grpcio, 10 threads),
 #   - 3 more servers, one 20 ms slow, for the heterogeneous-fleet run,
 #   - 1 greeter-server process on 1,000 ports, for the scale run;
-# and runs the Python grpcio client (round_robin) from a venv in .run/bench/venv.
-# What it needs it installs: the venv with grpcio (from PyPI), and nginx (Debian's,
-# with apt-get, when run as root or with sudo). What cannot be had is skipped and
-# the report says so. Environment:
+# and runs the Python grpcio client (round_robin) from a venv in .run/bench/venv, Node's
+# grpc-js (round_robin) from .run/bench/node, and nghttp2's h2load against the servers
+# and proxies. What it needs it installs: the venv with grpcio (from PyPI), grpc-js
+# (from npm), nginx and h2load (Debian's nginx and nghttp2-client, with apt-get, when
+# run as root or with sudo). What cannot be had is skipped and the report says so.
+#
+# With 2 cores or more, the client (lb-bench, and the Python, Node and h2load clients
+# it starts) runs on core 0 and every server and proxy on the others (taskset), so
+# that the client's own cost does not move with what the servers do; the report
+# states the layout. The figures are saved as JSON in docs/bench.json: the baseline
+# for the next run.
+#
+# Environment:
 #   BENCH_PORT=50070   first of the ports used (about 20 from there, and 1,000 from
 #                      BENCH_PORT+1000 for the scale run)
+#   RUNS=5             full runs (each target is judged in each)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$ROOT"
@@ -25,6 +37,38 @@ base="${BENCH_PORT:-50070}"
 work="$RUN_DIR/bench"
 mkdir -p "$work"
 skipped=()
+
+baseline=()
+while (($#)); do
+  case "$1" in
+    --baseline)
+      [[ -n "${2:-}" ]] || { echo "bench.sh: --baseline needs a FILE (a saved bench.json)" >&2; exit 2; }
+      [[ -r "$2" ]] || { echo "bench.sh: --baseline $2: cannot read it" >&2; exit 2; }
+      baseline=(--baseline "$2")
+      shift 2
+      ;;
+    *) echo "bench.sh: unknown argument \`$1\` (only --baseline FILE)" >&2; exit 2 ;;
+  esac
+done
+runs="${RUNS:-5}"
+case "$runs" in
+  '' | *[!0-9]* | 0) echo "bench.sh: RUNS must be a number of runs from 1, not \`$runs\`" >&2; exit 2 ;;
+esac
+
+# Client on core 0, servers and proxies on the rest, where there are two cores or more.
+cores="$(nproc 2>/dev/null || echo 1)"
+server_pin=()
+client_pin=()
+layout=""
+if ((cores >= 2)) && command -v taskset >/dev/null; then
+  server_cpus="1-$((cores - 1))"
+  [[ $cores == 2 ]] && server_cpus=1
+  server_pin=(taskset -c "$server_cpus")
+  client_pin=(taskset -c 0)
+  layout="client (lb-bench, and the grpcio, grpc-js and h2load clients) on core 0; every server and proxy on core(s) $server_cpus (taskset)"
+else
+  skipped+=("pinning: fewer than 2 cores, or no taskset; everything shares the cores")
+fi
 
 policy_made=""
 cleanup() {
@@ -35,11 +79,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# start NAME LOG COMMAND...: start_bg, and say so.
+# start NAME LOG COMMAND...: start_bg on the servers' cores, and say so.
 start() {
   local name="$1" log="$2"
   shift 2
-  start_bg "$log" "$@"
+  start_bg "$log" "${server_pin[@]}" "$@"
   echo "started $name (pid ${STARTED_PIDS[-1]}, log $log)"
 }
 
@@ -66,10 +110,26 @@ else
   skipped+=("grpcio client and the Python server: no Python venv with grpcio could be made")
 fi
 
-echo "== nginx"
+echo "== Node: @grpc/grpc-js in $work/node"
+node_client=""
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  mkdir -p "$work/node"
+  if (cd "$work/node" && npm install --silent --no-audit --no-fund --no-save \
+    @grpc/grpc-js @grpc/proto-loader >/dev/null 2>&1); then
+    export NODE_PATH="$work/node/node_modules"
+    node_client="node scripts/node/bench_client.js"
+  else
+    skipped+=("grpc-js client: npm install @grpc/grpc-js @grpc/proto-loader failed")
+  fi
+else
+  skipped+=("grpc-js client: node and npm are not installed")
+fi
+
+echo "== nginx and h2load"
 nginx_bin="$(command -v nginx || true)"
 if [[ -z "$nginx_bin" && -x /usr/sbin/nginx ]]; then nginx_bin=/usr/sbin/nginx; fi
-if [[ -z "$nginx_bin" ]] && command -v apt-get >/dev/null; then
+h2load_bin="$(command -v h2load || true)"
+if [[ -z "$nginx_bin" || -z "$h2load_bin" ]] && command -v apt-get >/dev/null; then
   sudo=""
   [[ "$(id -u)" != 0 ]] && sudo="sudo -n"
   # Debian starts a freshly installed nginx on port 80 of every interface; a
@@ -79,10 +139,11 @@ if [[ -z "$nginx_bin" ]] && command -v apt-get >/dev/null; then
     $sudo chmod +x /usr/sbin/policy-rc.d
     policy_made=1
   fi
-  if $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null 2>&1 ||
+  if $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx nghttp2-client >/dev/null 2>&1 ||
     { $sudo apt-get update -qq >/dev/null 2>&1 &&
-      $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null 2>&1; }; then
+      $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx nghttp2-client >/dev/null 2>&1; }; then
     nginx_bin=/usr/sbin/nginx
+    h2load_bin="$(command -v h2load || true)"
   fi
   if [[ -n "$policy_made" ]]; then
     $sudo rm -f /usr/sbin/policy-rc.d
@@ -91,6 +152,9 @@ if [[ -z "$nginx_bin" ]] && command -v apt-get >/dev/null; then
 fi
 if [[ -z "$nginx_bin" ]]; then
   skipped+=("nginx: not installed, and apt-get could not install it")
+fi
+if [[ -z "$h2load_bin" ]]; then
+  skipped+=("h2load: not installed (Debian's nghttp2-client), and apt-get could not install it")
 fi
 
 echo "== Starting the servers"
@@ -134,8 +198,17 @@ proxy_port=$((base + 10))
 start "lb-proxy :$proxy_port" "$work/lb-proxy.log" \
   env RUST_LOG=info "$BIN_DIR"/lb-proxy --listen "127.0.0.1:$proxy_port" \
   --backends "$server_list" --policy round_robin
+# The same with one worker thread per core, to show what its default of one thread
+# is measured against.
+proxy_mt_port=$((base + 13))
+start "lb-proxy --threads 0 :$proxy_mt_port" "$work/lb-proxy-threads.log" \
+  env RUST_LOG=info "$BIN_DIR"/lb-proxy --listen "127.0.0.1:$proxy_mt_port" \
+  --backends "$server_list" --policy round_robin --threads 0
 wait_for_log "$work/lb-proxy.log" "lb-proxy listening"
-extra=(--proxy "127.0.0.1:$proxy_port")
+wait_for_log "$work/lb-proxy-threads.log" "lb-proxy listening"
+extra=(--proxy "127.0.0.1:$proxy_port" --also "lb-proxy --threads 0=127.0.0.1:$proxy_mt_port")
+if [[ -n "$node_client" ]]; then extra+=(--node-client "$node_client"); fi
+if [[ -n "$h2load_bin" ]]; then extra+=(--h2load "$h2load_bin"); fi
 
 if [[ -n "$nginx_bin" ]]; then
   nginx_port=$((base + 11))
@@ -190,15 +263,17 @@ if [[ -n "$python_client" ]]; then
   extra+=(--python-server "127.0.0.1:$python_port" --python-client "$python_client")
 fi
 
-timing=()
+timing=(--runs "$runs" --repeats 1)
 if [[ -n "${QUICK:-}" ]]; then
-  timing=(--repeats 1 --duration 500ms --warmup 200ms)
+  timing=(--runs 1 --repeats 1 --duration 500ms --warmup 200ms)
 fi
 skip_args=()
 for why in "${skipped[@]}"; do skip_args+=(--skipped "$why"); done
 
 echo "== Measuring"
-"$BIN_DIR"/lb-bench --servers "$server_list" --hetero "$hetero_list" \
-  "${extra[@]}" "${scale_args[@]}" "${timing[@]}" "${skip_args[@]}" \
-  --out docs/BENCHMARKS.md --svg docs/bench.svg --json "$work/bench.json"
-echo "== Done: docs/BENCHMARKS.md and docs/bench.svg updated; figures in $work/bench.json"
+"${client_pin[@]}" "$BIN_DIR"/lb-bench --servers "$server_list" --hetero "$hetero_list" \
+  "${extra[@]}" "${scale_args[@]}" "${timing[@]}" "${skip_args[@]}" "${baseline[@]}" \
+  --layout "$layout" --out docs/BENCHMARKS.md --svg docs/bench.svg --json "$work/bench.json"
+cp "$work/bench.json" docs/bench.json
+echo "== Done: docs/BENCHMARKS.md and docs/bench.svg updated; figures in docs/bench.json"
+echo "   (the baseline for the next run: scripts/bench.sh --baseline docs/bench.json)"

@@ -31,12 +31,12 @@ use std::{net::SocketAddr, process::Command, time::Duration};
 use greeter_proto::{HelloRequest, MyServiceClient};
 use hdrhistogram::Histogram;
 use lb_core::{Balancer, Endpoint, Policy};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
 /// How long and how often each subject is measured.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Settings {
     /// Callers in flight at once; each subject is measured at each.
     pub concurrencies: Vec<usize>,
@@ -46,10 +46,18 @@ pub struct Settings {
     pub warmup: Duration,
     /// Runs per subject and concurrency; medians are reported.
     pub repeats: usize,
+    /// Full runs (every subject, every concurrency, in turn); each target's verdict is
+    /// given for each, and the spread of each ratio over them.
+    #[serde(default = "one")]
+    pub runs: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// One run's (or the median of several runs') figures.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Measurement {
     /// Calls completed per second.
     pub calls_per_sec: f64,
@@ -229,9 +237,12 @@ pub async fn measure(client: &Client, concurrency: usize, settings: &Settings) -
     Measurement::median(&runs)
 }
 
-/// The Python grpcio client (`scripts/python/bench_client.py`), run as a process:
-/// `command` is the interpreter and script, e.g. `["python3", "scripts/python/bench_client.py"]`.
-pub fn measure_python_client(
+/// A client of another stack, run as a process: the Python grpcio client
+/// (`scripts/python/bench_client.py`) or Node's grpc-js (`scripts/node/bench_client.js`).
+/// `command` is the interpreter and script, e.g. `["python3", "scripts/python/bench_client.py"]`;
+/// it gets the target, concurrency, duration, warm-up and `round_robin`, and prints one
+/// JSON line.
+pub fn measure_external_client(
     command: &[String],
     addrs: &[SocketAddr],
     concurrency: usize,
@@ -255,7 +266,8 @@ pub fn measure_python_client(
             .map_err(|e| anyhow::anyhow!("cannot run {program}: {e}"))?;
         if !output.status.success() {
             anyhow::bail!(
-                "the Python client failed: {}",
+                "the client `{}` failed: {}",
+                command.join(" "),
                 String::from_utf8_lossy(&output.stderr)
             );
         }
@@ -263,6 +275,8 @@ pub fn measure_python_client(
         struct Line {
             calls: u64,
             seconds: f64,
+            #[serde(default)]
+            errors: u64,
             p50_us: f64,
             p99_us: f64,
             p999_us: f64,
@@ -273,7 +287,7 @@ pub fn measure_python_client(
             p50_us: line.p50_us,
             p99_us: line.p99_us,
             p999_us: line.p999_us,
-            errors: 0,
+            errors: line.errors,
             client_cpu_us: 0.0,
         });
     }
@@ -316,6 +330,166 @@ pub fn pick_cost(n: usize, picks: u32) -> Vec<(Policy, f64)> {
         .collect()
 }
 
+/// One policy's pick cost at a small and a large endpoint set (for "a pick stays flat
+/// with fleet size").
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PickFlat {
+    /// The policy.
+    pub policy: String,
+    /// Whether its pick is meant to be O(1) (all but `least_connections`, which scans).
+    pub constant: bool,
+    /// Nanoseconds per pick at 3 endpoints.
+    pub ns_at_3: f64,
+    /// Nanoseconds per pick at 1,000 endpoints.
+    pub ns_at_1000: f64,
+}
+
+/// [`pick_cost`] at 3 and at 1,000 endpoints, for every policy.
+pub fn pick_flatness(picks: u32) -> Vec<PickFlat> {
+    // A first pass warms the caches and the CPU's clock, so that the first set timed
+    // is not the slower one for that alone.
+    let _ = pick_cost(3, picks / 4);
+    let small = pick_cost(3, picks);
+    let large = pick_cost(1000, picks);
+    small
+        .into_iter()
+        .zip(large)
+        .map(|((policy, ns_at_3), (_, ns_at_1000))| PickFlat {
+            constant: policy.name() != "least_connections",
+            policy: policy.name().to_string(),
+            ns_at_3,
+            ns_at_1000,
+        })
+        .collect()
+}
+
+/// A server (or proxy) under h2load's load: calls/s and mean latency.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct H2Row {
+    /// `greeter-server`, `python-server`, `lb-proxy`, `nginx`.
+    pub subject: String,
+    /// h2load's connections (`-c`).
+    pub connections: usize,
+    /// Streams in flight per connection (`-m`).
+    pub streams: usize,
+    /// Calls completed per second.
+    pub calls_per_sec: f64,
+    /// Mean time per call, in microseconds (h2load reports no percentiles).
+    pub mean_us: f64,
+    /// Calls that failed.
+    pub errors: u64,
+}
+
+/// The unary `SayHello("bench")` as a gRPC message on the wire: the 5-byte prefix
+/// (not compressed, length) and the protobuf bytes, for h2load's `-d`.
+pub fn hello_frame() -> Vec<u8> {
+    use prost::Message;
+    let message = HelloRequest {
+        name: "bench".into(),
+    }
+    .encode_to_vec();
+    let mut frame = vec![0];
+    frame.extend_from_slice(&u32::try_from(message.len()).unwrap_or(0).to_be_bytes());
+    frame.extend_from_slice(&message);
+    frame
+}
+
+/// nghttp2's `h2load` against `addr`: `connections` connections with `streams` calls
+/// in flight on each, for `duration` after `warmup`, one thread. It is written in C and
+/// costs little CPU per call, so the server is what is measured, not our client.
+pub fn measure_h2load(
+    h2load: &std::path::Path,
+    subject: &str,
+    addr: SocketAddr,
+    connections: usize,
+    streams: usize,
+    settings: &Settings,
+) -> anyhow::Result<H2Row> {
+    let frame = std::env::temp_dir().join(format!("lb-bench-hello-{}.grpc", std::process::id()));
+    std::fs::write(&frame, hello_frame())
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", frame.display()))?;
+    // h2load takes whole milliseconds with a unit.
+    let ms = |d: Duration| format!("{}ms", d.as_millis().max(1));
+    let output = Command::new(h2load)
+        .arg(format!("--duration={}", ms(settings.duration)))
+        .arg(format!("--warm-up-time={}", ms(settings.warmup)))
+        .args([
+            "-c",
+            &connections.to_string(),
+            "-m",
+            &streams.to_string(),
+            "-t",
+            "1",
+        ])
+        .arg("-d")
+        .arg(&frame)
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg(format!("http://{addr}/example.MyService/SayHello"))
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", h2load.display()))?;
+    let _ = std::fs::remove_file(&frame);
+    let text = String::from_utf8_lossy(&output.stdout);
+    parse_h2load(subject, connections, streams, &text).ok_or_else(|| {
+        anyhow::anyhow!(
+            "h2load against {subject} ({addr}) printed no result: {}{}",
+            text,
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// Reads h2load's summary: `finished in 1.00s, 11618.00 req/s, ...`, `requests: ...
+/// N succeeded, N failed, N errored, N timeout`, `time for request: min max mean ...`.
+pub fn parse_h2load(
+    subject: &str,
+    connections: usize,
+    streams: usize,
+    text: &str,
+) -> Option<H2Row> {
+    let calls_per_sec = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|r| r.strip_suffix(" req/s"))
+        .and_then(|r| r.parse::<f64>().ok())?;
+    let requests = text.lines().find_map(|l| l.strip_prefix("requests: "))?;
+    let count = |what: &str| {
+        requests
+            .split(", ")
+            .find_map(|part| part.strip_suffix(what))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let errors = count(" failed") + count(" errored") + count(" timeout");
+    let mean = text
+        .lines()
+        .find_map(|l| l.strip_prefix("time for request:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(parse_h2load_time)?;
+    Some(H2Row {
+        subject: subject.to_string(),
+        connections,
+        streams,
+        calls_per_sec,
+        mean_us: mean,
+        errors,
+    })
+}
+
+/// `83us`, `4.75ms`, `1.2s` as microseconds.
+fn parse_h2load_time(text: &str) -> Option<f64> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1e6)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(|n| n * scale)
+}
+
 /// This process's resident memory, in bytes (Linux; `None` elsewhere).
 pub fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
@@ -336,4 +510,37 @@ pub fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cores} cores, {cpu}, {}", std::env::consts::OS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What h2load 1.52 printed against a greeter-server.
+    const H2LOAD: &str = "\
+finished in 1.50s, 11618.00 req/s, 590.00KB/s
+requests: 11618 total, 11618 started, 11618 done, 11610 succeeded, 5 failed, 3 errored, 0 timeout
+status codes: 11618 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 590.00KB (604159) total, 67.00KB (68611) headers (space savings 95.87%), 334.51KB (342540) data
+                     min         max         mean         sd        +/- sd
+time for request:       44us      4.75ms        83us        48us    99.40%
+";
+
+    #[test]
+    fn h2load_summaries_are_read() {
+        let row = parse_h2load("greeter-server", 1, 16, H2LOAD).expect("parsed");
+        assert_eq!(row.calls_per_sec, 11618.0);
+        assert_eq!(row.mean_us, 83.0);
+        assert_eq!(row.errors, 8);
+        assert_eq!((row.connections, row.streams), (1, 16));
+        assert_eq!(parse_h2load_time("4.75ms"), Some(4750.0));
+        assert_eq!(parse_h2load_time("1.5s"), Some(1_500_000.0));
+        assert!(parse_h2load("x", 1, 1, "connection refused").is_none());
+    }
+
+    #[test]
+    fn the_hello_frame_is_a_grpc_message() {
+        // Not compressed, 7 bytes long: field 1, length 5, "bench".
+        assert_eq!(hello_frame(), b"\x00\x00\x00\x00\x07\x0a\x05bench");
+    }
 }

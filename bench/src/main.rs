@@ -14,8 +14,9 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use lb_bench::{
-    Client, Settings, chart, machine, measure, measure_python_client, pick_cost,
-    report::{Report, Row, Scale, splice, today},
+    Client, Settings, chart, machine, measure, measure_external_client, measure_h2load, pick_cost,
+    pick_flatness,
+    report::{Report, Row, Run, Scale, splice, today},
     resident_bytes,
 };
 use lb_core::policy::RoundRobinConfig;
@@ -48,6 +49,20 @@ struct Args {
     #[arg(long)]
     python_client: Option<String>,
 
+    /// Node's grpc-js client: interpreter and script, e.g.
+    /// "node scripts/node/bench_client.js".
+    #[arg(long)]
+    node_client: Option<String>,
+
+    /// Another subject behind one tonic Channel, as NAME=HOST:PORT (repeatable), e.g.
+    /// "lb-proxy --threads 0=127.0.0.1:50083".
+    #[arg(long, value_name = "NAME=HOST:PORT", value_parser = parse_also)]
+    also: Vec<(String, SocketAddr)>,
+
+    /// nghttp2's h2load: also measure the servers and proxies with it.
+    #[arg(long, value_name = "PATH")]
+    h2load: Option<PathBuf>,
+
     /// Three servers, one of them slow, for the heterogeneous-fleet run.
     #[arg(long, value_delimiter = ',')]
     hetero: Vec<SocketAddr>,
@@ -68,9 +83,27 @@ struct Args {
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     warmup: Duration,
 
-    /// Runs per subject and concurrency (medians are reported).
+    /// Rounds per subject and concurrency within a run (their median is the run's).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+
+    /// Full runs: every subject at every concurrency, then again; each target is judged
+    /// in every run, and each ratio's spread over the runs is reported.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=20))]
+    runs: u64,
+
+    /// A JSON report saved by an earlier run (--json): print which ratios and verdicts
+    /// moved beyond the noise.
+    #[arg(long, value_name = "FILE")]
+    baseline: Option<PathBuf>,
+
+    /// Picks timed per policy and endpoint count, for "a pick stays flat".
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1..))]
+    picks: u32,
+
+    /// Which process runs on which core, for the report (scripts/bench.sh pins them).
+    #[arg(long, default_value = "")]
+    layout: String,
 
     /// Policies to measure (default: all).
     #[arg(long, value_delimiter = ',')]
@@ -94,6 +127,20 @@ struct Args {
     json: Option<PathBuf>,
 }
 
+/// `NAME=HOST:PORT`, split at the last `=`.
+fn parse_also(text: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = text
+        .rsplit_once('=')
+        .ok_or_else(|| format!("expected NAME=HOST:PORT, got `{text}`"))?;
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("`{addr}` is not HOST:PORT: {e}"))?;
+    if name.is_empty() {
+        return Err(format!("`{text}`: the name is empty"));
+    }
+    Ok((name.to_string(), addr))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
@@ -114,11 +161,25 @@ fn progress(subject: &str, c: usize, m: &lb_bench::Measurement) {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let baseline: Option<Report> = match &args.baseline {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("--baseline {}: {e}", path.display()))?;
+            Some(serde_json::from_str(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "--baseline {}: not a report saved by lb-bench --json: {e}",
+                    path.display()
+                )
+            })?)
+        }
+        None => None,
+    };
     let settings = Settings {
         concurrencies: args.concurrency.clone(),
         duration: args.duration,
         warmup: args.warmup,
         repeats: args.repeats,
+        runs: usize::try_from(args.runs).unwrap_or(1),
     };
     let policies = if args.policies.is_empty() {
         Policy::all()
@@ -146,55 +207,124 @@ async fn run(args: Args) -> anyhow::Result<()> {
             subjects.push((name.into(), Client::direct(addr).await?));
         }
     }
-    let python: Option<Vec<String>> = args
-        .python_client
-        .as_ref()
-        .map(|c| c.split_whitespace().map(String::from).collect());
+    for (name, addr) in &args.also {
+        subjects.push((name.clone(), Client::direct(*addr).await?));
+    }
+    let split = |command: &Option<String>| -> Option<Vec<String>> {
+        command
+            .as_ref()
+            .map(|c| c.split_whitespace().map(String::from).collect())
+    };
+    // Clients of other stacks, measured as processes, right after balance_list.
+    let external: Vec<(&str, Vec<String>)> = [
+        ("grpcio", split(&args.python_client)),
+        ("grpc-js", split(&args.node_client)),
+    ]
+    .into_iter()
+    .filter_map(|(name, command)| Some((name, command?)))
+    .collect();
+    // The servers and proxies h2load measures, as they are reached.
+    let mut h2_subjects = vec![("greeter-server", first)];
+    for (name, addr) in [
+        ("python-server", args.python_server),
+        ("lb-proxy", args.proxy),
+        ("nginx", args.nginx),
+    ] {
+        if let Some(addr) = addr {
+            h2_subjects.push((name, addr));
+        }
+    }
 
-    // Rounds: every subject once, then again. A burst of noise from the rest of the
-    // machine then hits one round of every subject, not every run of one subject.
-    let mut rows = Vec::new();
+    // Full runs, each visiting every subject at every concurrency in turn, in rounds:
+    // a burst of noise from the rest of the machine then hits one round of every
+    // subject, not every run of one subject.
     let once = Settings {
         repeats: 1,
         ..settings.clone()
     };
-    for &c in &settings.concurrencies {
-        eprintln!("== concurrency {c}");
-        let mut runs: Vec<(String, Vec<lb_bench::Measurement>)> = Vec::new();
-        for round in 0..settings.repeats.max(1) {
-            let mut index = 0;
-            let mut note = |name: &str, m: lb_bench::Measurement| {
-                if round == 0 {
-                    runs.push((name.to_string(), Vec::new()));
-                }
-                runs[index].1.push(m);
-                index += 1;
-            };
-            for (name, client) in &subjects {
-                note(
-                    name,
-                    lb_bench::run_once(client, c, once.warmup, once.duration).await,
-                );
-                if name == "balance_list"
-                    && let Some(command) = &python
-                {
+    let mut runs = Vec::new();
+    for run_number in 1..=settings.runs {
+        let mut run = Run::default();
+        for &c in &settings.concurrencies {
+            eprintln!("== run {run_number} of {}, concurrency {c}", settings.runs);
+            let mut rounds: Vec<(String, Vec<lb_bench::Measurement>)> = Vec::new();
+            for round in 0..settings.repeats.max(1) {
+                let mut index = 0;
+                let mut note = |name: &str, m: lb_bench::Measurement| {
+                    if round == 0 {
+                        rounds.push((name.to_string(), Vec::new()));
+                    }
+                    rounds[index].1.push(m);
+                    index += 1;
+                };
+                for (name, client) in &subjects {
                     note(
-                        "grpcio",
-                        measure_python_client(command, &args.servers, c, &once)?,
+                        name,
+                        lb_bench::run_once(client, c, once.warmup, once.duration).await,
                     );
+                    if name == "balance_list" {
+                        for (client_name, command) in &external {
+                            note(
+                                client_name,
+                                measure_external_client(command, &args.servers, c, &once)?,
+                            );
+                        }
+                    }
+                }
+            }
+            for (name, measured) in rounds {
+                let m = lb_bench::Measurement::median(&measured);
+                progress(&name, c, &m);
+                run.rows.push(Row {
+                    subject: name,
+                    concurrency: c,
+                    measurement: m,
+                });
+            }
+        }
+        if let Some(h2load) = &args.h2load {
+            eprintln!("== run {run_number}: the servers under h2load");
+            for (connections, streams) in [(1, 1), (1, 16), (4, 16)] {
+                for (name, addr) in &h2_subjects {
+                    let row = measure_h2load(h2load, name, *addr, connections, streams, &once)?;
+                    eprintln!(
+                        "  {name:<32} {connections} × {streams:<3} {:>9.0} calls/s  mean {:>7.0} µs  errors {}",
+                        row.calls_per_sec, row.mean_us, row.errors
+                    );
+                    run.h2load.push(row);
                 }
             }
         }
-        for (name, measured) in runs {
-            let m = lb_bench::Measurement::median(&measured);
-            progress(&name, c, &m);
-            rows.push(Row {
-                subject: name,
-                concurrency: c,
-                measurement: m,
-            });
-        }
+        run.picks = pick_flatness(args.picks);
+        runs.push(run);
     }
+    // The medians over the runs, per subject and concurrency.
+    let rows: Vec<Row> = runs
+        .first()
+        .map(|first| {
+            first
+                .rows
+                .iter()
+                .map(|row| {
+                    let same: Vec<lb_bench::Measurement> = runs
+                        .iter()
+                        .filter_map(|run| {
+                            run.rows
+                                .iter()
+                                .find(|r| {
+                                    r.subject == row.subject && r.concurrency == row.concurrency
+                                })
+                                .map(|r| r.measurement)
+                        })
+                        .collect();
+                    Row {
+                        measurement: lb_bench::Measurement::median(&same),
+                        ..row.clone()
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
 
     let mut hetero = Vec::new();
     if !args.hetero.is_empty() {
@@ -226,8 +356,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let report = Report {
         date: today(),
         machine: machine(),
+        layout: args.layout.clone(),
         settings,
         rows,
+        runs,
         hetero,
         scale,
         skipped: args.skipped.clone(),
@@ -246,6 +378,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
         eprintln!("wrote {}", path.display());
+    }
+    if let Some(baseline) = &baseline {
+        let moved = report.compare(baseline);
+        eprintln!(
+            "== against the baseline of {} ({})",
+            baseline.date,
+            args.baseline
+                .as_deref()
+                .map_or(String::new(), |p| p.display().to_string())
+        );
+        if moved.is_empty() {
+            eprintln!("  nothing moved beyond the noise");
+        }
+        for line in moved {
+            eprintln!("  {line}");
+        }
     }
     Ok(())
 }

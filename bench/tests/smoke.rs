@@ -5,19 +5,20 @@
 use std::time::Duration;
 
 use lb_bench::{
-    Client, Settings, chart, measure,
-    report::{Report, Row, splice},
+    Client, Settings, chart, measure, pick_flatness,
+    report::{Report, Row, Run, splice},
 };
-use lb_core::policy::RoundRobinConfig;
+use lb_core::policy::PickFirstConfig;
 use lb_core::{Balancer, Endpoint, Policy};
 
 fn quick() -> Settings {
     Settings {
-        concurrencies: vec![1, 4],
+        concurrencies: vec![1, 16],
         duration: Duration::from_millis(200),
         // Long enough for balance_list's lazy first connection, even on a busy machine.
         warmup: Duration::from_millis(300),
         repeats: 1,
+        runs: 1,
     }
 }
 
@@ -43,8 +44,8 @@ async fn every_subject_is_measured_and_the_report_and_chart_are_written() {
     let subjects = vec![
         ("direct", Client::direct(addrs[0]).await.expect("connects")),
         (
-            "balancer/round_robin",
-            Client::balancer(Policy::new(RoundRobinConfig {}), &addrs)
+            "balancer/pick_first",
+            Client::balancer(Policy::new(PickFirstConfig {}), &addrs)
                 .await
                 .expect("builds"),
         ),
@@ -73,25 +74,40 @@ async fn every_subject_is_measured_and_the_report_and_chart_are_written() {
             });
         }
     }
+    let runs = vec![Run {
+        rows: rows.clone(),
+        h2load: Vec::new(),
+        picks: pick_flatness(2_000),
+    }];
     let report = Report {
         date: "2026-01-01".into(),
         machine: lb_bench::machine(),
+        layout: "unpinned (smoke test)".into(),
         settings,
         rows,
+        runs,
         hetero: Vec::new(),
         scale: None,
         skipped: vec!["nginx: not in the smoke test".into()],
     };
     let markdown = report.to_markdown();
-    assert!(markdown.contains("| balancer/round_robin |"), "{markdown}");
+    assert!(markdown.contains("| balancer/pick_first |"), "{markdown}");
     assert!(markdown.contains("nginx: not in the smoke test"));
-    let targets = report.targets();
-    assert_eq!(targets.len(), 6);
+    assert!(markdown.contains("Layout: unpinned (smoke test)"));
+    let verdicts = report.verdicts();
+    assert_eq!(verdicts.len(), 12, "{verdicts:#?}");
+    let goal = |i: usize| &verdicts[i].target.goal;
+    assert!(goal(0).contains("concurrency 1,") && verdicts[0].holds().is_some());
+    assert!(goal(1).contains("concurrency 16,") && verdicts[1].holds().is_some());
     assert!(
-        targets[0].met.is_some(),
-        "round robin vs direct is measured"
+        verdicts[2].holds().is_none(),
+        "concurrency 64 was not measured"
     );
-    assert!(targets[2].met.is_none(), "no nginx, no verdict");
+    assert!(verdicts[5].holds().is_none(), "no nginx, no verdict");
+    assert!(
+        verdicts[8].target.goal.contains("1,000") && verdicts[8].holds().is_some(),
+        "the pick costs are measured in process"
+    );
     let svg = chart::svg(&report);
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert_eq!(
@@ -137,6 +153,10 @@ async fn the_binary_writes_the_report_chart_and_json() {
         "20ms",
         "--repeats",
         "1",
+        "--runs",
+        "2",
+        "--picks",
+        "1000",
         "--policies",
         "round_robin,peak_ewma",
         "--skipped",
@@ -179,6 +199,56 @@ async fn the_binary_writes_the_report_chart_and_json() {
     let figures: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("written")).expect("JSON");
     assert_eq!(figures["rows"].as_array().map(Vec::len), Some(4));
+    assert_eq!(figures["runs"].as_array().map(Vec::len), Some(2));
+    assert!(document.contains("| target | holds | runs |"), "{document}");
+
+    // The saved figures are a baseline for the next run; a file that is not one is
+    // refused, naming it, before anything is measured.
+    let servers_list = list.clone();
+    let compare = move |baseline: &std::path::Path| {
+        let args: Vec<String> = [
+            "--servers",
+            &servers_list,
+            "--concurrency",
+            "1",
+            "--duration",
+            "50ms",
+            "--warmup",
+            "20ms",
+            "--repeats",
+            "1",
+            "--policies",
+            "round_robin,peak_ewma",
+            "--picks",
+            "1000",
+            "--baseline",
+            &baseline.display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        std::process::Command::new(env!("CARGO_BIN_EXE_lb-bench"))
+            .args(&args)
+            .output()
+            .expect("lb-bench runs")
+    };
+    let json_path = json.clone();
+    let first = compare.clone();
+    let output = tokio::task::spawn_blocking(move || first(&json_path))
+        .await
+        .expect("no panic");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("against the baseline of"), "{stderr}");
+    let not_json = out.clone();
+    let output = tokio::task::spawn_blocking(move || compare(&not_json))
+        .await
+        .expect("no panic");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("BENCHMARKS.md: not a report saved by lb-bench --json"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(dir);
     servers.shutdown().await.expect("clean shutdown");
     slow.shutdown().await.expect("clean shutdown");
