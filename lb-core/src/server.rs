@@ -11,7 +11,7 @@
 //! | connections open at once | 4,096 ([`MAX_CONNECTIONS`]) | the connection is accepted and closed at once; logged and counted |
 //! | TLS handshake | 10 s ([`crate::tls::HANDSHAKE_TIMEOUT`]) | closed; logged with the peer and the reason |
 //! | from accept to the HTTP/2 preface | 10 s ([`PREFACE_TIMEOUT`]) | closed: a slowloris peer holds nothing for long (past the preface, a connection is bounded by the idle timeout, and each call by the server's request timeout) |
-//! | no call on a connection | 5 min ([`IDLE_TIMEOUT`]) | closed once nothing is left to read (a client reconnects when it next needs to); without a GOAWAY, as tonic does not hand a server its connections, so a call sent at that very moment is cut (and retried by a balancer that retries cut calls) |
+//! | no call on a connection | 5 min ([`IDLE_TIMEOUT`]) | closed once nothing is left to read (a client reconnects when it next needs to; lb-core's balancer at once); without a GOAWAY, as tonic does not hand a server its connections, so a call sent at that very moment is cut (and retried by a balancer that retries cut calls) |
 //! | content-type not `application/grpc…` | — | HTTP 415, as the gRPC spec says |
 //! | streams reset before the server took them | 4,096 per connection ([`MAX_PENDING_ACCEPT_RESETS`]) | GOAWAY `ENHANCE_YOUR_CALM` |
 //!

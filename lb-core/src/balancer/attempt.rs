@@ -162,10 +162,10 @@ impl Route {
 }
 
 /// Whether a transport error proves that no server saw the request: the connection
-/// was gone before the request was handed to it (hyper calls that "canceled"), or the
-/// server refused the stream or announced with a GOAWAY that it would not process it.
+/// was gone before the request was handed to it, or the server refused the stream or
+/// announced with a GOAWAY that it would not process it.
 fn never_reached_a_server(err: &(dyn std::error::Error + 'static)) -> bool {
-    any_cause(err, hyper::Error::is_canceled)
+    any_cause(err, never_handed_over)
         || any_cause(err, |e: &h2::Error| {
             // Refused outright, or beyond the last stream a GOAWAY said the server
             // would process: h2 fails only those streams with the GOAWAY itself,
@@ -176,12 +176,20 @@ fn never_reached_a_server(err: &(dyn std::error::Error + 'static)) -> bool {
         })
 }
 
+/// Whether hyper gave the request back unsent: its connection was closed before the
+/// request reached it ("canceled"), or ended while the request still waited in its
+/// queue, or for a stream the server's limit did not allow yet ("dispatch task is
+/// gone").
+fn never_handed_over(err: &hyper::Error) -> bool {
+    err.is_canceled() || (err.is_user() && err.to_string().starts_with("dispatch task is gone"))
+}
+
 /// Whether a transport error says the connection itself is gone, not only this call:
 /// gone before the call was handed to it, closed or reset under it (h2 fails every open
 /// stream with an I/O error then), or not answering a liveness ping (hyper's
 /// keep-alive timeout).
 fn connection_lost(err: &(dyn std::error::Error + 'static)) -> bool {
-    any_cause(err, hyper::Error::is_canceled)
+    any_cause(err, never_handed_over)
         || any_cause(err, hyper::Error::is_timeout)
         || any_cause(err, h2::Error::is_io)
 }
@@ -209,7 +217,7 @@ pin_project_lite::pin_project! {
     /// A response body that counts its call as in flight until the body ends, and
     /// reports how the call ended to outlier detection.
     ///
-    /// The call's deadline covers the body too: tonic's own timer stops at the
+    /// The call's deadline covers the body too: the attempt's own timer stops at the
     /// response headers, so a server that sends them and then stalls would otherwise
     /// hold the call until the connection dies.
     pub struct ResponseBody {
@@ -356,7 +364,7 @@ impl fmt::Debug for ResponseBody {
 }
 
 /// Whether `err` or one of its causes is an `E` for which `test` holds.
-fn any_cause<E: std::error::Error + 'static>(
+pub(crate) fn any_cause<E: std::error::Error + 'static>(
     err: &(dyn std::error::Error + 'static),
     test: impl Fn(&E) -> bool + Copy,
 ) -> bool {

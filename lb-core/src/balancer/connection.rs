@@ -14,7 +14,7 @@ use super::describe;
 use super::lock;
 use super::pool::Pool;
 use super::subchannel::{Health, Settings, Subchannel};
-use super::wire::{Closed, ConnectError, Wire};
+use super::wire::{Closed, ConnectError, End, Wire};
 use crate::Connectivity;
 
 /// Keeps one endpoint connected (and health-checked) until it is removed or the
@@ -31,7 +31,19 @@ pub(super) struct ConnectionTask {
 /// Why a connection ended.
 enum Ended {
     Stop,
+    /// Broken, or dropped for a reason (a call found it gone, the health stream ended).
     Lost(String),
+    /// Closed by the server in good order: a GOAWAY, an idle connection closed.
+    Closed(String),
+}
+
+impl From<End> for Ended {
+    fn from(end: End) -> Self {
+        match end {
+            End::Closed(reason) => Self::Closed(reason),
+            End::Broken(reason) => Self::Lost(reason),
+        }
+    }
 }
 
 impl ConnectionTask {
@@ -107,29 +119,32 @@ impl ConnectionTask {
                     let answered = self.sub.answers.load(Ordering::Relaxed) > answers_before;
                     *lock(&self.sub.connection) = None;
                     self.sub.health.set(Health::Unknown);
-                    if let Ended::Lost(_) = ended {
-                        self.sub.disconnections.fetch_add(1, Ordering::Relaxed);
-                    }
-                    match ended {
+                    let lasted = connected_at.elapsed() >= backoff.initial;
+                    let (reason, fresh) = match ended {
                         Ended::Stop => return,
-                        Ended::Lost(reason) => {
-                            // A connection that lasted and served is a fresh start:
-                            // reconnect at once, as gRPC does. One lost at once, or
-                            // one that never answered (a hung server accepts
-                            // connections all the same), counts as a failed attempt,
-                            // so that a flapping or hung server is backed off from.
-                            if answered && connected_at.elapsed() >= backoff.initial {
-                                failures = 0;
-                                // IDLE, not TRANSIENT_FAILURE: calls wait for the new
-                                // attempt instead of failing fast. The resolver is
-                                // asked to look again all the same.
-                                self.pool.failures.send_modify(|n| *n += 1);
-                                self.set(Connectivity::Idle, Some(reason));
-                                continue;
-                            }
-                            reason
-                        }
+                        // A connection that lasted and served is a fresh start:
+                        // reconnect at once, as gRPC does. One lost at once, or one
+                        // that never answered (a hung server accepts connections all
+                        // the same), counts as a failed attempt, so that a flapping or
+                        // hung server is backed off from.
+                        Ended::Lost(reason) => (reason, answered && lasted),
+                        // A server that closed a connection after a while (a GOAWAY, or
+                        // a connection idle for too long, which carried no call to
+                        // answer) is not failing: a fresh start too. (One that died
+                        // fails the next attempt, and is backed off from then.)
+                        Ended::Closed(reason) => (reason, lasted),
+                    };
+                    self.sub.disconnections.fetch_add(1, Ordering::Relaxed);
+                    if fresh {
+                        failures = 0;
+                        // IDLE, not TRANSIENT_FAILURE: calls wait for the new attempt
+                        // instead of failing fast. The resolver is asked to look again
+                        // all the same.
+                        self.pool.failures.send_modify(|n| *n += 1);
+                        self.set(Connectivity::Idle, Some(reason));
+                        continue;
                     }
+                    reason
                 }
                 Ok(Err(err)) => {
                     self.sub.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -186,7 +201,7 @@ impl ConnectionTask {
             self.ready_on_new_connection();
             return tokio::select! {
                 _ = Self::broken(&mut self.broken, generation) => Ended::Lost(self.last_error()),
-                why = closed.wait() => Ended::Lost(why),
+                end = closed.wait() => end.into(),
                 _ = Self::stop(&mut self.stopped, &mut self.removed) => Ended::Stop,
             };
         };
@@ -200,7 +215,7 @@ impl ConnectionTask {
                 Ok(stream) => stream,
                 Err(_) => return Ended::Lost(format!("no health answer within {answer_within:?}")),
             },
-            why = closed.wait() => return Ended::Lost(why),
+            end = closed.wait() => return end.into(),
             _ = Self::stop(&mut self.stopped, &mut self.removed) => return Ended::Stop,
         };
         let mut stream = match stream {
@@ -212,7 +227,7 @@ impl ConnectionTask {
                 self.ready_on_new_connection();
                 return tokio::select! {
                     _ = Self::broken(&mut self.broken, generation) => Ended::Lost(self.last_error()),
-                    why = closed.wait() => Ended::Lost(why),
+                    end = closed.wait() => end.into(),
                     _ = Self::stop(&mut self.stopped, &mut self.removed) => Ended::Stop,
                 };
             }
@@ -263,7 +278,7 @@ impl ConnectionTask {
                     )),
                 },
                 _ = Self::broken(&mut self.broken, generation) => return Ended::Lost(self.last_error()),
-                why = closed.wait() => return Ended::Lost(why),
+                end = closed.wait() => return end.into(),
                 _ = Self::stop(&mut self.stopped, &mut self.removed) => return Ended::Stop,
             }
         }

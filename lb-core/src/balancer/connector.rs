@@ -96,9 +96,9 @@ impl Connector {
     }
 }
 
-/// Connects one channel to `endpoint`, over TLS with `tls`, within `timeout` (connect
-/// and handshakes), as the balancer connects each of its endpoints: for a one-off
-/// call, such as a health check from a script.
+/// Connects one tonic channel to `endpoint`, over TLS with `tls`, within `timeout`
+/// (connect and handshakes), with the balancer's connector (a TLS refusal is read as
+/// such): for a one-off call, such as a health check from a script.
 pub async fn connect(
     endpoint: &Endpoint,
     tls: Option<&ClientTls>,

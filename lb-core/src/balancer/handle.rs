@@ -210,9 +210,9 @@ impl Service<http::Request<Body>> for Balancer {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        // tonic's channel panics on a request without a path (in a task every later
-        // call on that connection needs), so such a request never gets that far. A
-        // proxy can be handed one; a generated client never makes one.
+        // A request without a path is not a gRPC call: it is refused here, naming what
+        // is wrong, before any endpoint is picked for it. A proxy can be handed one; a
+        // generated client never makes one.
         if !request.uri().path().starts_with('/') {
             let status = tonic::Status::unimplemented(format!(
                 "malformed method path `{}`: a gRPC path is /package.Service/Method",

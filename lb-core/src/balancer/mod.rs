@@ -13,10 +13,12 @@
 //!    (`pick.rs`; the snapshot is the endpoint pool's, `pool.rs`). When no endpoint is
 //!    usable, the call waits while some endpoint is still connecting.
 //! 3. It counts the call as in flight on that endpoint and sends it on the endpoint's
-//!    own connection (`attempt.rs`), whose response body drops the count, and records
-//!    the call's latency and outcome, when it ends.
-//! 4. If the attempt fails before any server saw it (connection refused or reset,
-//!    GOAWAY), it is retried on another endpoint, within the [`RetryPolicy`], its
+//!    own connection (`attempt.rs`; straight to hyper's HTTP/2 client, `wire.rs`), whose
+//!    response body drops the count, and records the call's latency and outcome, when
+//!    it ends.
+//! 4. If the attempt fails before any server saw it (its connection already gone, the
+//!    stream refused, GOAWAY), or was cut off with its connection, it is retried on
+//!    another endpoint, within the [`RetryPolicy`], its
 //!    budget and the call's deadline (`retry.rs`), sending again the request body kept
 //!    for that (`replay.rs`) and what is left of the deadline (`headers.rs`). Errors
 //!    name the endpoint.
@@ -81,7 +83,7 @@ pub(crate) fn describe(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Locks a mutex that guards plain data, ignoring poisoning: a panic elsewhere cannot
-/// leave an `Option<Channel>` half-written.
+/// leave an `Option<Wire>` half-written.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

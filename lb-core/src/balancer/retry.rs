@@ -1,9 +1,10 @@
 //! Retrying a call on another endpoint, safely.
 //!
-//! A call that failed *before it reached a server* (the connection was refused, the
-//! server refused the stream after GOAWAY, the request was never sent) can be sent again
-//! to another endpoint without doing anything twice. A call *cut off* by a dying
-//! connection (reset, closed) may have run on the server already; it is retried too by
+//! A call that failed *before it reached a server* (its connection was gone before the
+//! request was handed to it, the server refused the stream or announced with a GOAWAY
+//! that it would not take it) can be sent again to another endpoint without doing
+//! anything twice. A call *cut off* by a dying connection (reset, closed) may have run
+//! on the server already; it is retried too by
 //! default, as the greeting is safe to repeat, but a method that must not run twice
 //! should set [`RetryPolicy::retry_cut_calls`] to `false`. Three things keep retries
 //! from making an outage worse:
@@ -199,12 +200,15 @@ impl Router {
                 .await;
             let retry_allowed = attempt < self.retry.max_attempts && body.is_replayable();
             match result {
-                Ok(response) => {
+                Ok(mut response) => {
                     let answered = header_status(response.headers());
                     let retry_code =
                         answered.filter(|code| self.retry.retryable_codes.contains(code));
                     match retry_code {
                         Some(code) if retry_allowed && self.budget.allows_retry() => {
+                            // The call's extensions went to this response: back for the
+                            // next attempt's.
+                            extensions = std::mem::take(response.extensions_mut());
                             self.budget.on_failure();
                             body.abandon_attempt();
                             self.note_retry(&sub, &format!("{code:?} from the server"));

@@ -8,8 +8,8 @@
 //!        ▼                                    │ connect failed
 //!  CONNECTING ──connected──▶ (health Watch) ──┼──▶ READY ◀──▶ TRANSIENT_FAILURE
 //!        ▲                   first answer     │    SERVING      NOT_SERVING
-//!        └── IDLE ◀── connection lost / health stream ended (a call that could not
-//!                     connect: TRANSIENT_FAILURE and backoff)
+//!        └── IDLE ◀── connection lost or closed / health stream ended (lost at once,
+//!                     or without an answer: TRANSIENT_FAILURE and backoff)
 //! ```
 //!
 //! With health checking on, a connected endpoint stays CONNECTING until the server's
@@ -83,7 +83,7 @@ pub(crate) struct Subchannel {
     /// so that a failure seen on an old connection cannot tear down a newer one.
     pub connection: Mutex<Option<(Wire, u64)>>,
     pub last_error: Mutex<Option<String>>,
-    /// The generation of the connection a call saw fail to connect. A value, not a
+    /// The generation of the connection a call found gone or going. A value, not a
     /// one-shot signal: a report about an older connection must not tear down a newer.
     pub broken: watch::Sender<u64>,
     /// Set when the endpoint leaves the balancer: its task ends.

@@ -17,10 +17,11 @@
 //! runs it ([`Closed`]), not at the next call. tonic stays for what it is best at: the
 //! generated clients, codecs and servers.
 //!
-//! What it saves, measured by `scripts/call-cost.sh` (instructions per call, one server,
-//! `pick_first`, docs/BENCHMARKS.md has the table): at 16 callers, a direct `Channel`
-//! costs about 60,800 instructions per call, the balancer over `Channel`s 69,900, and
-//! the balancer on this path less than the direct `Channel`.
+//! What it saves, measured by `scripts/call-cost.sh` (instructions per call on the
+//! client, one server, `pick_first`; docs/BENCHMARKS.md has the steps): at 16 callers a
+//! call through a plain `Channel` costs about 60,500 instructions, through the balancer
+//! over a `Channel` per endpoint it cost 69,900, and on this path it costs 58,700, with
+//! the balancer's pick, retry bookkeeping and in-flight counting included.
 
 use std::{future::Future, time::Duration};
 
@@ -34,6 +35,7 @@ use hyper::{body::Incoming, client::conn::http2};
 use hyper_util::rt::TokioTimer;
 use tokio::sync::oneshot;
 
+use super::attempt::any_cause;
 use super::connector::Connector;
 use super::describe;
 use crate::{Endpoint, Error};
@@ -98,14 +100,18 @@ impl Target {
             .await?;
         let (closed, why) = oneshot::channel();
         // The connection's task: it reads and writes the socket for every call on it,
-        // and ends when the connection does (the server closed it, it broke, or every
-        // `Wire` is gone and no call is left on it).
+        // and ends when the connection does: the server closed it (after a GOAWAY, the
+        // calls it took finish first), it broke, or every `Wire` is gone.
         tokio::spawn(async move {
-            let reason = match connection.await {
-                Ok(()) => "connection closed".to_string(),
-                Err(err) => format!("connection lost: {}", describe(&err)),
+            let end = match connection.await {
+                Ok(()) => End::Closed("connection closed by the server".to_string()),
+                Err(err) if closed_by_peer(&err) => End::Closed(format!(
+                    "connection closed by the server: {}",
+                    describe(&err)
+                )),
+                Err(err) => End::Broken(format!("connection lost: {}", describe(&err))),
             };
-            let _ = closed.send(reason);
+            let _ = closed.send(end);
         });
         let wire = Wire {
             send,
@@ -136,14 +142,40 @@ where
     }
 }
 
+/// Whether a connection's error only says that the peer closed it (a server closing
+/// an idle connection without a GOAWAY shows as the end of the stream, or as a write
+/// that found the socket closed), rather than that it stopped answering (a keep-alive
+/// ping not answered) or broke the protocol.
+fn closed_by_peer(err: &hyper::Error) -> bool {
+    !err.is_timeout()
+        && any_cause(err, |io: &std::io::Error| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        })
+}
+
+/// How a connection ended, and why.
+pub(crate) enum End {
+    /// Closed by the server: after a GOAWAY, or an idle connection closed (a server that
+    /// was killed closes its connections too; its next connection attempt fails).
+    Closed(String),
+    /// Broken: a keep-alive ping not answered, a protocol error.
+    Broken(String),
+}
+
 /// Resolves, with the reason, when a connection has ended.
-pub(crate) struct Closed(oneshot::Receiver<String>);
+pub(crate) struct Closed(oneshot::Receiver<End>);
 
 impl Closed {
-    pub(crate) async fn wait(&mut self) -> String {
+    pub(crate) async fn wait(&mut self) -> End {
         (&mut self.0)
             .await
-            .unwrap_or_else(|_| "connection closed".to_string())
+            .unwrap_or_else(|_| End::Broken("the connection's task is gone".to_string()))
     }
 }
 
