@@ -18,6 +18,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor)
         .compile_with_config(config, &["example.proto"], &["."])?;
+
+    // The xDS ORCA protos (load reports), for the tests that check lb-core's own
+    // declaration of them against protoc's; google/protobuf/duration.proto comes with
+    // the vendored protoc.
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(match env::var_os("PROTOC") {
+        Some(path) => PathBuf::from(path),
+        None => protoc_bin_vendored::protoc_bin_path()?,
+    });
+    let well_known = protoc_bin_vendored::include_path()?;
+    let well_known = well_known
+        .to_str()
+        .ok_or("the vendored protoc's include path is not UTF-8")?;
+    tonic_prost_build::configure().compile_with_config(
+        config,
+        &[
+            "xds/data/orca/v3/orca_load_report.proto",
+            "xds/service/orca/v3/orca.proto",
+        ],
+        &[".", well_known],
+    )?;
     println!("cargo:rerun-if-env-changed=PROTOC");
     Ok(())
 }

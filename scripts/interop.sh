@@ -132,6 +132,7 @@ print("yes" if len(values) == 3 and values[0] >= 10 and sum(values) == 60 else "
 
   if [[ "$mode" == plain ]]; then
     metrics_checks "$base" "$ours_list"
+    orca_check "$base"
   fi
   stop_started
   STARTED_PIDS=()
@@ -153,6 +154,28 @@ metrics_checks() {
   wait_for_log "$work/client-metrics.log" "-> READY" 3
   metrics_check "greeter-client /metrics while it runs: a series per server" \
     "127.0.0.1:$((base + 65))" grpc_client_attempt_started_total "$ours_list"
+}
+
+# orca_check BASE: a greeter-server with --orca --capacity 2, its load reports read by
+# grpcio with the xDS protos (out of band and in every answer's trailer).
+orca_check() {
+  local addr="127.0.0.1:$(($1 + 25))" out verdict
+  start_bg "$work/greeter-orca.log" env RUST_LOG=info "$BIN_DIR/greeter-server" \
+    --port "${addr##*:}" --orca --capacity 2 --latency 2ms
+  wait_for_log "$work/greeter-orca.log" "serving example.MyService"
+  out="$("$py" scripts/python/orca_check.py "$addr" 2>&1 || true)"
+  verdict="$(printf '%s' "$out" | "$py" -c '
+import json, sys
+try:
+    r = json.load(sys.stdin)
+except ValueError:
+    print("no"); sys.exit()
+oob, trailer = r["oob"], r["trailer"]
+ok = (oob.get("named_metrics", {}).get("capacity") == 2.0 and trailer is not None
+      and trailer.get("named_metrics", {}).get("capacity") == 2.0)
+print("yes" if ok else "no")
+')"
+  check "grpcio reads greeter-server's ORCA reports (OpenRcaService and the trailer)" "$verdict" "$out"
 }
 
 # metrics_check WHAT ADDR METRIC EXPECTED: METRIC at http://ADDR/metrics has series for

@@ -69,12 +69,18 @@ pub struct Config {
     pub host: IpAddr,
     /// One instance per port. Port 0 asks the OS for a free port.
     pub ports: Vec<u16>,
-    /// Added to every call before it is answered.
+    /// Added to every call before it is answered (while it holds its share of the
+    /// capacity, if one is set).
     pub latency: Duration,
     /// The fraction of calls, from 0 to 1, answered with `UNAVAILABLE`.
     pub error_rate: f64,
     /// Seeds the choice of which calls fail (each instance adds its index).
     pub seed: u64,
+    /// Calls each instance works on at once; the rest wait (`None`: no limit).
+    pub capacity: Option<usize>,
+    /// Report load with ORCA (gRFC A51): a report in every answer's trailer and the
+    /// out-of-band `OpenRcaService`.
+    pub orca: bool,
     /// Close each connection after this long (GOAWAY, then the calls in flight finish),
     /// so that clients reconnect: how servers spread load after a fleet grows.
     pub max_connection_age: Option<Duration>,
@@ -102,6 +108,8 @@ impl Config {
             latency: Duration::ZERO,
             error_rate: 0.0,
             seed: 0,
+            capacity: None,
+            orca: false,
             max_connection_age: None,
             request_timeout: REQUEST_TIMEOUT,
             token: None,
@@ -210,6 +218,44 @@ pub struct Greeter {
     error_rate: f64,
     rng: Mutex<StdRng>,
     calls: Arc<CallCount>,
+    capacity: Option<Arc<Capacity>>,
+}
+
+/// At most `size` calls worked on at once; the rest wait. How busy it was is the
+/// instance's utilisation: the time calls held a slot, over the slots' time.
+#[derive(Debug)]
+pub struct Capacity {
+    slots: tokio::sync::Semaphore,
+    size: usize,
+    /// Microseconds calls have held a slot, in all.
+    busy: AtomicU64,
+    /// When utilisation was last read, and `busy` then.
+    last: Mutex<(std::time::Instant, u64)>,
+}
+
+impl Capacity {
+    fn new(size: usize) -> Self {
+        Self {
+            slots: tokio::sync::Semaphore::new(size),
+            size,
+            busy: AtomicU64::new(0),
+            last: Mutex::new((std::time::Instant::now(), 0)),
+        }
+    }
+
+    /// The share of the slots' time in use since the last reading (0 to 1).
+    pub fn utilization(&self) -> f64 {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        let busy = self.busy.load(Ordering::Relaxed);
+        let elapsed = now.duration_since(last.0).as_micros() as f64;
+        let used = busy.saturating_sub(last.1) as f64;
+        *last = (now, busy);
+        if elapsed <= 0.0 {
+            return 0.0;
+        }
+        (used / (elapsed * self.size as f64)).min(1.0)
+    }
 }
 
 /// The delay added to every call, which [`Servers::set_latency`] can change while the
@@ -285,9 +331,28 @@ impl MyService for Greeter {
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloResponse>, Status> {
         self.calls.add_one();
+        // Wait for a slot, if the capacity is limited; the call's work (its latency)
+        // is done holding it.
+        let slot = match &self.capacity {
+            Some(capacity) => Some((
+                capacity
+                    .slots
+                    .acquire()
+                    .await
+                    .map_err(|_| Status::unavailable("shutting down"))?,
+                std::time::Instant::now(),
+                capacity,
+            )),
+            None => None,
+        };
         let latency = self.latency.get();
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
+        }
+        if let Some((permit, since, capacity)) = slot {
+            let held = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+            capacity.busy.fetch_add(held, Ordering::Relaxed);
+            drop(permit);
         }
         if self.inject_failure() {
             let mut status = Status::unavailable(format!(
@@ -430,7 +495,8 @@ impl Servers {
     ///
     /// First every instance reports NOT_SERVING, so that health-checking clients stop
     /// sending it calls, and then ends its health `Watch` streams: those streams never
-    /// end by themselves, and a graceful shutdown waits for every open stream.
+    /// end by themselves, and a graceful shutdown waits for every open stream (the
+    /// ORCA load-report streams end the same way).
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
         // First leave etcd, so that watching clients stop picking us at once.
         if let Some(registration) = self.registration.take()
@@ -532,7 +598,21 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
                 config.seed.wrapping_add(index as u64),
             )),
             calls: calls.clone(),
+            capacity: config.capacity.map(|n| Arc::new(Capacity::new(n))),
         };
+        // ORCA: this instance's load, reported per call and out of band; with a
+        // capacity, the share of it in use is the application utilisation.
+        let reporter = config.orca.then(|| {
+            let reporter = lb_core::orca::server::LoadReporter::new();
+            match &greeter.capacity {
+                Some(capacity) => {
+                    reporter.set_named_metric("capacity", capacity.size as f64);
+                    let capacity = capacity.clone();
+                    reporter.with_application_utilization(move || capacity.utilization())
+                }
+                None => reporter,
+            }
+        });
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<MyServiceServer<Arc<Greeter>>>().await;
         let reflection_v1 = reflection()?.build_v1()?;
@@ -566,19 +646,30 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
                 None => lb_core::metrics::ServerMetricsLayer::off(),
             })
             .layer(limits::LimitsLayer::new(config.request_timeout))
+            .layer(reporter.as_ref().map_or_else(
+                lb_core::orca::server::LoadReportLayer::off,
+                lb_core::orca::server::LoadReporter::layer,
+            ))
             .add_service(greeter)
             .add_service(health_service)
             .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+            .add_service(reflection_v1alpha)
+            .add_optional_service(reporter.as_ref().map(|r| r.service()));
         // Connections are accepted (and TLS handshakes done) with every limit of
         // lb_core::server: how many at once, the preface and idle timeouts.
         let incoming =
             lb_core::server::incoming(listener, config.connections.clone(), config.tls.clone());
         let connections = incoming.stats();
         let mut stopped = stop.subscribe();
+        let open_streams = reporter.clone();
         let shutdown = async move {
             // An error means the `Servers` handle is gone: stop too.
             let _ = stopped.wait_for(|&stop| stop).await;
+            // The load-report streams never end by themselves, and a graceful
+            // shutdown waits for every open stream.
+            if let Some(reporter) = open_streams {
+                reporter.close();
+            }
             info!(%addr, "shutting down: no new connections, finishing calls in flight");
         };
         info!(

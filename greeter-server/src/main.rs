@@ -45,6 +45,18 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
 
+    /// Work on at most N calls at once (per instance); the others wait their turn, so
+    /// latency and utilisation grow with load, as on a machine of that size. With
+    /// --orca, the share of that capacity in use is the reported utilisation.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    capacity: Option<u32>,
+
+    /// Report load (ORCA, gRFC A51): an xds.data.orca.v3.OrcaLoadReport in every
+    /// answer's endpoint-load-metrics-bin trailer, and the
+    /// xds.service.orca.v3.OpenRcaService out-of-band stream.
+    #[arg(long)]
+    orca: bool,
+
     /// Close each client connection after this long (e.g. 30s), with GOAWAY: clients
     /// reconnect, which spreads load onto new servers.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -179,6 +191,8 @@ async fn serve_main() -> ExitCode {
         latency: args.latency,
         error_rate: args.error_rate,
         seed: args.seed,
+        capacity: args.capacity.map(|n| n as usize),
+        orca: args.orca,
         max_connection_age: args.max_connection_age,
         request_timeout: args.request_timeout,
         token,

@@ -34,6 +34,8 @@
 //! - [`auth`]: a bearer token on every call, as a tower layer; token files.
 //! - [`tls`]: TLS and mutual TLS for the balancer's connections (and servers' settings).
 //! - [`metrics`]: Prometheus metrics per endpoint, and a `/metrics` endpoint to serve them.
+//! - [`orca`]: ORCA load reports (gRFC A51), which `weighted_round_robin` turns into
+//!   weights; with `server`, the layer and service that send them from any tonic server.
 //! - `server`: for servers (greeter-server, lb-proxy, yours): the limits on what
 //!   connects (how many, the handshake, the HTTP/2 preface, idle time, non-gRPC
 //!   requests).
@@ -44,7 +46,7 @@
 //! | `dns` | on | `dns:///name:port` targets (hickory) |
 //! | `tls` | on | TLS and mutual TLS to the endpoints (rustls): `BalancerBuilder::tls`, [`tls`] |
 //! | `metrics` | on | [`metrics`]: Prometheus metrics per endpoint, a `/metrics` endpoint |
-//! | `server` | off | `server` (connection limits), `tls::server_config`, the server metrics layer, etcd `Registration`; implies `tls` |
+//! | `server` | off | `server` (connection limits), `tls::server_config`, the server metrics layer, `orca::server` (load reports), etcd `Registration`; implies `tls` |
 //! | `etcd` | off | `etcd://` discovery ([`resolver::etcd`]); etcd-client's build script needs a `protoc` |
 //!
 //! The default features build with nothing but Rust. `default-features = false` gives
@@ -96,6 +98,7 @@ pub mod histogram;
 pub mod latency;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+pub mod orca;
 pub mod policy;
 pub mod resolver;
 #[cfg(feature = "server")]
@@ -115,4 +118,4 @@ pub use balancer::{
 pub use endpoint::{Endpoint, parse_endpoint_list};
 pub use error::Error;
 pub use policy::{BuildPicker, PickContext, PickError, Picker, Policy, PolicyConfig};
-pub use state::{Connectivity, EndpointState, InFlightGuard};
+pub use state::{Connectivity, EndpointState, InFlightGuard, ReportedLoad};

@@ -78,6 +78,25 @@ struct Inner {
     latency: LatencyEstimate,
     /// Every call's duration, for metrics.
     durations: DurationHistogram,
+    /// What the server's load reports said (ORCA), for weights that follow load.
+    load: std::sync::Mutex<ReportedLoad>,
+}
+
+/// What an endpoint's load reports (ORCA, [`crate::orca`]) last said: what gRPC's
+/// `weighted_round_robin` computes its weight from (gRFC A58).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ReportedLoad {
+    /// Calls per second the server served.
+    pub qps: f64,
+    /// Errors per second.
+    pub eps: f64,
+    /// Its utilisation: the application's, else the CPU's.
+    pub utilization: f64,
+    /// When the last usable report arrived (clock nanoseconds; 0: never).
+    pub updated_at: u64,
+    /// Since when usable reports have come without the weight expiring (clock
+    /// nanoseconds; 0: not now), for the blackout period.
+    pub non_empty_since: u64,
 }
 
 impl EndpointState {
@@ -96,6 +115,7 @@ impl EndpointState {
                 connectivity: AtomicU8::new(Connectivity::Idle as u8),
                 latency: LatencyEstimate::new(decay),
                 durations: DurationHistogram::default(),
+                load: std::sync::Mutex::new(ReportedLoad::default()),
             }),
         }
     }
@@ -130,6 +150,45 @@ impl EndpointState {
     /// its first call (the balancer does this when it reconnects).
     pub fn reset_latency(&self) {
         self.inner.latency.reset();
+    }
+
+    /// Takes in a load report from the server, at `now` (clock nanoseconds). A report
+    /// without calls or without utilisation says nothing about capacity, and is
+    /// ignored (gRFC A58).
+    pub fn record_load(&self, report: &crate::orca::OrcaLoadReport, now: u64) {
+        let utilization = report.utilization();
+        let qps = report.rps_fractional;
+        if !(utilization > 0.0 && qps > 0.0 && utilization.is_finite() && qps.is_finite()) {
+            return;
+        }
+        let mut load = crate::balancer::lock(&self.inner.load);
+        if load.non_empty_since == 0 {
+            load.non_empty_since = now;
+        }
+        load.qps = qps;
+        load.eps = if report.eps.is_finite() {
+            report.eps.max(0.0)
+        } else {
+            0.0
+        };
+        load.utilization = utilization;
+        load.updated_at = now;
+    }
+
+    /// What the load reports last said.
+    pub fn reported_load(&self) -> ReportedLoad {
+        *crate::balancer::lock(&self.inner.load)
+    }
+
+    /// The reports stopped coming for too long: the next one starts a new blackout.
+    pub fn expire_load(&self) {
+        crate::balancer::lock(&self.inner.load).non_empty_since = 0;
+    }
+
+    /// Forgets the load reports (the balancer does this when it reconnects: a new
+    /// connection starts with a blackout, as in gRPC).
+    pub fn reset_load(&self) {
+        *crate::balancer::lock(&self.inner.load) = ReportedLoad::default();
     }
 
     /// Calls sent to this endpoint whose response has not finished yet.

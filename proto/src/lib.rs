@@ -26,6 +26,32 @@ pub use example::my_service_client::MyServiceClient;
 pub use example::my_service_server::{MyService, MyServiceServer};
 pub use example::{HelloRequest, HelloResponse};
 
+/// The xDS ORCA load report and service (`proto/xds/`), compiled by protoc; lb-core has
+/// its own declaration of the same messages (`lb_core::orca`), checked against these.
+#[allow(missing_docs, clippy::all, clippy::unwrap_used)]
+pub mod xds {
+    /// `xds.data.orca.v3`.
+    pub mod data {
+        /// `xds.data.orca.v3`.
+        pub mod orca {
+            /// `xds.data.orca.v3`.
+            pub mod v3 {
+                tonic::include_proto!("xds.data.orca.v3");
+            }
+        }
+    }
+    /// `xds.service.orca.v3`.
+    pub mod service {
+        /// `xds.service.orca.v3`.
+        pub mod orca {
+            /// `xds.service.orca.v3`.
+            pub mod v3 {
+                tonic::include_proto!("xds.service.orca.v3");
+            }
+        }
+    }
+}
+
 /// The encoded `FileDescriptorSet` of `example.proto`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("example_descriptor");
 

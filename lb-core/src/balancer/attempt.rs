@@ -111,6 +111,7 @@ impl Route {
                 parts.extensions = call;
                 // A "trailers-only" answer carries its status in the headers: the call
                 // is over, and its outcome known, already.
+                record_load(&self.sub, &parts.headers);
                 let outcome = match header_status(&parts.headers) {
                     Some(code) => {
                         self.pool
@@ -158,6 +159,19 @@ impl Route {
                 Err(Failure { status, kind })
             }
         }
+    }
+}
+
+/// Hands a load report in `headers` (ORCA's `endpoint-load-metrics-bin`), if there is
+/// one, to the endpoint, for weights that follow load. A report that cannot be read is
+/// ignored: it was the server's to send, and the call is fine.
+fn record_load(sub: &Subchannel, headers: &http::HeaderMap) {
+    match crate::orca::OrcaLoadReport::from_headers(headers) {
+        Some(Ok(report)) => sub.state.record_load(&report, crate::clock::now_nanos()),
+        Some(Err(err)) => {
+            tracing::debug!(endpoint = %sub.state.endpoint(), %err, "load report ignored");
+        }
+        None => {}
     }
 }
 
@@ -330,6 +344,9 @@ impl http_body::Body for ResponseBody {
         };
         match &frame {
             Some(Ok(frame)) => {
+                if let (Some(trailers), Some((sub, _))) = (frame.trailers_ref(), &this.outcome) {
+                    record_load(sub, trailers);
+                }
                 if let Some(code) = frame.trailers_ref().and_then(header_status)
                     && let Some((sub, pool)) = this.outcome.take()
                 {

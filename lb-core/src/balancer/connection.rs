@@ -190,6 +190,8 @@ impl ConnectionTask {
     /// for as long as its stall takes to decay).
     fn ready_on_new_connection(&self) {
         self.sub.state.reset_latency();
+        // Load reports too: a new connection starts a new blackout (gRFC A58).
+        self.sub.state.reset_load();
         self.set(Connectivity::Ready, None);
     }
 

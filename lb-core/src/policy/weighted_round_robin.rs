@@ -24,57 +24,185 @@
 //! for EDF, a heap, on every call.) Cycles longer than 65,536 turns are scaled down in
 //! proportion, keeping every weight at least 1.
 //!
-//! The cycle starts at a random turn, as `round_robin` does. Weights come from the
-//! endpoint list (`host:port=W`); gRPC's own `weighted_round_robin` learns them from
-//! servers' load reports instead, which is future work here.
+//! The cycle starts at a random turn, as `round_robin` does.
+//!
+//! # Weights that follow load (gRFC A58)
+//!
+//! Weights typed by hand (`host:port=W`) say what a machine *should* take. Servers that
+//! report their load with ORCA ([`crate::orca`]: greeter-server `--orca`) say what it
+//! *does* take: every answer's trailer carries the server's calls per second (`qps`),
+//! errors per second (`eps`) and utilisation, and this policy turns them into weights
+//! as gRPC's `weighted_round_robin` does:
+//!
+//! ```text
+//! weight = qps / (utilization + eps / qps × errorUtilizationPenalty)
+//! ```
+//!
+//! A server that serves 400 calls a second fully busy weighs 400; one that serves 100
+//! fully busy weighs 100, whatever the hand-typed weights said; one that answers half
+//! its calls with errors weighs less, by the penalty. Every `weightUpdatePeriod` (1 s)
+//! the weights are read again:
+//!
+//! - an endpoint's reports count only after a `blackoutPeriod` (10 s) of them, from its
+//!   first report or its (re)connection, so that one lucky report does not flood it;
+//! - reports older than `weightExpirationPeriod` (3 min) are forgotten;
+//! - endpoints without a usable weight get the mean of the others';
+//! - with fewer than two usable weights, the static weights (the endpoint list's, 1 by
+//!   default) apply, as before: with no server reporting, nothing changes.
+//!
+//! Reported weights are picked with a *stride scheduler*: each weight is scaled so that
+//! the largest is 65,535 (and none below a tenth of it), and an endpoint takes its
+//! turn in `weight / 65,535` of its rounds, spread out; a pick is an atomic increment
+//! and a few arithmetic steps, O(1) on average (at most 10 rounds, for weights 10:1),
+//! without a lock. Rebuilding it is O(n), done by whichever pick finds it due.
+//!
+//! Settings, with gRPC's service-config names: `{"weighted_round_robin":
+//! {"blackoutPeriod": "10s", "weightExpirationPeriod": "180s", "weightUpdatePeriod":
+//! "1s", "errorUtilizationPenalty": 1.0}}`. `enableOobLoadReport` (reports on an
+//! out-of-band stream instead of trailers) and `oobReportingPeriod` are parsed, but out
+//! of band reports are not read yet: `true` is refused, saying so.
 //!
 //! Reference: nginx `ngx_http_upstream_round_robin.c` (smooth weighted round robin,
-//! 2012).
+//! 2012); gRFC A58 (weighted round robin with ORCA); grpc's static stride scheduler.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use rand::{Rng, RngCore};
 
 use std::sync::Arc;
 use serde::Deserialize;
 
-use super::{PickContext, PickError, Picker, PolicyConfig, label};
+use super::{PickContext, PickError, Picker, PolicyConfig, config, label};
 use crate::EndpointState;
 
 /// The name users type.
 pub const NAME: &str = "weighted_round_robin";
 
-/// `weighted_round_robin` has no settings: `{"weighted_round_robin": {}}` in service-config JSON.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WeightedRoundRobinConfig {}
+/// Settings of `weighted_round_robin`, with gRPC's names (gRFC A58); `{}` takes the
+/// defaults.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct WeightedRoundRobinConfig {
+    /// Read load reports from the out-of-band stream instead of the trailers (not
+    /// supported yet: `true` is refused).
+    pub enable_oob_load_report: bool,
+    /// How often out-of-band reports are asked for.
+    #[serde(with = "config::duration_text")]
+    pub oob_reporting_period: Duration,
+    /// How long an endpoint must report before its weight counts.
+    #[serde(with = "config::duration_text")]
+    pub blackout_period: Duration,
+    /// How old a report may be before it is forgotten.
+    #[serde(with = "config::duration_text")]
+    pub weight_expiration_period: Duration,
+    /// How often the weights are read again (at least 100 ms).
+    #[serde(with = "config::duration_text")]
+    pub weight_update_period: Duration,
+    /// How much a server's errors weigh against it: `eps / qps × this` is added to its
+    /// utilisation.
+    pub error_utilization_penalty: f64,
+}
+
+impl Default for WeightedRoundRobinConfig {
+    fn default() -> Self {
+        Self {
+            enable_oob_load_report: false,
+            oob_reporting_period: Duration::from_secs(10),
+            blackout_period: Duration::from_secs(10),
+            weight_expiration_period: Duration::from_secs(180),
+            weight_update_period: Duration::from_secs(1),
+            error_utilization_penalty: 1.0,
+        }
+    }
+}
+
+/// The shortest `weightUpdatePeriod` (gRFC A58: shorter ones are raised to this).
+pub const MIN_UPDATE_PERIOD: Duration = Duration::from_millis(100);
 
 impl PolicyConfig for WeightedRoundRobinConfig {
     const NAME: &'static str = NAME;
-    const SUMMARY: &'static str = "in turn, in proportion to the weights (smooth)";
+    const SUMMARY: &'static str =
+        "in turn, in proportion to the weights (smooth), or to servers' load reports";
+
+    fn validate(&mut self) -> Result<(), String> {
+        if self.enable_oob_load_report {
+            return Err(
+                "enableOobLoadReport: out-of-band load reports are not read yet; leave it \
+                 false and the per-call reports (the endpoint-load-metrics-bin trailer) are used"
+                    .into(),
+            );
+        }
+        if !(self.error_utilization_penalty >= 0.0 && self.error_utilization_penalty.is_finite()) {
+            return Err(format!(
+                "errorUtilizationPenalty must be 0 or more, not {}",
+                self.error_utilization_penalty
+            ));
+        }
+        if self.weight_expiration_period.is_zero() {
+            return Err("weightExpirationPeriod must be above 0".into());
+        }
+        self.weight_update_period = self.weight_update_period.max(MIN_UPDATE_PERIOD);
+        Ok(())
+    }
 
     fn build(&self, endpoints: &[EndpointState], rng: &mut dyn RngCore) -> Arc<dyn Picker> {
-        Arc::new(WeightedRoundRobin::new(endpoints, rng))
+        Arc::new(WeightedRoundRobin::with_config(endpoints, rng, self))
     }
 }
 
 /// The longest cycle computed in full.
 pub const MAX_CYCLE: u64 = 1 << 16;
 
+/// The largest scaled weight of the stride scheduler.
+const MAX_STRIDE_WEIGHT: u64 = u16::MAX as u64;
+
+/// Picks between two reads of the clock for a weight update (the clock is not read on
+/// every pick).
+const PICKS_PER_CHECK: usize = 64;
+
 /// Endpoints in turn, in proportion to their weights.
 #[derive(Debug)]
 pub struct WeightedRoundRobin {
-    cycle: Vec<usize>,
+    /// From the static weights, computed once.
+    fixed: Arc<Schedule>,
+    schedule: ArcSwap<Schedule>,
     next: AtomicUsize,
+    settings: WeightedRoundRobinConfig,
+    /// When the weights were last read (clock nanoseconds; 0: never).
+    updated_at: AtomicU64,
+    updating: AtomicBool,
+}
+
+/// How turns are given out.
+#[derive(Debug)]
+enum Schedule {
+    /// The smooth cycle of the static weights.
+    Smooth(Vec<usize>),
+    /// Reported weights, scaled to at most 65,535, for the stride scheduler.
+    Stride(Vec<u64>),
 }
 
 impl WeightedRoundRobin {
     /// The cycle for `endpoints`' weights (endpoints not ready now are left out),
     /// starting at a random turn drawn from `rng`.
     pub fn new(endpoints: &[EndpointState], rng: &mut dyn RngCore) -> Self {
+        Self::with_config(endpoints, rng, &WeightedRoundRobinConfig::default())
+    }
+
+    /// The same, with `settings` for weights from load reports.
+    pub fn with_config(
+        endpoints: &[EndpointState],
+        rng: &mut dyn RngCore,
+        settings: &WeightedRoundRobinConfig,
+    ) -> Self {
         let mut picker = Self::starting_at(endpoints, 0);
-        if !picker.cycle.is_empty() {
-            picker.next = AtomicUsize::new(rng.random_range(0..picker.cycle.len()));
+        picker.settings = settings.clone();
+        if let Schedule::Smooth(cycle) = &*picker.fixed
+            && !cycle.is_empty()
+        {
+            picker.next = AtomicUsize::new(rng.random_range(0..cycle.len()));
         }
         picker
     }
@@ -91,11 +219,114 @@ impl WeightedRoundRobin {
                 }
             })
             .collect();
+        let fixed = Arc::new(Schedule::Smooth(smooth_cycle(&weights)));
         Self {
-            cycle: smooth_cycle(&weights),
+            schedule: ArcSwap::new(fixed.clone()),
+            fixed,
             next: AtomicUsize::new(start),
+            settings: WeightedRoundRobinConfig::default(),
+            updated_at: AtomicU64::new(0),
+            updating: AtomicBool::new(false),
         }
     }
+
+    /// Reads the weights again if `weightUpdatePeriod` has passed: reported ones where
+    /// usable, the mean of those for the others, or the static weights if fewer than two
+    /// are usable.
+    fn update(&self, endpoints: &[EndpointState]) {
+        let now = crate::clock::now_nanos();
+        let period = nanos(self.settings.weight_update_period);
+        let last = self.updated_at.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < period {
+            return;
+        }
+        if self.updating.swap(true, Ordering::Acquire) {
+            return; // Another pick is at it.
+        }
+        let weights: Vec<f64> = endpoints
+            .iter()
+            .map(|e| reported_weight(e, now, &self.settings))
+            .collect();
+        let usable: Vec<f64> = weights.iter().copied().filter(|&w| w > 0.0).collect();
+        let schedule = if usable.len() < 2 {
+            self.fixed.clone()
+        } else {
+            let mean = usable.iter().sum::<f64>() / usable.len() as f64;
+            let weights: Vec<f64> = weights
+                .iter()
+                .map(|&w| if w > 0.0 { w } else { mean })
+                .collect();
+            Arc::new(Schedule::Stride(stride_weights(&weights)))
+        };
+        self.schedule.store(schedule);
+        self.updated_at.store(now.max(1), Ordering::Relaxed);
+        self.updating.store(false, Ordering::Release);
+    }
+
+    /// The weights in use now: the reported ones (scaled to at most 65,535), or `None`
+    /// while the static weights apply. For metrics and tests.
+    pub fn reported_weights(&self) -> Option<Vec<u64>> {
+        match &**self.schedule.load() {
+            Schedule::Stride(weights) => Some(weights.clone()),
+            Schedule::Smooth(_) => None,
+        }
+    }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// One endpoint's weight from its load reports at `now` (gRFC A58), or 0 if it has none
+/// that counts: none yet, expired, or still in its blackout period.
+fn reported_weight(endpoint: &EndpointState, now: u64, settings: &WeightedRoundRobinConfig) -> f64 {
+    let load = endpoint.reported_load();
+    if load.updated_at == 0 {
+        return 0.0;
+    }
+    if now.saturating_sub(load.updated_at) >= nanos(settings.weight_expiration_period) {
+        endpoint.expire_load();
+        return 0.0;
+    }
+    let blackout = nanos(settings.blackout_period);
+    if blackout > 0
+        && (load.non_empty_since == 0 || now.saturating_sub(load.non_empty_since) < blackout)
+    {
+        return 0.0;
+    }
+    let error_rate = if load.qps > 0.0 { load.eps / load.qps } else { 0.0 };
+    let weight = load.qps / (load.utilization + error_rate * settings.error_utilization_penalty);
+    if weight.is_finite() { weight } else { 0.0 }
+}
+
+/// Weights scaled for the stride scheduler: the largest to 65,535, none below a tenth
+/// of it (so that a pick needs at most about 10 rounds).
+fn stride_weights(weights: &[f64]) -> Vec<u64> {
+    let max = weights.iter().copied().fold(0.0, f64::max);
+    if max <= 0.0 {
+        return vec![MAX_STRIDE_WEIGHT; weights.len()];
+    }
+    weights
+        .iter()
+        .map(|&w| {
+            let scaled = (w / max * MAX_STRIDE_WEIGHT as f64).round() as u64;
+            scaled.clamp(MAX_STRIDE_WEIGHT / 10, MAX_STRIDE_WEIGHT)
+        })
+        .collect()
+}
+
+/// The stride scheduler's turn for sequence number `seq`: endpoint `seq % n`, in
+/// round `seq / n`, takes it if its share of rounds says so; `None` to skip.
+fn stride_turn(weights: &[u64], seq: usize) -> Option<usize> {
+    let n = weights.len();
+    let index = seq % n;
+    let round = (seq / n) as u64;
+    let weight = weights[index];
+    // An accumulator that grows by `weight` each round, modulo the maximum, crosses
+    // the top in exactly `weight / max` of the rounds, evenly spread; the offset keeps
+    // every endpoint from taking its first turn in round 0.
+    let position = (weight.wrapping_mul(round).wrapping_add(MAX_STRIDE_WEIGHT / 2)) % MAX_STRIDE_WEIGHT;
+    (position + weight >= MAX_STRIDE_WEIGHT).then_some(index)
 }
 
 /// One full cycle of smooth weighted round robin over `weights` (0 = left out).
@@ -142,24 +373,65 @@ impl Picker for WeightedRoundRobin {
         endpoints: &[EndpointState],
         ctx: &mut PickContext<'_>,
     ) -> Result<usize, PickError> {
-        let len = self.cycle.len();
-        if len == 0 || endpoints.is_empty() {
+        if endpoints.is_empty() {
             return Err(PickError::none_ready(endpoints));
         }
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        // Skip turns of endpoints that went down since the cycle was computed.
-        let i = (0..len)
-            .map(|offset| self.cycle[(turn + offset) % len])
-            .find(|&i| i < endpoints.len() && endpoints[i].is_ready())
-            .ok_or_else(|| PickError::none_ready(endpoints))?;
-        ctx.explain(|| {
-            format!(
-                "{NAME}: turn {} of a {len}-turn cycle -> {}",
-                turn % len,
-                label(&endpoints[i])
-            )
-        });
-        Ok(i)
+        if turn.is_multiple_of(PICKS_PER_CHECK) {
+            self.update(endpoints);
+        }
+        let schedule = self.schedule.load();
+        match &**schedule {
+            Schedule::Smooth(cycle) => {
+                let len = cycle.len();
+                if len == 0 {
+                    return Err(PickError::none_ready(endpoints));
+                }
+                // Skip turns of endpoints that went down since the cycle was computed.
+                let i = (0..len)
+                    .map(|offset| cycle[(turn + offset) % len])
+                    .find(|&i| i < endpoints.len() && endpoints[i].is_ready())
+                    .ok_or_else(|| PickError::none_ready(endpoints))?;
+                ctx.explain(|| {
+                    format!(
+                        "{NAME}: turn {} of a {len}-turn cycle -> {}",
+                        turn % len,
+                        label(&endpoints[i])
+                    )
+                });
+                Ok(i)
+            }
+            Schedule::Stride(weights) => {
+                let n = weights.len().min(endpoints.len());
+                if n == 0 {
+                    return Err(PickError::none_ready(endpoints));
+                }
+                let weights = &weights[..n];
+                // Every weight is at least a tenth of the largest: a turn comes within
+                // about 10 rounds; the bound only guards against endpoints all down.
+                let mut seq = turn;
+                for _ in 0..(20 * n + 20) {
+                    if let Some(i) = stride_turn(weights, seq)
+                        && endpoints[i].is_ready()
+                    {
+                        // Skipped rounds took sequence numbers too: one of them may have
+                        // been the one whose pick reads the clock.
+                        if seq / PICKS_PER_CHECK != turn / PICKS_PER_CHECK {
+                            self.update(endpoints);
+                        }
+                        ctx.explain(|| {
+                            format!(
+                                "{NAME}: reported weights {weights:?}, turn {seq} -> {}",
+                                label(&endpoints[i])
+                            )
+                        });
+                        return Ok(i);
+                    }
+                    seq = self.next.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(PickError::none_ready(endpoints))
+            }
+        }
     }
 }
 
@@ -196,6 +468,131 @@ mod tests {
             let counts = histogram(&picker, &endpoints, 70_000);
             assert_shares_match_weights(&counts, &weights, 1.0);
         }
+    }
+
+    /// Endpoints whose servers reported `(qps, eps, utilization)` just now.
+    fn reporting(loads: &[(f64, f64, f64)]) -> Vec<EndpointState> {
+        let endpoints = weighted(&vec![1; loads.len()]);
+        let now = crate::clock::now_nanos();
+        for (e, &(qps, eps, utilization)) in endpoints.iter().zip(loads) {
+            let report = crate::orca::OrcaLoadReport {
+                rps_fractional: qps,
+                eps,
+                application_utilization: utilization,
+                ..Default::default()
+            };
+            e.record_load(&report, now);
+        }
+        endpoints
+    }
+
+    fn no_blackout() -> WeightedRoundRobinConfig {
+        WeightedRoundRobinConfig {
+            blackout_period: Duration::ZERO,
+            ..WeightedRoundRobinConfig::default()
+        }
+    }
+
+    fn picker(endpoints: &[EndpointState], settings: &WeightedRoundRobinConfig) -> WeightedRoundRobin {
+        let mut rng = rand::rngs::SmallRng::from_seed([2; 32]);
+        WeightedRoundRobin::with_config(endpoints, &mut rng, settings)
+    }
+
+    #[test]
+    fn reported_loads_become_weights() {
+        // Capacities 4, 4 and 1, all busy: 400, 400 and 100 calls a second.
+        let endpoints = reporting(&[(400.0, 0.0, 1.0), (400.0, 0.0, 1.0), (100.0, 0.0, 1.0)]);
+        let picker = picker(&endpoints, &no_blackout());
+        let counts = histogram(&picker, &endpoints, 90_000);
+        assert_shares_match_weights(&counts, &[4, 4, 1], 1.0);
+        let weights = picker.reported_weights().expect("reported weights in use");
+        assert_eq!(weights[0], MAX_STRIDE_WEIGHT);
+        assert_eq!(weights[2], (MAX_STRIDE_WEIGHT as f64 / 4.0).round() as u64);
+    }
+
+    /// On tokio's paused clock: reports wait out the blackout, then count, then expire
+    /// when they stop, and the static weights are back.
+    #[tokio::test(start_paused = true)]
+    async fn reports_wait_out_the_blackout_and_expire_when_they_stop() {
+        let endpoints = reporting(&[(400.0, 0.0, 1.0), (100.0, 0.0, 1.0)]);
+        let settings = WeightedRoundRobinConfig::default();
+        let picker = picker(&endpoints, &settings);
+        let shares = |picker: &WeightedRoundRobin| histogram(picker, &endpoints, 10_000);
+        assert_shares_match_weights(&shares(&picker), &[1, 1], 1.0);
+        assert!(picker.reported_weights().is_none(), "in the blackout: static weights");
+
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let _ = shares(&picker); // The first pick past the update period reads them.
+        assert_shares_match_weights(&shares(&picker), &[4, 1], 1.0);
+
+        // No report for 3 minutes: expired, static again, and a new blackout to come.
+        tokio::time::advance(Duration::from_secs(181)).await;
+        let _ = shares(&picker);
+        assert_shares_match_weights(&shares(&picker), &[1, 1], 1.0);
+        assert!(picker.reported_weights().is_none());
+        assert_eq!(endpoints[0].reported_load().non_empty_since, 0);
+    }
+
+    #[test]
+    fn errors_weigh_against_a_server_and_silent_ones_get_the_mean() {
+        let settings = no_blackout();
+        let now = crate::clock::now_nanos();
+        let [failing, clean] = [(400.0, 200.0, 0.5), (400.0, 0.0, 0.5)]
+            .map(|load| reported_weight(&reporting(&[load])[0], now, &settings));
+        // 400 / (0.5 + 200/400 × 1) = 400, against 400 / 0.5 = 800.
+        assert!((failing - 400.0).abs() < 1e-6 && (clean - 800.0).abs() < 1e-6);
+        // The third endpoint never reported: it weighs the mean of the other two.
+        let mut endpoints = reporting(&[(300.0, 0.0, 1.0), (100.0, 0.0, 1.0)]);
+        endpoints.extend(weighted(&[1]));
+        let counts = histogram(&picker(&endpoints, &settings), &endpoints, 60_000);
+        assert_shares_match_weights(&counts, &[3, 1, 2], 1.0);
+    }
+
+    #[test]
+    fn settings_are_read_with_grpc_names_and_checked() {
+        use crate::policy::config::parse_service_config;
+        let policy = parse_service_config(
+            r#"{"weighted_round_robin":{"blackoutPeriod":"1s","weightUpdatePeriod":"10ms","errorUtilizationPenalty":2.5}}"#,
+        )
+        .expect("valid");
+        let settings = policy.settings::<WeightedRoundRobinConfig>().expect("wrr");
+        assert_eq!(settings.blackout_period, Duration::from_secs(1));
+        assert_eq!(settings.weight_update_period, MIN_UPDATE_PERIOD, "raised to 100 ms");
+        assert_eq!(settings.error_utilization_penalty, 2.5);
+        for (json, says) in [
+            (r#"{"weighted_round_robin":{"blackout":"1s"}}"#, "blackout"),
+            (r#"{"weighted_round_robin":{"enableOobLoadReport":true}}"#, "enableOobLoadReport"),
+            (r#"{"weighted_round_robin":{"errorUtilizationPenalty":-1}}"#, "errorUtilizationPenalty"),
+            (r#"{"weighted_round_robin":{"weightExpirationPeriod":"soon"}}"#, "soon"),
+        ] {
+            let err = parse_service_config(json).expect_err(json).to_string();
+            assert!(err.contains(says), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_stride_scheduler_gives_each_its_share_evenly() {
+        let weights = stride_weights(&[4.0, 4.0, 1.0]);
+        let mut counts = [0usize; 3];
+        let mut last_small = None;
+        let mut longest_gap = 0;
+        for seq in 0..90_000 {
+            if let Some(i) = stride_turn(&weights, seq) {
+                counts[i] += 1;
+                if i == 2 {
+                    if let Some(last) = last_small {
+                        longest_gap = longest_gap.max(seq - last);
+                    }
+                    last_small = Some(seq);
+                }
+            }
+        }
+        let total: usize = counts.iter().sum();
+        let small = counts[2] as f64 / total as f64;
+        assert!((small - 1.0 / 9.0).abs() < 0.01, "{counts:?}");
+        assert!(longest_gap <= 3 * 4 + 3, "spread out, not in bursts: {longest_gap}");
+        // Never below a tenth of the largest.
+        assert_eq!(stride_weights(&[1000.0, 1.0])[1], MAX_STRIDE_WEIGHT / 10);
     }
 
     #[test]
