@@ -8,9 +8,13 @@
 #      its calls over three greeter-servers (counted by x-served-by: each gets some);
 #   4. /metrics of greeter-server, lb-proxy and greeter-client parse with the Prometheus
 #      client's strict OpenMetrics parser and have a series per endpoint;
-#   5. all of it again over mutual TLS, with certificates from scripts/gen-certs.sh.
+#   5. greeter-server's ORCA load reports (--orca) are read by grpcio (the out-of-band
+#      stream) and by Node's grpc-js (the stream and the per-call trailer);
+#   6. all of it but 4 and 5 again over mutual TLS, with certificates from
+#      scripts/gen-certs.sh.
 #
-#   scripts/interop.sh        # builds, makes .run/interop/venv with grpcio, runs, cleans up
+#   scripts/interop.sh        # builds, makes .run/interop/venv with grpcio and
+#                             # .run/interop/node with grpc-js, runs, cleans up
 #
 # Everything listens on 127.0.0.1, ports INTEROP_PORT (default 50150) to +65. Exit code
 # 0 when every check passed, 1 otherwise. Uses the release binaries (PROFILE=debug for
@@ -48,6 +52,17 @@ echo "== Python: grpcio in $work/venv"
 "$work/venv/bin/python" scripts/python/gen_stubs.py "$work/py"
 export PYTHONPATH="$work/py"
 py="$work/venv/bin/python"
+
+echo "== Node: @grpc/grpc-js in $work/node (reads the ORCA trailer)"
+node_path="" node_error=""
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  node_error="node and npm are not installed"
+elif ! (mkdir -p "$work/node" && cd "$work/node" && npm install --silent --no-audit --no-fund \
+  --no-save @grpc/grpc-js @grpc/proto-loader >/dev/null 2>&1); then
+  node_error="npm install @grpc/grpc-js @grpc/proto-loader failed in $work/node"
+else
+  node_path="$work/node/node_modules"
+fi
 
 echo "== Certificates for the TLS round: $work/certs"
 "$ROOT/scripts/gen-certs.sh" "$work/certs" >/dev/null
@@ -157,7 +172,9 @@ metrics_checks() {
 }
 
 # orca_check BASE: a greeter-server with --orca --capacity 2, its load reports read by
-# grpcio with the xDS protos (out of band and in every answer's trailer).
+# two clients no one here wrote, each with the xDS protos: grpcio reads the out-of-band
+# stream (its core keeps the endpoint-load-metrics-bin trailer to itself), grpc-js reads
+# the stream and every answer's trailer.
 orca_check() {
   local addr="127.0.0.1:$(($1 + 25))" out verdict
   start_bg "$work/greeter-orca.log" env RUST_LOG=info "$BIN_DIR/greeter-server" \
@@ -170,12 +187,29 @@ try:
     r = json.load(sys.stdin)
 except ValueError:
     print("no"); sys.exit()
-oob, trailer = r["oob"], r["trailer"]
-ok = (oob.get("named_metrics", {}).get("capacity") == 2.0 and trailer is not None
-      and trailer.get("named_metrics", {}).get("capacity") == 2.0)
+print("yes" if r["oob"].get("named_metrics", {}).get("capacity") == 2.0 else "no")
+')"
+  check "grpcio reads greeter-server's ORCA reports (OpenRcaService)" "$verdict" "$out"
+
+  if [[ -z "$node_path" ]]; then
+    check "grpc-js reads greeter-server's ORCA reports (OpenRcaService and the trailer)" no \
+      "no grpc-js: node and npm are needed ($node_error)"
+    return
+  fi
+  out="$(NODE_PATH="$node_path" node scripts/node/orca_check.js "$addr" 2>&1 || true)"
+  verdict="$(printf '%s' "$out" | "$py" -c '
+import json, sys
+try:
+    r = json.load(sys.stdin)
+except ValueError:
+    print("no"); sys.exit()
+oob, trailer = r["oob"], r["trailer"] or {}
+ok = (oob.get("named_metrics", {}).get("capacity") == 2
+      and trailer.get("named_metrics", {}).get("capacity") == 2
+      and trailer.get("rps_fractional", 0) > 0)
 print("yes" if ok else "no")
 ')"
-  check "grpcio reads greeter-server's ORCA reports (OpenRcaService and the trailer)" "$verdict" "$out"
+  check "grpc-js reads greeter-server's ORCA reports (OpenRcaService and the trailer)" "$verdict" "$out"
 }
 
 # metrics_check WHAT ADDR METRIC EXPECTED: METRIC at http://ADDR/metrics has series for
