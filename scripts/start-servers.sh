@@ -7,6 +7,8 @@
 # Each server's pid and log go to $RUN_DIR/server-PORT.pid and .log (default .run/);
 # scripts/stop-servers.sh stops exactly those processes. Environment:
 #   SLOW_LAST=20ms   give the last server this much added latency per call
+#   CAPACITIES=4,4,1 machines of different sizes: server i works on at most the i-th
+#                    number of calls at once (--capacity), the rest queue
 #   SERVER_ARGS="--error-rate 0.1"   extra flags for every server
 #   PROFILE=debug    use target/debug instead of target/release (build first)
 #   TLS=1            serve mutual TLS with the certificates in CERT_DIR (see gen-certs.sh)
@@ -33,6 +35,21 @@ for binary in greeter-server greeter-client; do
 done
 mkdir -p "$RUN_DIR"
 
+capacities=()
+if [[ -n "${CAPACITIES:-}" ]]; then
+  IFS=, read -r -a capacities <<<"$CAPACITIES"
+  if ((${#capacities[@]} != count)); then
+    echo "CAPACITIES=$CAPACITIES has ${#capacities[@]} numbers for $count servers: give one per server" >&2
+    exit 2
+  fi
+  for capacity in "${capacities[@]}"; do
+    if ! [[ "$capacity" =~ ^[1-9][0-9]*$ ]]; then
+      echo "CAPACITIES=$CAPACITIES: '$capacity' is not a whole number of calls, 1 or more" >&2
+      exit 2
+    fi
+  done
+fi
+
 servers=()
 for ((i = 0; i < count; i++)); do
   port=$((base + i))
@@ -45,6 +62,9 @@ for ((i = 0; i < count; i++)); do
   args=(--port "$port")
   if [[ -n "${SLOW_LAST:-}" && $i -eq $((count - 1)) ]]; then
     args+=(--latency "$SLOW_LAST")
+  fi
+  if ((${#capacities[@]})); then
+    args+=(--capacity "${capacities[$i]}")
   fi
   # shellcheck disable=SC2206 # SERVER_ARGS is meant to split into flags.
   args+=(${SERVER_ARGS:-} ${TLS_SERVER_ARGS[@]+"${TLS_SERVER_ARGS[@]}"})

@@ -412,7 +412,7 @@ async fn scale_run(spec: &str, settings: &Settings) -> anyhow::Result<Scale> {
     eprintln!("== {n} endpoints in one balancer");
     let before = resident_bytes().unwrap_or(0);
     let balancer = Balancer::builder(endpoints)
-        .policy(Policy::new(RoundRobinConfig {}))
+        .policy(Policy::new(RoundRobinConfig::default()))
         .seed(2)
         .build()?;
     let statuses = balancer.wait_settled(Duration::from_secs(60)).await;

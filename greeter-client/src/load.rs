@@ -114,7 +114,8 @@ impl LoadSpec {
 
 /// Outlier detection tuned for a demo (`--outlier-detection` of `run` and `simulate`):
 /// gRFC A50's logic, with times in seconds rather than minutes (ejected 5 s, then
-/// 10 s, ... at most 30 s; reviewed every second), judging from 3 servers up.
+/// 10 s, ... at most 30 s; reviewed every second), judging from 3 servers up, by
+/// success rate and by failure percentage (above 85 %).
 pub fn demo_outlier_detection() -> OutlierDetection {
     OutlierDetection {
         interval: Duration::from_secs(1),
@@ -126,6 +127,13 @@ pub fn demo_outlier_detection() -> OutlierDetection {
             stdev_factor: 1900,
             request_volume: 20,
             minimum_hosts: 3,
+            enforcement_percentage: 100,
+        }),
+        failure_percentage: Some(lb_core::balancer::FailurePercentage {
+            threshold: 85,
+            request_volume: 20,
+            minimum_hosts: 3,
+            enforcement_percentage: 100,
         }),
     }
 }
@@ -437,7 +445,7 @@ fn build_report(
         None => spec.requests,
     };
     Report::new(
-        spec.policy.name(),
+        &spec.policy.label(),
         requests,
         spec.concurrency,
         elapsed.as_secs_f64(),

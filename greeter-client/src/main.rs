@@ -22,7 +22,7 @@ use greeter_client::{
 };
 use lb_core::policy::RoundRobinConfig;
 use lb_core::{
-    Endpoint, Policy, RetryPolicy,
+    Endpoint, OutlierDetection, Policy, RetryPolicy,
     resolver::{Resolution, Target},
     tls::ClientTls,
 };
@@ -201,10 +201,16 @@ struct Workload {
     #[arg(long, conflicts_with_all = ["liveness_interval", "liveness_timeout"])]
     no_liveness: bool,
 
-    /// Eject servers whose calls keep failing (5 in a row, or a success rate far
-    /// below the others'), for 5 s, then 10 s, ... at most 30 s; never more than half.
+    /// Eject servers whose calls keep failing (5 in a row, a success rate far below
+    /// the others', or more than 85 % failed), for 5 s, then 10 s, ... at most 30 s;
+    /// never more than half.
     #[arg(long)]
     outlier_detection: bool,
+
+    /// Outlier detection with these settings instead, in gRFC A50's JSON, e.g.
+    /// '{"interval":"1s","failurePercentageEjection":{"threshold":80}}'.
+    #[arg(long, value_name = "JSON", conflicts_with = "outlier_detection", value_parser = parse_outlier_config)]
+    outlier_config: Option<OutlierDetection>,
 
     /// Show where calls go every second while running (a table in a terminal, one
     /// line per second otherwise).
@@ -255,9 +261,10 @@ impl Workload {
                 interval: self.liveness_interval,
                 timeout: self.liveness_timeout,
             }),
-            outlier: self
-                .outlier_detection
-                .then(greeter_client::load::demo_outlier_detection),
+            outlier: self.outlier_config.clone().or_else(|| {
+                self.outlier_detection
+                    .then(greeter_client::load::demo_outlier_detection)
+            }),
             live: self.live,
             updates: None,
             token: None,
@@ -339,6 +346,11 @@ struct SimulateArgs {
     /// with the same settings as `run --outlier-detection`.
     #[arg(long)]
     outlier_detection: bool,
+
+    /// Outlier detection with these settings instead, in gRFC A50's JSON (as `run
+    /// --outlier-config`).
+    #[arg(long, value_name = "JSON", conflicts_with = "outlier_detection", value_parser = parse_outlier_config)]
+    outlier_config: Option<OutlierDetection>,
 
     /// Simulated time during which calls arrive.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -583,7 +595,7 @@ async fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let (servers, updates) = args.servers.resolve().await?;
     let mut spec = args
         .workload
-        .spec(servers, Policy::new(RoundRobinConfig {}));
+        .spec(servers, Policy::new(RoundRobinConfig::default()));
     spec.updates = updates;
     spec.token = args.workload.token()?;
     spec.tls = tls;
@@ -643,6 +655,9 @@ fn run_simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     }
     if args.outlier_detection {
         scenario.outlier = Some(greeter_client::load::demo_outlier_detection());
+    }
+    if let Some(config) = &args.outlier_config {
+        scenario.outlier = Some(config.clone());
     }
     scenario.explain = args.explain;
     scenario.check().map_err(usage)?;
@@ -778,4 +793,9 @@ fn init_tracing(default: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+}
+
+/// `--outlier-config`: gRFC A50's JSON (lb-core's `OutlierDetection::from_str`).
+fn parse_outlier_config(text: &str) -> Result<OutlierDetection, String> {
+    text.parse()
 }

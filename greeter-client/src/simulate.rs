@@ -38,7 +38,7 @@
 //! use lb_core::{Policy, policy::RoundRobinConfig};
 //!
 //! let scenario: Scenario = Scenario::with_backends(&["2ms", "2ms", "20ms"]).unwrap();
-//! let report = simulate(&scenario, &Policy::new(RoundRobinConfig {})).report;
+//! let report = simulate(&scenario, &Policy::new(RoundRobinConfig::default())).report;
 //! assert_eq!(report.backends.len(), 3);
 //! ```
 
@@ -544,7 +544,7 @@ impl<'s> Simulation<'s> {
                 .unwrap_or(http::HeaderName::from_static(DEFAULT_HASH_HEADER)),
         };
         for spec in &scenario.backends {
-            sim.add_backend(spec);
+            sim.add_backend(spec, 0);
         }
         sim.publish();
         if let Some(config) = &scenario.outlier {
@@ -569,7 +569,8 @@ impl<'s> Simulation<'s> {
         sim
     }
 
-    fn add_backend(&mut self, spec: &BackendSpec) {
+    /// Adds a backend, READY from `now` (virtual time: where slow start begins).
+    fn add_backend(&mut self, spec: &BackendSpec, now: u64) {
         let number = self.backends.len() + 1;
         let capacity = spec.capacity.unwrap_or(self.scenario.capacity).max(1);
         let address = format!("b{number}:{}", 50_050 + number);
@@ -582,6 +583,7 @@ impl<'s> Simulation<'s> {
             self.policy.latency_decay(),
         );
         state.set_connectivity(Connectivity::Ready);
+        state.set_ready_since(now);
         let mean_ns = spec.latency.as_nanos() as f64;
         self.backends.push(SimBackend {
             label: format!(
@@ -661,7 +663,10 @@ impl<'s> Simulation<'s> {
         let stats: Vec<(u64, u64)> = judged.iter().map(|&b| self.backends[b].interval).collect();
         let mut changed = false;
         let mut ejected_now = Vec::new();
-        for i in config.success_rate_outliers(&stats) {
+        // Enforcement draws from a generator of its own, so that arrivals and picks do
+        // not change when an outlier is found.
+        let mut enforcement = SmallRng::seed_from_u64(self.scenario.seed ^ now);
+        for (i, _reason) in config.interval_outliers(&stats, &mut enforcement) {
             if self.eject(now, judged[i]) {
                 ejected_now.push(judged[i]);
                 changed = true;
@@ -714,7 +719,7 @@ impl<'s> Simulation<'s> {
                 Happening::Send { caller } => self.send(at, Some(caller)),
                 Happening::Done { id } => self.complete(at, id),
                 Happening::Timeout { id } => self.time_out(at, id),
-                Happening::Change(i) => self.change(i),
+                Happening::Change(i) => self.change(at, i),
                 Happening::Review => self.review(at),
             }
         }
@@ -863,7 +868,7 @@ impl<'s> Simulation<'s> {
         self.next_from(now, call.caller, 0);
     }
 
-    fn change(&mut self, index: usize) {
+    fn change(&mut self, now: u64, index: usize) {
         let Some(event) = self.scenario.events.get(index) else {
             return;
         };
@@ -885,7 +890,7 @@ impl<'s> Simulation<'s> {
                 }
             }
             Change::Add(spec) => {
-                self.add_backend(spec);
+                self.add_backend(spec, now);
                 self.publish();
             }
         }
@@ -918,7 +923,7 @@ impl<'s> Simulation<'s> {
             });
         }
         let report = Report::new(
-            self.policy.name(),
+            &self.policy.label(),
             self.calls,
             self.scenario.concurrency.unwrap_or(0),
             self.scenario.duration.as_secs_f64(),
@@ -995,7 +1000,7 @@ mod tests {
             "2s remove 1".parse().unwrap(),
             "2s add 2ms".parse().unwrap(),
         ];
-        let report = simulate(&scenario, &Policy::new(RoundRobinConfig {})).report;
+        let report = simulate(&scenario, &Policy::new(RoundRobinConfig::default())).report;
         let calls: Vec<u64> = report.backends.iter().map(|b| b.calls).collect();
         // Backend 1 served only the first half; 2 and 3 split the second half.
         assert!(calls[0] > 0 && calls[2] > 0, "{calls:?}");
@@ -1008,7 +1013,7 @@ mod tests {
     fn a_closed_loop_keeps_its_callers_busy_and_no_more() {
         let mut scenario = Scenario::with_backends(&["10ms"]).unwrap();
         scenario.concurrency = Some(4);
-        let report = simulate(&scenario, &Policy::new(RoundRobinConfig {})).report;
+        let report = simulate(&scenario, &Policy::new(RoundRobinConfig::default())).report;
         // 4 callers, 10 ms a call, never more than 4 at once on 8 workers: 400 calls/s.
         assert!(
             (360.0..440.0).contains(&report.calls_per_sec),
@@ -1026,7 +1031,7 @@ mod tests {
         let mut scenario = Scenario::with_backends(&["100ms,capacity=1"]).unwrap();
         scenario.concurrency = Some(10);
         scenario.timeout = Some(Duration::from_millis(150));
-        let report = simulate(&scenario, &Policy::new(RoundRobinConfig {})).report;
+        let report = simulate(&scenario, &Policy::new(RoundRobinConfig::default())).report;
         assert!(report.failed > report.succeeded, "{report:?}");
         assert_eq!(report.errors[0].code, "DeadlineExceeded");
         assert_eq!(report.succeeded + report.failed, report.requests);
@@ -1060,7 +1065,7 @@ mod tests {
         let mut scenario = Scenario::with_backends(&["1ms", "1ms", "1ms", "1s"]).unwrap();
         scenario.concurrency = Some(20);
         scenario.timeout = Some(Duration::from_millis(100));
-        let policy = Policy::new(RoundRobinConfig {});
+        let policy = Policy::new(RoundRobinConfig::default());
         let without = simulate(&scenario, &policy).report;
         scenario.outlier = Some(crate::load::demo_outlier_detection());
         let with = simulate(&scenario, &policy).report;
@@ -1093,7 +1098,7 @@ mod tests {
         scenario.concurrency = Some(8);
         scenario.timeout = Some(Duration::from_millis(10));
         scenario.outlier = Some(crate::load::demo_outlier_detection());
-        let report = simulate(&scenario, &Policy::new(RoundRobinConfig {})).report;
+        let report = simulate(&scenario, &Policy::new(RoundRobinConfig::default())).report;
         let ejected: Vec<u64> = report.backends.iter().map(|b| b.ejections).collect();
         // Every call fails; two are ejected at a time, the others keep the calls.
         assert!(

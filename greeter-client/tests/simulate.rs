@@ -21,7 +21,7 @@ fn client(args: &[&str]) -> std::process::Output {
 fn load_aware_policies_halve_round_robins_p99() {
     let scenario = Scenario::with_backends(&["2ms", "2ms", "20ms"]).expect("valid");
     let p99 = |policy: Policy| simulate(&scenario, &policy).report.latency_ms.p99;
-    let round_robin = p99(Policy::new(RoundRobinConfig {}));
+    let round_robin = p99(Policy::new(RoundRobinConfig::default()));
     let least_request = p99("least_request".parse().expect("known"));
     let peak_ewma = p99("peak_ewma".parse().expect("known"));
     println!(

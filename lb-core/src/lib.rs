@@ -17,11 +17,13 @@
 //!
 //! - [`endpoint`]: `host:port` addresses and `--servers` lists, with clear errors.
 //! - [`state`]: the live, lock-free state of one endpoint ([`EndpointState`]): its
-//!   connectivity (IDLE, CONNECTING, READY, TRANSIENT_FAILURE), calls in flight, and
-//!   its latency ([`latency`], on the [`clock`]) and durations ([`histogram`]).
+//!   connectivity (IDLE, CONNECTING, READY, TRANSIENT_FAILURE) and since when it is
+//!   READY, calls in flight, its latency ([`latency`], on the [`clock`]), durations
+//!   ([`histogram`]), recent success rate and reported load.
 //! - [`policy`]: the [`Picker`] trait, the policy registry ([`Policy`],
-//!   [`policy::PolicyConfig`], [`policy::register`]) and one file per policy. Pickers do
-//!   no I/O, so they are unit-tested with hand-made endpoint states and a seeded RNG.
+//!   [`policy::PolicyConfig`], [`policy::register`]) and one file per policy, with
+//!   [`policy::slow_start`] for the policies that ramp new endpoints up. Pickers do no
+//!   I/O, so they are unit-tested with hand-made endpoint states and a seeded RNG.
 //! - [`balancer`]: the [`Balancer`], a `tower::Service` that any tonic-generated client
 //!   runs on. It connects to every endpoint and watches its health, asks the picker for
 //!   each call, counts the call in flight until its response body ends, retries calls
@@ -118,4 +120,4 @@ pub use balancer::{
 pub use endpoint::{Endpoint, parse_endpoint_list};
 pub use error::Error;
 pub use policy::{BuildPicker, PickContext, PickError, Picker, Policy, PolicyConfig};
-pub use state::{Connectivity, EndpointState, InFlightGuard, ReportedLoad};
+pub use state::{Connectivity, EndpointState, FAILURE_MEMORY, InFlightGuard, ReportedLoad};

@@ -8,7 +8,7 @@ use std::{
     fmt,
     sync::{
         Arc,
-        atomic::{AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -76,6 +76,10 @@ struct Inner {
     in_flight: AtomicUsize,
     connectivity: AtomicU8,
     latency: LatencyEstimate,
+    /// How often its calls failed lately, for the policies that count failures as load.
+    failures: FailureEstimate,
+    /// When it last became READY (clock nanoseconds; 0: never), for slow start.
+    ready_since: AtomicU64,
     /// Every call's duration, for metrics.
     durations: DurationHistogram,
     /// What the server's load reports said (ORCA), for weights that follow load.
@@ -114,6 +118,8 @@ impl EndpointState {
                 in_flight: AtomicUsize::new(0),
                 connectivity: AtomicU8::new(Connectivity::Idle as u8),
                 latency: LatencyEstimate::new(decay),
+                failures: FailureEstimate::new(decay),
+                ready_since: AtomicU64::new(0),
                 durations: DurationHistogram::default(),
                 load: std::sync::Mutex::new(ReportedLoad::default()),
             }),
@@ -206,18 +212,76 @@ impl EndpointState {
         self.connectivity() == Connectivity::Ready
     }
 
-    /// Moves the endpoint to `state`; returns the state it was in.
+    /// Moves the endpoint to `state`; returns the state it was in. Becoming READY
+    /// starts its [`ready_since`](Self::ready_since) clock.
     pub fn set_connectivity(&self, state: Connectivity) -> Connectivity {
-        Connectivity::from_u8(self.inner.connectivity.swap(state as u8, Ordering::AcqRel))
+        let previous =
+            Connectivity::from_u8(self.inner.connectivity.swap(state as u8, Ordering::AcqRel));
+        if state == Connectivity::Ready && previous != Connectivity::Ready {
+            self.set_ready_since(clock::now_nanos());
+        }
+        previous
     }
 
     /// Moves the endpoint from `from` to `to` if it is in `from` now; returns whether it
     /// moved. Of several threads racing to make the same move, exactly one succeeds.
     pub fn transition(&self, from: Connectivity, to: Connectivity) -> bool {
-        self.inner
+        let moved = self
+            .inner
             .connectivity
             .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+            .is_ok();
+        if moved && to == Connectivity::Ready && from != Connectivity::Ready {
+            self.set_ready_since(clock::now_nanos());
+        }
+        moved
+    }
+
+    /// When the endpoint last became READY (clock nanoseconds), if it ever did: where
+    /// slow start's window begins.
+    pub fn ready_since(&self) -> Option<u64> {
+        match self.inner.ready_since.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(at),
+        }
+    }
+
+    /// Sets when the endpoint became READY, on a clock of the caller's (the
+    /// simulator's virtual time; the balancer's own moves set it by themselves).
+    pub fn set_ready_since(&self, at: u64) {
+        self.inner.ready_since.store(at.max(1), Ordering::Relaxed);
+    }
+
+    /// Records how a call ended, at `now` (clock nanoseconds): `ok` is false for a
+    /// failure of the endpoint's (UNAVAILABLE, a broken connection, ...). The balancer
+    /// does this for every call; see [`success_rate`](Self::success_rate).
+    pub fn record_outcome(&self, ok: bool, now: u64) {
+        self.inner.failures.record(ok, now);
+    }
+
+    /// Whether any recent call failed (the success rate is below 1): cheaper than
+    /// [`success_rate`](Self::success_rate), no clock needed.
+    pub(crate) fn has_failed_lately(&self) -> bool {
+        self.inner.failures.rate.load(Ordering::Relaxed) != 0f64.to_bits()
+    }
+
+    /// The share of its recent calls that succeeded, 0 to 1 (1 before any failure):
+    /// an average over about the last [`FAILURE_MEMORY`] calls, whose failures are
+    /// forgotten over the latency decay time (10 s) when no calls come. The
+    /// load-aware policies divide an endpoint's load by it, so that an endpoint that
+    /// fails fast does not look idle.
+    pub fn success_rate(&self, now: u64) -> f64 {
+        1.0 - self.inner.failures.failure_rate(now)
+    }
+
+    /// The same, asking `now` for the time only if a call failed lately (a pick's
+    /// common case reads no clock).
+    pub(crate) fn success_rate_lazily(&self, now: impl FnOnce() -> u64) -> f64 {
+        if self.has_failed_lately() {
+            self.success_rate(now())
+        } else {
+            1.0
+        }
     }
 
     /// Counts one more call in flight until the returned guard is dropped.
@@ -241,6 +305,55 @@ impl EndpointState {
             started_at: now,
             finished: false,
         }
+    }
+}
+
+/// How many recent calls [`EndpointState::success_rate`] averages over (the weight of
+/// one call is `1 / FAILURE_MEMORY`).
+pub const FAILURE_MEMORY: f64 = 10.0;
+
+/// A lock-free moving average of failures: per call, `rate += (failed − rate) / N`;
+/// between calls it decays towards 0 with time constant τ, so that an endpoint that
+/// failed and then got no calls is forgiven (Finagle's failure accrual, smoothed).
+#[derive(Debug)]
+struct FailureEstimate {
+    /// The failure rate, as `f64` bits.
+    rate: AtomicU64,
+    /// When it was last updated (clock nanoseconds).
+    updated_at: AtomicU64,
+    decay_ns: f64,
+}
+
+impl FailureEstimate {
+    fn new(decay: Duration) -> Self {
+        Self {
+            rate: AtomicU64::new(0f64.to_bits()),
+            updated_at: AtomicU64::new(0),
+            decay_ns: decay.as_nanos().max(1) as f64,
+        }
+    }
+
+    fn failure_rate(&self, now: u64) -> f64 {
+        let rate = f64::from_bits(self.rate.load(Ordering::Relaxed));
+        if rate == 0.0 {
+            return 0.0;
+        }
+        let age = now.saturating_sub(self.updated_at.load(Ordering::Relaxed)) as f64;
+        rate * (-age / self.decay_ns).exp()
+    }
+
+    fn record(&self, ok: bool, now: u64) {
+        let rate = self.failure_rate(now);
+        if ok && rate == 0.0 {
+            return; // The common case: nothing to store.
+        }
+        let failed = if ok { 0.0 } else { 1.0 };
+        let next = rate + (failed - rate) / FAILURE_MEMORY;
+        // Forgotten: back to the state that needs no clock (`has_failed_lately`).
+        let next = if next < 1e-6 { 0.0 } else { next };
+        // Two calls ending at once may race and lose one sample: no lock per call.
+        self.rate.store(next.to_bits(), Ordering::Relaxed);
+        self.updated_at.store(now, Ordering::Relaxed);
     }
 }
 
@@ -310,6 +423,52 @@ mod tests {
         state.start_call_at(1_000).finish_at(5_000);
         assert_eq!(state.in_flight(), 0);
         assert_eq!(state.latency_estimate(5_000), Some(4_000.0));
+    }
+
+    #[test]
+    fn failures_lower_the_success_rate_and_are_forgiven_over_time() {
+        let state = EndpointState::new("127.0.0.1:1".parse().unwrap());
+        assert_eq!(state.success_rate(1), 1.0);
+        for _ in 0..30 {
+            state.record_outcome(false, 1_000);
+        }
+        assert!(
+            state.success_rate(1_000) < 0.1,
+            "{}",
+            state.success_rate(1_000)
+        );
+        // One successful call in ten brings it a tenth of the way back.
+        let before = state.success_rate(1_000);
+        state.record_outcome(true, 1_000);
+        assert!((state.success_rate(1_000) - (before + (1.0 - before) / 10.0)).abs() < 1e-9);
+        // 30 s without calls (three decay times): mostly forgiven.
+        let later = 1_000 + 30_000_000_000;
+        assert!(
+            state.success_rate(later) > 0.95,
+            "{}",
+            state.success_rate(later)
+        );
+    }
+
+    #[test]
+    fn becoming_ready_starts_the_ready_clock() {
+        let state = EndpointState::new("127.0.0.1:1".parse().unwrap());
+        assert_eq!(state.ready_since(), None);
+        state.set_connectivity(Connectivity::Ready);
+        let first = state.ready_since().expect("set");
+        state.set_connectivity(Connectivity::Ready);
+        assert_eq!(
+            state.ready_since(),
+            Some(first),
+            "staying READY is not a restart"
+        );
+        state.set_connectivity(Connectivity::Idle);
+        state.set_ready_since(5);
+        assert!(state.transition(Connectivity::Idle, Connectivity::Ready));
+        assert!(
+            state.ready_since().unwrap() >= first,
+            "a new READY starts it again"
+        );
     }
 
     #[test]

@@ -54,7 +54,7 @@ async fn the_balancer_adds_few_allocations_to_a_call() {
 
     let endpoint: Endpoint = addr.to_string().parse().expect("valid");
     let balancer = Balancer::builder([endpoint])
-        .policy(Policy::new(RoundRobinConfig {}))
+        .policy(Policy::new(RoundRobinConfig::default()))
         .seed(1)
         .build()
         .expect("builds");

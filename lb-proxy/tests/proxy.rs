@@ -44,7 +44,8 @@ async fn one_channel_to_the_proxy_is_balanced_per_call() {
         .await
         .expect("start");
     let endpoints = endpoints_of(&servers);
-    let (proxy, channel) = proxy_over(endpoints.clone(), Policy::new(RoundRobinConfig {})).await;
+    let (proxy, channel) =
+        proxy_over(endpoints.clone(), Policy::new(RoundRobinConfig::default())).await;
     let mut client = MyServiceClient::new(channel.clone());
     let mut counts = std::collections::HashMap::new();
     for i in 0..300 {
@@ -100,8 +101,11 @@ async fn streams_and_errors_pass_through_unchanged() {
     let failing = greeter_server::spawn(Config::on_ports(&[0]).with_error_rate(1.0))
         .await
         .expect("start");
-    let (proxy, channel) =
-        proxy_over(endpoints_of(&failing), Policy::new(RoundRobinConfig {})).await;
+    let (proxy, channel) = proxy_over(
+        endpoints_of(&failing),
+        Policy::new(RoundRobinConfig::default()),
+    )
+    .await;
 
     // A backend's error status and message reach the caller as they were.
     let status = MyServiceClient::new(channel.clone())
@@ -148,8 +152,11 @@ async fn thousands_of_concurrent_calls_keep_the_backend_connection() {
     let servers = greeter_server::spawn(Config::on_ports(&[0]))
         .await
         .expect("start");
-    let (proxy, channel) =
-        proxy_over(endpoints_of(&servers), Policy::new(RoundRobinConfig {})).await;
+    let (proxy, channel) = proxy_over(
+        endpoints_of(&servers),
+        Policy::new(RoundRobinConfig::default()),
+    )
+    .await;
     let callers: Vec<_> = (0..32)
         .map(|_| {
             let mut client = MyServiceClient::new(channel.clone());

@@ -54,7 +54,7 @@ async fn load(endpoints: &[Endpoint], policy: Policy, requests: u64, concurrency
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_lands_100_100_100_by_the_servers_own_word() {
     let (servers, _, endpoints) = fleet(3, None).await;
-    let report = load(&endpoints, Policy::new(RoundRobinConfig {}), 300, 8).await;
+    let report = load(&endpoints, Policy::new(RoundRobinConfig::default()), 300, 8).await;
 
     assert_eq!(report.failed, 0, "{}", report.to_table());
     assert!(report.replies_ok, "every reply is `Hello, world!`");
@@ -75,7 +75,7 @@ async fn least_connections_sends_the_slow_server_fewer_calls_than_round_robin() 
     let (fast, slow, endpoints) = fleet(2, Some(Duration::from_millis(20))).await;
     let slow_address = endpoints[2].to_string();
 
-    let rr = load(&endpoints, Policy::new(RoundRobinConfig {}), 300, 8).await;
+    let rr = load(&endpoints, Policy::new(RoundRobinConfig::default()), 300, 8).await;
     let lc = load(&endpoints, Policy::new(LeastConnectionsConfig {}), 300, 8).await;
     assert_eq!(rr.failed + lc.failed, 0);
 

@@ -99,7 +99,7 @@ async fn balancer_metrics_are_per_endpoint_and_follow_the_calls() {
     let target = "greeters";
     let metrics = BalancerMetrics::register(&mut registry, target);
     let balancer = Balancer::builder(endpoints.clone())
-        .policy(Policy::new(RoundRobinConfig {}))
+        .policy(Policy::new(RoundRobinConfig::default()))
         .seed(3)
         .build()
         .expect("builds");

@@ -285,6 +285,7 @@ fn quick_outlier_detection() -> OutlierDetection {
         max_ejection_percent: 50,
         consecutive_failures: Some(5),
         success_rate: None,
+        failure_percentage: None,
     }
 }
 
@@ -459,7 +460,7 @@ async fn servers_recycling_connections_every_500_ms_cost_no_call() {
     .expect("start");
     let endpoints: Vec<Endpoint> = endpoints_of(&servers);
     let balancer = fast_reconnects(Balancer::builder(endpoints))
-        .policy(Policy::new(RoundRobinConfig {}))
+        .policy(Policy::new(RoundRobinConfig::default()))
         .seed(17)
         .build()
         .expect("builds");

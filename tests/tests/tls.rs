@@ -69,7 +69,7 @@ async fn tls_fleet(pki: &Pki, n: usize, mutual: bool) -> (Servers, Vec<Endpoint>
 
 fn balancer(endpoints: &[Endpoint], tls: Option<ClientTls>, seed: u64) -> Balancer {
     let mut builder = Balancer::builder(endpoints.to_vec())
-        .policy(Policy::new(RoundRobinConfig {}))
+        .policy(Policy::new(RoundRobinConfig::default()))
         .seed(seed);
     if let Some(tls) = tls {
         builder = builder.tls(tls);

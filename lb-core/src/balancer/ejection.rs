@@ -3,6 +3,8 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
+use rand::{SeedableRng, rngs::SmallRng};
+
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -43,6 +45,11 @@ impl Pool {
             &sub.calls_failed
         };
         total.fetch_add(1, Ordering::Relaxed);
+        // For the policies that count failures as load; a healthy endpoint's success
+        // changes nothing there, and costs no reading of the clock.
+        if !success || sub.state.has_failed_lately() {
+            sub.state.record_outcome(success, clock::now_nanos());
+        }
         let Some(config) = &self.settings.outlier else {
             return;
         };
@@ -107,10 +114,12 @@ impl Pool {
             .collect();
         let mut changed = false;
         let mut judged_now = Vec::new();
-        for i in config.success_rate_outliers(&stats) {
-            let (ok, failed) = stats[i];
-            let rate = 100.0 * ok as f64 / (ok + failed) as f64;
-            let reason = format!("success rate {rate:.1}%, far below its peers'");
+        // Enforcement draws from the balancer's seed and the interval's number.
+        let interval = self.intervals.fetch_add(1, Ordering::Relaxed);
+        let mut rng = SmallRng::seed_from_u64(
+            self.settings.seed ^ interval.wrapping_mul(0xA24B_AED4_963E_E407),
+        );
+        for (i, reason) in config.interval_outliers(&stats, &mut rng) {
             if self.try_eject(&subs[i], config, &reason) {
                 changed = true;
                 judged_now.push(i);
@@ -178,6 +187,7 @@ mod tests {
             max_ejection_percent: 50,
             consecutive_failures: Some(3),
             success_rate: None,
+            failure_percentage: None,
         };
         let settings = Settings {
             connect_timeout: Duration::from_secs(1),
@@ -274,6 +284,37 @@ mod tests {
         interval(&pool);
         assert!(!a.is_ejected(), "forgiven: one base ejection time again");
         assert_eq!(a.ejections.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_percentage_ejects_in_an_interval_what_fails_too_often() {
+        clear_of_other_tests().await;
+        let (pool, _stop) = pool(6);
+        let mut config = pool.settings.outlier.clone().expect("configured");
+        config.consecutive_failures = None;
+        config.failure_percentage = Some(super::super::outlier::FailurePercentage {
+            threshold: 50,
+            request_volume: 10,
+            minimum_hosts: 5,
+            enforcement_percentage: 100,
+        });
+        let subs: Vec<_> = (0..6).map(|i| sub(&pool, i)).collect();
+        // Endpoint 0 fails 6 calls of 10 (never 3 in a row), the rest 1 in 10.
+        for (i, s) in subs.iter().enumerate() {
+            for call in 0..10 {
+                let failed = if i == 0 {
+                    [0, 1, 3].contains(&(call % 5))
+                } else {
+                    call == 0
+                };
+                pool.record_outcome(s, !failed);
+            }
+        }
+        assert!(!subs[0].is_ejected(), "never 3 failures in a row");
+        advance(Duration::from_secs(1)).await;
+        pool.outlier_interval(&config);
+        let ejected: Vec<bool> = subs.iter().map(|s| s.is_ejected()).collect();
+        assert_eq!(ejected, [true, false, false, false, false, false]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -68,7 +68,7 @@ pub use builder::BalancerBuilder;
 pub use connector::connect;
 pub use handle::Balancer;
 pub use liveness::Liveness;
-pub use outlier::{OutlierDetection, SuccessRate};
+pub use outlier::{FailurePercentage, OutlierDetection, SuccessRate};
 pub use retry::RetryPolicy;
 pub use subchannel::{EndpointStatus, Health};
 

@@ -10,6 +10,14 @@
 //!   success rate is below `mean − stdev × stdev_factor / 1000`. Catches a server that is
 //!   clearly worse than its peers without a fixed threshold.
 //!
+//! - **Failure percentage**, every `interval` (off unless configured): among endpoints
+//!   with at least `request_volume` calls (and at least `minimum_hosts` of them), eject
+//!   those whose share of failed calls is above `threshold` per cent. Catches a fleet
+//!   that is failing together, where no one stands out from the mean.
+//!
+//! Each of the interval detectors ejects an outlier it finds with probability
+//! `enforcement_percentage` (100 by default), drawn from the balancer's seeded RNG.
+//!
 //! An ejected endpoint gets no calls for `base_ejection_time × times ejected` (so a
 //! repeat offender stays out longer), at most `max(base, max_ejection_time)`, then
 //! returns. Each interval in which a returned endpoint is not ejected again lowers its
@@ -39,6 +47,8 @@ pub struct OutlierDetection {
     pub consecutive_failures: Option<u32>,
     /// The success-rate detector (`None`: off).
     pub success_rate: Option<SuccessRate>,
+    /// The failure-percentage detector (`None`: off, the default, as in gRFC A50).
+    pub failure_percentage: Option<FailurePercentage>,
 }
 
 /// Settings of the success-rate detector.
@@ -50,6 +60,34 @@ pub struct SuccessRate {
     pub request_volume: u64,
     /// Too few endpoints with enough calls: nobody is judged.
     pub minimum_hosts: usize,
+    /// An outlier found is ejected with this probability, in per cent (0 to 100).
+    pub enforcement_percentage: u32,
+}
+
+/// Settings of the failure-percentage detector (gRFC A50's
+/// `failure_percentage_ejection`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FailurePercentage {
+    /// Eject above this percentage of failed calls in the interval (0 to 100).
+    pub threshold: u32,
+    /// Endpoints with fewer calls in the interval are not judged.
+    pub request_volume: u64,
+    /// Too few endpoints with enough calls: nobody is judged.
+    pub minimum_hosts: usize,
+    /// An outlier found is ejected with this probability, in per cent (0 to 100).
+    pub enforcement_percentage: u32,
+}
+
+impl Default for FailurePercentage {
+    /// gRFC A50's defaults: above 85 %, of endpoints with 50 calls, from 5 endpoints.
+    fn default() -> Self {
+        Self {
+            threshold: 85,
+            request_volume: 50,
+            minimum_hosts: 5,
+            enforcement_percentage: 100,
+        }
+    }
 }
 
 impl Default for OutlierDetection {
@@ -61,6 +99,7 @@ impl Default for OutlierDetection {
             max_ejection_percent: 50,
             consecutive_failures: Some(5),
             success_rate: Some(SuccessRate::default()),
+            failure_percentage: None,
         }
     }
 }
@@ -71,6 +110,7 @@ impl Default for SuccessRate {
             stdev_factor: 1900,
             request_volume: 100,
             minimum_hosts: 5,
+            enforcement_percentage: 100,
         }
     }
 }
@@ -112,6 +152,223 @@ impl OutlierDetection {
             judged.into_iter().filter(|&(_, r)| r < threshold).collect();
         outliers.sort_by(|a, b| a.1.total_cmp(&b.1));
         outliers.into_iter().map(|(i, _)| i).collect()
+    }
+}
+
+/// gRFC A50's JSON for outlier detection, as `outlier_detection_experimental` takes it
+/// (without `childPolicy`: the balancer's policy is set on its own), plus
+/// `consecutiveFailures` (Envoy's `consecutive_5xx`):
+///
+/// ```
+/// use lb_core::OutlierDetection;
+///
+/// let config: OutlierDetection = r#"{"interval": "1s", "baseEjectionTime": "5s",
+///     "failurePercentageEjection": {"threshold": 80, "requestVolume": 20, "minimumHosts": 3}}"#
+///     .parse()
+///     .unwrap();
+/// let failure = config.failure_percentage.as_ref().unwrap();
+/// assert_eq!((failure.threshold, failure.enforcement_percentage), (80, 100));
+/// assert!(config.success_rate.is_none(), "a detector left out is off");
+/// let err = r#"{"failurePercentageEjection": {"treshold": 80}}"#.parse::<OutlierDetection>();
+/// assert!(err.unwrap_err().contains("unknown field `treshold`"));
+/// ```
+///
+/// A field left out takes [`OutlierDetection::default`]'s value; a detector left out
+/// (`successRateEjection`, `failurePercentageEjection`, `consecutiveFailures`) is off,
+/// as in gRFC A50, and its fields left out take A50's defaults.
+impl std::str::FromStr for OutlierDetection {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let json: json::Config =
+            serde_json::from_str(text).map_err(|e| format!("outlier detection config: {e}"))?;
+        json.into_config()
+            .map_err(|e| format!("outlier detection config: {e}"))
+    }
+}
+
+mod json {
+    use std::time::Duration;
+
+    use serde::Deserialize;
+
+    use crate::policy::config::duration_text;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(super) struct Config {
+        #[serde(default, with = "optional_duration")]
+        interval: Option<Duration>,
+        #[serde(default, with = "optional_duration")]
+        base_ejection_time: Option<Duration>,
+        #[serde(default, with = "optional_duration")]
+        max_ejection_time: Option<Duration>,
+        max_ejection_percent: Option<u32>,
+        consecutive_failures: Option<u32>,
+        success_rate_ejection: Option<SuccessRate>,
+        failure_percentage_ejection: Option<FailurePercentage>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct SuccessRate {
+        stdev_factor: Option<u32>,
+        enforcement_percentage: Option<u32>,
+        minimum_hosts: Option<usize>,
+        request_volume: Option<u64>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct FailurePercentage {
+        threshold: Option<u32>,
+        enforcement_percentage: Option<u32>,
+        minimum_hosts: Option<usize>,
+        request_volume: Option<u64>,
+    }
+
+    mod optional_duration {
+        use std::time::Duration;
+
+        use serde::Deserializer;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            super::duration_text::deserialize(d).map(Some)
+        }
+    }
+
+    fn percent(field: &str, value: Option<u32>, default: u32) -> Result<u32, String> {
+        match value.unwrap_or(default) {
+            p @ 0..=100 => Ok(p),
+            p => Err(format!("{field} is a percentage, 0 to 100, not {p}")),
+        }
+    }
+
+    impl Config {
+        pub(super) fn into_config(self) -> Result<super::OutlierDetection, String> {
+            let defaults = super::OutlierDetection::default();
+            let interval = self.interval.unwrap_or(defaults.interval);
+            if interval.is_zero() {
+                return Err("interval must be above 0".into());
+            }
+            if self.consecutive_failures == Some(0) {
+                return Err("consecutiveFailures must be 1 or more (leave it out for off)".into());
+            }
+            let success_rate = self
+                .success_rate_ejection
+                .map(|s| -> Result<_, String> {
+                    let d = super::SuccessRate::default();
+                    Ok(super::SuccessRate {
+                        stdev_factor: s.stdev_factor.unwrap_or(d.stdev_factor),
+                        request_volume: s.request_volume.unwrap_or(d.request_volume),
+                        minimum_hosts: s.minimum_hosts.unwrap_or(d.minimum_hosts),
+                        enforcement_percentage: percent(
+                            "successRateEjection.enforcementPercentage",
+                            s.enforcement_percentage,
+                            d.enforcement_percentage,
+                        )?,
+                    })
+                })
+                .transpose()?;
+            let failure_percentage = self
+                .failure_percentage_ejection
+                .map(|f| -> Result<_, String> {
+                    let d = super::FailurePercentage::default();
+                    Ok(super::FailurePercentage {
+                        threshold: percent(
+                            "failurePercentageEjection.threshold",
+                            f.threshold,
+                            d.threshold,
+                        )?,
+                        request_volume: f.request_volume.unwrap_or(d.request_volume),
+                        minimum_hosts: f.minimum_hosts.unwrap_or(d.minimum_hosts),
+                        enforcement_percentage: percent(
+                            "failurePercentageEjection.enforcementPercentage",
+                            f.enforcement_percentage,
+                            d.enforcement_percentage,
+                        )?,
+                    })
+                })
+                .transpose()?;
+            Ok(super::OutlierDetection {
+                interval,
+                base_ejection_time: self
+                    .base_ejection_time
+                    .unwrap_or(defaults.base_ejection_time),
+                max_ejection_time: self.max_ejection_time.unwrap_or(defaults.max_ejection_time),
+                max_ejection_percent: percent(
+                    "maxEjectionPercent",
+                    self.max_ejection_percent,
+                    defaults.max_ejection_percent,
+                )?,
+                consecutive_failures: self.consecutive_failures,
+                success_rate,
+                failure_percentage,
+            })
+        }
+    }
+}
+
+impl OutlierDetection {
+    /// The indices of `stats` (successes, failures in the last interval) that the
+    /// failure-percentage detector ejects, worst first.
+    pub fn failure_percentage_outliers(&self, stats: &[(u64, u64)]) -> Vec<usize> {
+        let Some(config) = &self.failure_percentage else {
+            return Vec::new();
+        };
+        let judged: Vec<(usize, f64)> = stats
+            .iter()
+            .enumerate()
+            .filter(|(_, (ok, failed))| ok + failed >= config.request_volume.max(1))
+            .map(|(i, &(ok, failed))| (i, 100.0 * failed as f64 / (ok + failed) as f64))
+            .collect();
+        if judged.len() < config.minimum_hosts.max(1) {
+            return Vec::new();
+        }
+        let mut outliers: Vec<(usize, f64)> = judged
+            .into_iter()
+            .filter(|&(_, failed)| failed > f64::from(config.threshold))
+            .collect();
+        outliers.sort_by(|a, b| b.1.total_cmp(&a.1));
+        outliers.into_iter().map(|(i, _)| i).collect()
+    }
+
+    /// What one interval's detectors eject, in order (success rate first, then failure
+    /// percentage, as gRFC A50 runs them), each with the reason for the log; every
+    /// outlier is kept with its detector's `enforcement_percentage` chance, drawn from
+    /// `rng`. The caller still applies `max_ejection_percent`.
+    pub fn interval_outliers(
+        &self,
+        stats: &[(u64, u64)],
+        rng: &mut dyn rand::RngCore,
+    ) -> Vec<(usize, String)> {
+        use rand::Rng;
+        let rate = |(ok, failed): (u64, u64)| 100.0 * ok as f64 / (ok + failed).max(1) as f64;
+        let mut out: Vec<(usize, String)> = Vec::new();
+        if let Some(config) = &self.success_rate {
+            for i in self.success_rate_outliers(stats) {
+                if rng.random_range(0..100) < config.enforcement_percentage {
+                    let reason =
+                        format!("success rate {:.1}%, far below its peers'", rate(stats[i]));
+                    out.push((i, reason));
+                }
+            }
+        }
+        if let Some(config) = &self.failure_percentage {
+            for i in self.failure_percentage_outliers(stats) {
+                if !out.iter().any(|(j, _)| *j == i)
+                    && rng.random_range(0..100) < config.enforcement_percentage
+                {
+                    let reason = format!(
+                        "{:.1}% of its calls failed, above the threshold of {}%",
+                        100.0 - rate(stats[i]),
+                        config.threshold
+                    );
+                    out.push((i, reason));
+                }
+            }
+        }
+        out
     }
 }
 
@@ -172,6 +429,103 @@ mod tests {
             config
                 .success_rate_outliers(&[healthy, healthy, (0, 500)])
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn failure_percentage_ejects_above_the_threshold_even_when_all_fail_alike() {
+        let config = OutlierDetection {
+            success_rate: Some(SuccessRate::default()),
+            failure_percentage: Some(FailurePercentage::default()),
+            ..OutlierDetection::default()
+        };
+        // Five endpoints failing 90 % alike: no one stands out for the success rate,
+        // and every one is above 85 % failed.
+        let stats = vec![(10, 90); 5];
+        assert!(config.success_rate_outliers(&stats).is_empty());
+        assert_eq!(config.failure_percentage_outliers(&stats).len(), 5);
+        // At 80 % failed, below the threshold: kept.
+        assert!(
+            config
+                .failure_percentage_outliers(&[(20, 80); 5])
+                .is_empty()
+        );
+        // Too few calls (49 < 50), or too few endpoints judged (4 < 5): nobody.
+        assert!(config.failure_percentage_outliers(&[(4, 45); 5]).is_empty());
+        assert!(
+            config
+                .failure_percentage_outliers(&[(10, 90); 4])
+                .is_empty()
+        );
+        // Off by default.
+        assert!(
+            OutlierDetection::default()
+                .failure_percentage_outliers(&stats)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn enforcement_is_a_seeded_chance_and_each_endpoint_is_named_once() {
+        use rand::SeedableRng;
+        let mut config = OutlierDetection {
+            failure_percentage: Some(FailurePercentage::default()),
+            ..OutlierDetection::default()
+        };
+        let mut stats = vec![(990, 10); 5];
+        stats.push((0, 1000)); // an outlier for both detectors
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+        let found = config.interval_outliers(&stats, &mut rng);
+        assert_eq!(found.len(), 1, "named by one detector only: {found:?}");
+        assert!(found[0].1.contains("success rate"), "{found:?}");
+        config.success_rate = None;
+        let found = config.interval_outliers(&stats, &mut rng);
+        assert!(
+            found[0].1.contains("100.0% of its calls failed"),
+            "{found:?}"
+        );
+        // At 50 %, about half the intervals eject it.
+        config
+            .failure_percentage
+            .as_mut()
+            .unwrap()
+            .enforcement_percentage = 50;
+        let ejected = (0..1000)
+            .filter(|_| !config.interval_outliers(&stats, &mut rng).is_empty())
+            .count();
+        assert!((400..600).contains(&ejected), "{ejected}");
+    }
+
+    #[test]
+    fn json_mistakes_name_the_field() {
+        let err = |text: &str| text.parse::<OutlierDetection>().unwrap_err();
+        assert!(
+            err(r#"{"failurePercentageEjection": {"threshold": 120}}"#)
+                .contains("failurePercentageEjection.threshold is a percentage, 0 to 100, not 120")
+        );
+        assert!(
+            err(r#"{"successRateEjection": {"enforcementPercentage": 101}}"#)
+                .contains("successRateEjection.enforcementPercentage")
+        );
+        assert!(err(r#"{"interval": "0s"}"#).contains("interval must be above 0"));
+        assert!(err(r#"{"interval": "soon"}"#).contains("`soon` is not a duration"));
+        assert!(err(r#"{"childPolicy": []}"#).contains("unknown field `childPolicy`"));
+        assert!(err(r#"{"consecutiveFailures": 0}"#).contains("consecutiveFailures"));
+        let all: OutlierDetection = r#"{"interval": "2s", "maxEjectionPercent": 30,
+            "consecutiveFailures": 3, "successRateEjection": {},
+            "failurePercentageEjection": {"enforcementPercentage": 50}}"#
+            .parse()
+            .unwrap();
+        assert_eq!(all.interval, Duration::from_secs(2));
+        assert_eq!(all.max_ejection_percent, 30);
+        assert_eq!(all.consecutive_failures, Some(3));
+        assert_eq!(all.success_rate, Some(SuccessRate::default()));
+        assert_eq!(
+            all.failure_percentage,
+            Some(FailurePercentage {
+                enforcement_percentage: 50,
+                ..FailurePercentage::default()
+            })
         );
     }
 

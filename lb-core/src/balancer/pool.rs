@@ -59,6 +59,8 @@ pub(crate) struct Pool {
     pub stopped: watch::Receiver<()>,
     /// Counts subchannels ever made, to seed each one's backoff jitter differently.
     pub made: AtomicU64,
+    /// Counts outlier-detection intervals, to seed each one's enforcement draws.
+    pub intervals: AtomicU64,
 }
 
 /// What `publish` builds pickers with.
@@ -113,6 +115,7 @@ impl Pool {
             settings,
             stopped,
             made: AtomicU64::new(0),
+            intervals: AtomicU64::new(0),
         })
     }
 
@@ -299,9 +302,17 @@ impl Pool {
     }
 
     pub fn statuses(&self) -> Vec<EndpointStatus> {
+        let snapshot = self.snapshot.load();
+        let weights = snapshot.picker.weights();
+        let weight_of = |state: &EndpointState| {
+            let weights = weights.as_ref()?;
+            let i = snapshot.ready.iter().position(|r| r.same_as(state))?;
+            weights.get(i).copied()
+        };
         read(&self.subchannels)
             .iter()
             .map(|s| EndpointStatus {
+                weight: weight_of(&s.state),
                 endpoint: s.state.endpoint().clone(),
                 connectivity: s.state.connectivity(),
                 ejected: s.is_ejected(),

@@ -187,6 +187,10 @@ pub struct EndpointStatus {
     pub calls_failed: u64,
     /// How long its calls took, from the pick to the end of the response.
     pub durations: crate::histogram::HistogramSnapshot,
+    /// The weight the policy picks it by now, if the policy has weights
+    /// ([`Picker::weights`](crate::Picker::weights): `weighted_round_robin`'s reported or
+    /// static weight, after slow start); `None` while it is not READY.
+    pub weight: Option<f64>,
 }
 
 impl Subchannel {

@@ -155,6 +155,22 @@ impl Collector for BalancerMetrics {
             }
         }
 
+        // Only for policies with weights (weighted_round_robin); gRFC A78 has the
+        // weights as a histogram over endpoints (grpc.lb.wrr.endpoint_weights), this
+        // is the same figure per endpoint.
+        let mut family = encoder.encode_descriptor(
+            "grpc_lb_endpoint_weight",
+            "The weight the policy picks the endpoint by now (weighted_round_robin: reported \
+             by the server's load reports, or static, after slow start)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (policy, endpoint, status) in &rows {
+            if let Some(weight) = status.weight {
+                ConstGauge::new(weight).encode(family.encode_family(&labels(policy, endpoint))?)?;
+            }
+        }
+
         let mut family = encoder.encode_descriptor(
             "grpc_lb_endpoint_calls",
             "Calls that ended, by outcome: ok, or failed because of the endpoint",

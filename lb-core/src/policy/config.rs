@@ -122,15 +122,21 @@ mod tests {
     fn reads_grpc_service_configs() {
         assert_eq!(
             parse(r#"{"loadBalancingConfig":[{"round_robin":{}}]}"#),
-            Ok(Policy::new(RoundRobinConfig {}))
+            Ok(Policy::new(RoundRobinConfig::default()))
         );
         assert_eq!(
             parse(r#"{"least_request":{"choiceCount":3}}"#),
-            Ok(Policy::new(LeastRequestConfig { choice_count: 3 }))
+            Ok(Policy::new(LeastRequestConfig {
+                choice_count: 3,
+                ..Default::default()
+            }))
         );
         assert_eq!(
             parse(r#"{"least_request":{"choiceCount":50}}"#),
-            Ok(Policy::new(LeastRequestConfig { choice_count: 10 })),
+            Ok(Policy::new(LeastRequestConfig {
+                choice_count: 10,
+                ..Default::default()
+            })),
             "clamped as gRFC A48 says"
         );
         let ring = parse(r#"{"ring_hash":{"minRingSize":2048,"requestHashHeader":"user"}}"#);
@@ -144,6 +150,7 @@ mod tests {
             Ok(Policy::new(PeakEwmaConfig {
                 decay: Duration::from_secs(5),
                 default_latency: Duration::from_millis(20),
+                ..Default::default()
             }))
         );
     }

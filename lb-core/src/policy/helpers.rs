@@ -1,7 +1,7 @@
 //! Steps several policies share: drawing distinct endpoints, the best of a sample,
 //! the key of a hashing policy, and how explanations name an endpoint.
 
-use super::{PickContext, PickError, least_request, random};
+use super::{PickContext, PickError, SlowStart, least_request, random};
 use crate::EndpointState;
 
 /// Up to `k` distinct indices below `n`, drawn uniformly; all of `0..n` when `k >= n`.
@@ -35,12 +35,15 @@ pub(crate) fn sample_distinct<'s>(
 /// The power-of-k-choices step shared by `least_request` and `peak_ewma`: draws `k`
 /// distinct endpoints, keeps the ready one with the lowest `cost`, and explains the
 /// sample with `describe` (`"b: 3 in flight"`). If every sampled endpoint went down
-/// since the snapshot, any ready one is taken instead.
+/// since the snapshot, any ready one is taken instead. With slow start, a winner in its
+/// window keeps the pick only with the probability its ramp says, and passes it to the
+/// runner-up otherwise.
 pub(crate) fn best_of_sample(
     name: &str,
     endpoints: &[EndpointState],
     ctx: &mut PickContext<'_>,
     k: usize,
+    slow_start: Option<&SlowStart>,
     cost: impl Fn(&EndpointState) -> f64,
     describe: impl Fn(&EndpointState) -> String,
 ) -> Result<usize, PickError> {
@@ -49,11 +52,19 @@ pub(crate) fn best_of_sample(
     }
     let mut buffer = [0; least_request::MAX_CHOICES];
     let sample = sample_distinct(endpoints.len(), k, ctx, &mut buffer);
-    let best = sample
-        .iter()
-        .copied()
-        .filter(|&i| endpoints[i].is_ready())
-        .min_by(|&a, &b| cost(&endpoints[a]).total_cmp(&cost(&endpoints[b])));
+    let cheapest = |except: Option<usize>| {
+        sample
+            .iter()
+            .copied()
+            .filter(|&i| endpoints[i].is_ready() && Some(i) != except)
+            .min_by(|&a, &b| cost(&endpoints[a]).total_cmp(&cost(&endpoints[b])))
+    };
+    let mut best = cheapest(None);
+    if let (Some(slow_start), Some(winner)) = (slow_start, best)
+        && !slow_start.admits(&endpoints[winner], ctx)
+    {
+        best = cheapest(Some(winner)).or(best);
+    }
     let i = match best {
         Some(i) => i,
         None => random::random_ready(endpoints, ctx)?,

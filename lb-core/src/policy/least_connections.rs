@@ -14,6 +14,11 @@
 //! here are counted until the response *body* ends (see
 //! [`EndpointState::start_call`]).
 //!
+//! **Failures count as load**: what is compared is the calls in flight plus this one,
+//! per recent success, `(in flight + 1) / success rate` (see
+//! [`least_request`](super::least_request)): an endpoint that fails every call at once
+//! never has calls in flight, and would otherwise get nearly all of them.
+//!
 //! Caveats: the full scan is O(n) per pick (fine for tens of endpoints; the power of two
 //! choices, `least_request`, samples instead); and each client sees only its own calls,
 //! not the server's total load.
@@ -22,6 +27,7 @@ use std::sync::Arc;
 use rand::RngCore;
 use serde::Deserialize;
 
+use super::least_request::{describe_load, load_per_success_lazily};
 use super::{PickContext, PickError, Picker, PolicyConfig, label};
 use crate::EndpointState;
 
@@ -56,13 +62,14 @@ impl Picker for LeastConnections {
         endpoints: &[EndpointState],
         ctx: &mut PickContext<'_>,
     ) -> Result<usize, PickError> {
-        let mut best: Option<(usize, usize)> = None; // (index, in flight)
+        let now = ctx.lazy_now();
+        let mut best: Option<(usize, f64)> = None; // (index, load per success)
         let mut tied = 0usize;
         for (i, endpoint) in endpoints.iter().enumerate() {
             if !endpoint.is_ready() {
                 continue;
             }
-            let load = endpoint.in_flight();
+            let load = load_per_success_lazily(endpoint, &now);
             match best {
                 Some((_, min)) if load > min => {}
                 Some((_, min)) if load == min => {
@@ -82,11 +89,11 @@ impl Picker for LeastConnections {
             let loads: Vec<String> = endpoints
                 .iter()
                 .filter(|e| e.is_ready())
-                .map(|e| format!("{}: {}", label(e), e.in_flight()))
+                .map(|e| describe_load(e, &now))
                 .collect();
             ctx.explain(|| {
                 format!(
-                    "{NAME}: in flight {{{}}}, fewest {load} (tie of {tied}) -> {}",
+                    "{NAME}: {{{}}}, least (in flight + 1) per success {load:.2} (tie of {tied}) -> {}",
                     loads.join(", "),
                     label(&endpoints[i])
                 )

@@ -16,6 +16,17 @@
 //! random. With `k ≥ n` every endpoint is compared, so the busiest is never picked
 //! while another has fewer calls.
 //!
+//! **Failures count as load.** An endpoint that answers UNAVAILABLE within a
+//! millisecond has nothing in flight, and would win nearly every comparison: the
+//! fastest way to fail every call. So the load compared is the calls in flight plus
+//! this one, per recent success: `(in flight + 1) / success rate`
+//! ([`EndpointState::success_rate`], over about the last 10 calls). A healthy endpoint's
+//! success rate is 1 and changes nothing; one failing half its calls counts double; one
+//! failing all of them counts 100 times (the rate is floored at 1 %).
+//!
+//! With `slowStartConfig` ([`super::slow_start`]), an endpoint that has just become
+//! READY wins a comparison only with the probability its ramp says.
+//!
 //! References: M. Mitzenmacher, "The Power of Two Choices in Randomized Load
 //! Balancing", IEEE TPDS 2001; gRPC's `least_request_experimental` (gRFC A48), whose
 //! `choiceCount` this reads (2 to 10); Envoy's LEAST_REQUEST.
@@ -25,23 +36,30 @@ use std::sync::Arc;
 use rand::RngCore;
 use serde::Deserialize;
 
-use super::{PickContext, PickError, Picker, PolicyConfig, best_of_sample, label};
+use super::slow_start::{self, SlowStart, SlowStartConfig};
+use super::{LazyNow, PickContext, PickError, Picker, PolicyConfig, best_of_sample, label};
 use crate::EndpointState;
 
 /// The name users type.
 pub const NAME: &str = "least_request";
 
-/// Settings of `least_request`: `{"least_request": {"choiceCount": 3}}`.
+/// Settings of `least_request`: `{"least_request": {"choiceCount": 3}}`, and
+/// optionally `"slowStartConfig": {"slowStartWindow": "30s"}`.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct LeastRequestConfig {
     /// How many random endpoints to compare, 2 to 10 (gRPC clamps larger values to 10).
     pub choice_count: usize,
+    /// Ramp up endpoints that have just become READY (off by default).
+    pub slow_start_config: Option<SlowStartConfig>,
 }
 
 impl Default for LeastRequestConfig {
     fn default() -> Self {
-        Self { choice_count: 2 }
+        Self {
+            choice_count: 2,
+            slow_start_config: None,
+        }
     }
 }
 
@@ -58,11 +76,18 @@ impl PolicyConfig for LeastRequestConfig {
         }
         // gRFC A48: values above the maximum are clamped, not rejected.
         self.choice_count = self.choice_count.min(MAX_CHOICES);
-        Ok(())
+        slow_start::validate(self.slow_start_config.as_ref())
     }
 
-    fn build(&self, _: &[EndpointState], _: &mut dyn RngCore) -> Arc<dyn Picker> {
-        Arc::new(LeastRequest::new(self.choice_count))
+    fn slow_start(&self) -> Option<&SlowStartConfig> {
+        self.slow_start_config.as_ref()
+    }
+
+    fn build(&self, endpoints: &[EndpointState], _: &mut dyn RngCore) -> Arc<dyn Picker> {
+        Arc::new(
+            LeastRequest::new(self.choice_count)
+                .with_slow_start(SlowStart::new(self.slow_start_config.as_ref(), endpoints)),
+        )
     }
 }
 
@@ -73,6 +98,7 @@ pub const MAX_CHOICES: usize = 10;
 #[derive(Debug, Clone, Copy)]
 pub struct LeastRequest {
     choices: usize,
+    slow_start: Option<SlowStart>,
 }
 
 impl LeastRequest {
@@ -80,7 +106,45 @@ impl LeastRequest {
     pub fn new(choices: usize) -> Self {
         Self {
             choices: choices.clamp(2, MAX_CHOICES),
+            slow_start: None,
         }
+    }
+
+    /// The same, ramping up endpoints that have just become READY.
+    pub fn with_slow_start(mut self, slow_start: Option<SlowStart>) -> Self {
+        self.slow_start = slow_start;
+        self
+    }
+}
+
+/// The least success rate the load-aware policies divide by: an endpoint failing every
+/// call counts as 100 times its load, not infinitely much (it may recover).
+pub const MIN_SUCCESS_RATE: f64 = 0.01;
+
+/// An endpoint's load per recent success: `(in flight + 1) / success rate`, what
+/// `least_request` and `least_connections` compare.
+pub fn load_per_success(endpoint: &EndpointState, now: u64) -> f64 {
+    (endpoint.in_flight() as f64 + 1.0) / endpoint.success_rate(now).max(MIN_SUCCESS_RATE)
+}
+
+/// The same, reading the clock only for an endpoint that failed lately.
+pub(crate) fn load_per_success_lazily(endpoint: &EndpointState, now: &LazyNow) -> f64 {
+    let rate = endpoint.success_rate_lazily(|| now.get());
+    (endpoint.in_flight() as f64 + 1.0) / rate.max(MIN_SUCCESS_RATE)
+}
+
+/// `"b: 3 in flight"`, and its success rate when it has failed lately.
+pub(crate) fn describe_load(endpoint: &EndpointState, now: &LazyNow) -> String {
+    let rate = endpoint.success_rate_lazily(|| now.get());
+    if rate < 0.995 {
+        format!(
+            "{}: {} in flight, {:.0} % ok",
+            label(endpoint),
+            endpoint.in_flight(),
+            rate * 100.0
+        )
+    } else {
+        format!("{}: {} in flight", label(endpoint), endpoint.in_flight())
     }
 }
 
@@ -94,13 +158,15 @@ impl Picker for LeastRequest {
         endpoints: &[EndpointState],
         ctx: &mut PickContext<'_>,
     ) -> Result<usize, PickError> {
+        let now = ctx.lazy_now();
         best_of_sample(
             NAME,
             endpoints,
             ctx,
             self.choices,
-            |e| e.in_flight() as f64,
-            |e| format!("{}: {} in flight", label(e), e.in_flight()),
+            self.slow_start.as_ref(),
+            |e| load_per_success_lazily(e, &now),
+            |e| describe_load(e, &now),
         )
     }
 }

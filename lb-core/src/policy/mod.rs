@@ -49,6 +49,7 @@
 pub mod config;
 mod helpers;
 pub mod registry;
+pub mod slow_start;
 #[cfg(test)]
 mod testing;
 
@@ -60,6 +61,7 @@ use crate::{EndpointState, clock};
 
 pub(crate) use helpers::{Keyed, best_of_sample, first_ready, key_or_random, label};
 pub use registry::{Policy, PolicyConfig, Registration, register};
+pub use slow_start::{SlowStart, SlowStartConfig};
 
 /// Declares the built-in policies: a module per policy, its settings type re-exported,
 /// and its entry in [`BUILT_IN`].
@@ -104,6 +106,14 @@ pub trait Picker: Send + Sync + 'static {
         endpoints: &[EndpointState],
         ctx: &mut PickContext<'_>,
     ) -> Result<usize, PickError>;
+
+    /// The weight each endpoint of the set this picker was built for is picked by now,
+    /// in the set's order, for metrics and status pages (`weighted_round_robin`: the
+    /// reported or static weight, after slow start). `None`, the default, for policies
+    /// that pick by no weight.
+    fn weights(&self) -> Option<Vec<f64>> {
+        None
+    }
 }
 
 /// Builds a [`Picker`] for a set of endpoints; called again whenever the set changes.
@@ -172,6 +182,16 @@ impl<'a> PickContext<'a> {
         *self.now.get_or_insert_with(clock::now_nanos)
     }
 
+    /// The time of this pick, read from the clock only if and when `get` is called
+    /// (for closures that cannot borrow the context).
+    pub(crate) fn lazy_now(&self) -> LazyNow {
+        let at = std::cell::OnceCell::new();
+        if let Some(now) = self.now {
+            let _ = at.set(now);
+        }
+        LazyNow { at }
+    }
+
     /// The value of request header `name`, if the call has it.
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
         let headers: &'a http::HeaderMap = self.headers?;
@@ -193,6 +213,18 @@ impl<'a> PickContext<'a> {
     /// A uniform index below `n` (which must not be 0), from the context's RNG.
     pub fn index(&mut self, n: usize) -> usize {
         self.rng.random_range(0..n)
+    }
+}
+
+/// See [`PickContext::lazy_now`].
+pub(crate) struct LazyNow {
+    at: std::cell::OnceCell<u64>,
+}
+
+impl LazyNow {
+    /// The time of the pick (clock nanoseconds).
+    pub(crate) fn get(&self) -> u64 {
+        *self.at.get_or_init(clock::now_nanos)
     }
 }
 

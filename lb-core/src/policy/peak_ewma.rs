@@ -17,6 +17,13 @@
 //! `load::PeakEwma` and `p2c::Balance`, which linkerd2-proxy uses; the two choices are
 //! Mitzenmacher's (see [`least_request`](super::least_request)).
 //!
+//! **Failures count as load**: the cost is divided by the endpoint's recent success
+//! rate ([`EndpointState::success_rate`], floored at 1 %), so that an endpoint that
+//! answers UNAVAILABLE in a millisecond does not look like the fastest. With
+//! `slowStartConfig` ([`super::slow_start`]), an endpoint that has just become READY
+//! (and has no latency measured yet) wins a comparison only with the probability its
+//! ramp says.
+//!
 //! Caveat: latency includes the network and the server's queue, so a server that is
 //! fast but far looks slow; and with little traffic the estimate rests on few samples.
 
@@ -25,6 +32,8 @@ use std::{sync::Arc, time::Duration};
 use rand::RngCore;
 use serde::Deserialize;
 
+use super::least_request::MIN_SUCCESS_RATE;
+use super::slow_start::{self, SlowStart, SlowStartConfig};
 use super::{PickContext, PickError, Picker, PolicyConfig, best_of_sample, config, label};
 use crate::EndpointState;
 
@@ -41,6 +50,8 @@ pub struct PeakEwmaConfig {
     /// The latency assumed for an endpoint before its first call finishes.
     #[serde(with = "config::duration_text")]
     pub default_latency: Duration,
+    /// Ramp up endpoints that have just become READY (off by default).
+    pub slow_start_config: Option<SlowStartConfig>,
 }
 
 impl Default for PeakEwmaConfig {
@@ -48,6 +59,7 @@ impl Default for PeakEwmaConfig {
         Self {
             decay: crate::latency::DEFAULT_DECAY,
             default_latency: Duration::from_millis(30),
+            slow_start_config: None,
         }
     }
 }
@@ -60,11 +72,18 @@ impl PolicyConfig for PeakEwmaConfig {
         if self.decay.is_zero() {
             return Err("decay must be above 0".into());
         }
-        Ok(())
+        slow_start::validate(self.slow_start_config.as_ref())
     }
 
-    fn build(&self, _: &[EndpointState], _: &mut dyn RngCore) -> Arc<dyn Picker> {
-        Arc::new(PeakEwma::new(self.default_latency))
+    fn slow_start(&self) -> Option<&SlowStartConfig> {
+        self.slow_start_config.as_ref()
+    }
+
+    fn build(&self, endpoints: &[EndpointState], _: &mut dyn RngCore) -> Arc<dyn Picker> {
+        Arc::new(
+            PeakEwma::new(self.default_latency)
+                .with_slow_start(SlowStart::new(self.slow_start_config.as_ref(), endpoints)),
+        )
     }
 
     fn latency_decay(&self) -> Duration {
@@ -76,6 +95,7 @@ impl PolicyConfig for PeakEwmaConfig {
 #[derive(Debug, Clone, Copy)]
 pub struct PeakEwma {
     default_latency_ns: f64,
+    slow_start: Option<SlowStart>,
 }
 
 impl PeakEwma {
@@ -83,15 +103,27 @@ impl PeakEwma {
     pub fn new(default_latency: Duration) -> Self {
         Self {
             default_latency_ns: default_latency.as_nanos() as f64,
+            slow_start: None,
         }
     }
 
-    /// The cost of sending one more call to `endpoint` at `now`.
+    /// The same, ramping up endpoints that have just become READY.
+    pub fn with_slow_start(mut self, slow_start: Option<SlowStart>) -> Self {
+        self.slow_start = slow_start;
+        self
+    }
+
+    /// The cost of sending one more call to `endpoint` at `now`: latency × (in flight
+    /// + 1), per recent success.
     pub fn cost(&self, endpoint: &EndpointState, now: u64) -> f64 {
+        self.cost_with(endpoint, now, endpoint.success_rate(now))
+    }
+
+    fn cost_with(&self, endpoint: &EndpointState, now: u64, success_rate: f64) -> f64 {
         let latency = endpoint
             .latency_estimate(now)
             .unwrap_or(self.default_latency_ns);
-        latency * (endpoint.in_flight() as f64 + 1.0)
+        latency * (endpoint.in_flight() as f64 + 1.0) / success_rate.max(MIN_SUCCESS_RATE)
     }
 }
 
@@ -111,12 +143,19 @@ impl Picker for PeakEwma {
             endpoints,
             ctx,
             2,
-            |e| self.cost(e, now),
+            self.slow_start.as_ref(),
+            |e| self.cost_with(e, now, e.success_rate_lazily(|| now)),
             |e| {
                 let ms = e.latency_estimate(now).unwrap_or(self.default_latency_ns) / 1e6;
                 let cost = self.cost(e, now) / 1e6;
+                let rate = e.success_rate(now);
+                let failing = if rate < 0.995 {
+                    format!(" / {:.0} % ok", rate * 100.0)
+                } else {
+                    String::new()
+                };
                 format!(
-                    "{}: {ms:.2} ms × ({} + 1) = {cost:.2}",
+                    "{}: {ms:.2} ms × ({} + 1){failing} = {cost:.2}",
                     label(e),
                     e.in_flight()
                 )

@@ -65,7 +65,7 @@ use crate::{EndpointState, Error};
 /// (`{"least_request": {"choiceCount": 3}}` is a `LeastRequestConfig` with
 /// `choice_count: 3`). Derive `Deserialize` with `#[serde(deny_unknown_fields)]` (and
 /// `rename_all = "camelCase", default` for settings with defaults); a policy without
-/// settings is an empty struct, `struct RoundRobinConfig {}`, which reads `{}`.
+/// settings is an empty struct, `struct RoundRobinConfig::default()`, which reads `{}`.
 pub trait PolicyConfig:
     DeserializeOwned + Default + Clone + fmt::Debug + PartialEq + Send + Sync + 'static
 {
@@ -97,6 +97,12 @@ pub trait PolicyConfig:
     fn latency_decay(&self) -> Duration {
         crate::latency::DEFAULT_DECAY
     }
+
+    /// The slow-start settings, for a policy that ramps up new endpoints (see
+    /// [`slow_start`](super::slow_start)); tables label the policy with them.
+    fn slow_start(&self) -> Option<&super::SlowStartConfig> {
+        None
+    }
 }
 
 /// A policy with its settings: what [`BalancerBuilder::policy`](crate::BalancerBuilder::policy)
@@ -105,7 +111,7 @@ pub trait PolicyConfig:
 /// ```
 /// use lb_core::policy::{Policy, least_request::LeastRequestConfig};
 ///
-/// let three = Policy::new(LeastRequestConfig { choice_count: 3 });
+/// let three = Policy::new(LeastRequestConfig { choice_count: 3, ..Default::default() });
 /// assert_eq!(three.name(), "least_request");
 /// assert_eq!(three.settings::<LeastRequestConfig>().unwrap().choice_count, 3);
 /// assert_eq!("least_request".parse::<Policy>().unwrap(), Policy::new(LeastRequestConfig::default()));
@@ -189,12 +195,30 @@ impl Policy {
     pub fn latency_decay(&self) -> Duration {
         self.0.latency_decay()
     }
+
+    /// The policy's slow-start settings, if it has them on.
+    pub fn slow_start(&self) -> Option<&super::SlowStartConfig> {
+        self.0.slow_start()
+    }
+
+    /// The name, and what sets it apart from the same policy's defaults where a table
+    /// needs it: `round_robin+slow_start(10s)`.
+    pub fn label(&self) -> String {
+        match self.slow_start() {
+            Some(config) => format!(
+                "{}+slow_start({})",
+                self.name(),
+                humantime::format_duration(config.slow_start_window)
+            ),
+            None => self.name().to_string(),
+        }
+    }
 }
 
 /// `round_robin`, gRPC's usual choice beside pick_first, and this crate's default.
 impl Default for Policy {
     fn default() -> Self {
-        Self::new(super::round_robin::RoundRobinConfig {})
+        Self::new(super::round_robin::RoundRobinConfig::default())
     }
 }
 
@@ -246,6 +270,7 @@ trait AnyPolicy: Send + Sync + 'static {
     fn build(&self, endpoints: &[EndpointState], rng: &mut dyn RngCore) -> Arc<dyn Picker>;
     fn hash_header(&self) -> Option<&str>;
     fn latency_decay(&self) -> Duration;
+    fn slow_start(&self) -> Option<&super::SlowStartConfig>;
     fn as_any(&self) -> &dyn Any;
     fn equals(&self, other: &dyn Any) -> bool;
     fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
@@ -266,6 +291,9 @@ impl<P: PolicyConfig> AnyPolicy for P {
     }
     fn latency_decay(&self) -> Duration {
         PolicyConfig::latency_decay(self)
+    }
+    fn slow_start(&self) -> Option<&super::SlowStartConfig> {
+        PolicyConfig::slow_start(self)
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -435,21 +463,38 @@ mod tests {
     #[test]
     fn policies_compare_by_type_and_settings() {
         use crate::policy::least_request::LeastRequestConfig;
-        let two = Policy::new(LeastRequestConfig { choice_count: 2 });
-        let three = Policy::new(LeastRequestConfig { choice_count: 3 });
+        let two = Policy::new(LeastRequestConfig {
+            choice_count: 2,
+            ..Default::default()
+        });
+        let three = Policy::new(LeastRequestConfig {
+            choice_count: 3,
+            ..Default::default()
+        });
         assert_eq!(two, Policy::new(LeastRequestConfig::default()));
         assert_ne!(two, three);
         assert_ne!(two, Policy::default());
         assert_eq!(
             format!("{three:?}"),
-            "LeastRequestConfig { choice_count: 3 }"
+            "LeastRequestConfig { choice_count: 3, slow_start_config: None }"
         );
-        let clamped = Policy::checked(LeastRequestConfig { choice_count: 50 }).unwrap();
+        let clamped = Policy::checked(LeastRequestConfig {
+            choice_count: 50,
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(
             clamped,
-            Policy::new(LeastRequestConfig { choice_count: 10 })
+            Policy::new(LeastRequestConfig {
+                choice_count: 10,
+                ..Default::default()
+            })
         );
-        let err = Policy::checked(LeastRequestConfig { choice_count: 1 }).unwrap_err();
+        let err = Policy::checked(LeastRequestConfig {
+            choice_count: 1,
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(
             err.to_string().contains("least_request: choiceCount 1"),
             "{err}"

@@ -7,6 +7,10 @@
 //! The counter starts at a random offset (as in grpc-go `balancer/roundrobin`), so that
 //! many clients started at once do not all send their first call to the same endpoint.
 //!
+//! With `slowStartConfig` ([`super::slow_start`]), an endpoint that has just become
+//! READY takes its turn only with the probability its ramp says, and passes it to the
+//! next endpoint otherwise.
+//!
 //! Caveat: equal *calls* are not equal *load*. A slow endpoint gets its share of calls
 //! all the same, and they pile up on it; `least_connections` reacts to that.
 
@@ -17,23 +21,39 @@ use rand::{Rng, RngCore};
 use std::sync::Arc;
 use serde::Deserialize;
 
+use super::slow_start::{self, SlowStart, SlowStartConfig};
 use super::{PickContext, PickError, Picker, PolicyConfig, label};
 use crate::EndpointState;
 
 /// The name users type.
 pub const NAME: &str = "round_robin";
 
-/// `round_robin` has no settings: `{"round_robin": {}}` in service-config JSON.
+/// Settings of `round_robin`: `{"round_robin": {}}` in service-config JSON, or with
+/// slow start, `{"round_robin": {"slowStartConfig": {"slowStartWindow": "30s"}}}`.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RoundRobinConfig {}
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct RoundRobinConfig {
+    /// Ramp up endpoints that have just become READY (off by default).
+    pub slow_start_config: Option<SlowStartConfig>,
+}
 
 impl PolicyConfig for RoundRobinConfig {
     const NAME: &'static str = NAME;
     const SUMMARY: &'static str = "endpoints in turn (the article's 轮询)";
 
-    fn build(&self, _: &[EndpointState], rng: &mut dyn RngCore) -> Arc<dyn Picker> {
-        Arc::new(RoundRobin::new(rng))
+    fn validate(&mut self) -> Result<(), String> {
+        slow_start::validate(self.slow_start_config.as_ref())
+    }
+
+    fn slow_start(&self) -> Option<&SlowStartConfig> {
+        self.slow_start_config.as_ref()
+    }
+
+    fn build(&self, endpoints: &[EndpointState], rng: &mut dyn RngCore) -> Arc<dyn Picker> {
+        Arc::new(
+            RoundRobin::new(rng)
+                .with_slow_start(SlowStart::new(self.slow_start_config.as_ref(), endpoints)),
+        )
     }
 }
 
@@ -41,6 +61,7 @@ impl PolicyConfig for RoundRobinConfig {
 #[derive(Debug)]
 pub struct RoundRobin {
     next: AtomicUsize,
+    slow_start: Option<SlowStart>,
 }
 
 impl RoundRobin {
@@ -53,9 +74,29 @@ impl RoundRobin {
     pub fn starting_at(start: usize) -> Self {
         Self {
             next: AtomicUsize::new(start),
+            slow_start: None,
         }
     }
+
+    /// The same, ramping up endpoints that have just become READY.
+    pub fn with_slow_start(mut self, slow_start: Option<SlowStart>) -> Self {
+        self.slow_start = slow_start;
+        self
+    }
+
+    /// The ready endpoint whose turn `turn` is, skipping those that are down.
+    fn turn(&self, endpoints: &[EndpointState], turn: usize) -> Result<usize, PickError> {
+        let n = endpoints.len();
+        let start = turn % n;
+        (0..n)
+            .map(|offset| (start + offset) % n)
+            .find(|&i| endpoints[i].is_ready())
+            .ok_or_else(|| PickError::none_ready(endpoints))
+    }
 }
+
+/// How many turns a pick may pass on for slow start before it takes the last one.
+const MAX_PASSES: usize = 8;
 
 impl Picker for RoundRobin {
     fn name(&self) -> &'static str {
@@ -73,12 +114,18 @@ impl Picker for RoundRobin {
         }
         // Relaxed is enough: the counter only has to hand out distinct numbers; it
         // orders nothing else. Wrapping at usize::MAX is harmless.
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        let start = turn % n;
-        let i = (0..n)
-            .map(|offset| (start + offset) % n)
-            .find(|&i| endpoints[i].is_ready())
-            .ok_or_else(|| PickError::none_ready(endpoints))?;
+        let mut turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut i = self.turn(endpoints, turn)?;
+        if let Some(slow_start) = &self.slow_start {
+            // An endpoint in its window may pass its turn on to the next one.
+            for _ in 0..MAX_PASSES.min(n) {
+                if slow_start.admits(&endpoints[i], ctx) {
+                    break;
+                }
+                turn = self.next.fetch_add(1, Ordering::Relaxed);
+                i = self.turn(endpoints, turn)?;
+            }
+        }
         ctx.explain(|| format!("{NAME}: turn {turn} mod {n} -> {}", label(&endpoints[i])));
         Ok(i)
     }

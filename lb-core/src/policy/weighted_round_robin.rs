@@ -56,6 +56,9 @@
 //! and a few arithmetic steps, O(1) on average (at most 10 rounds, for weights 10:1),
 //! without a lock. Rebuilding it is O(n), done by whichever pick finds it due.
 //!
+//! With `slowStartConfig` ([`super::slow_start`]), each weight, reported or static, is
+//! multiplied by its endpoint's slow-start factor at every update.
+//!
 //! Settings, with gRPC's service-config names: `{"weighted_round_robin":
 //! {"blackoutPeriod": "10s", "weightExpirationPeriod": "180s", "weightUpdatePeriod":
 //! "1s", "errorUtilizationPenalty": 1.0}}`. `enableOobLoadReport` (reports on an
@@ -74,6 +77,7 @@ use rand::{Rng, RngCore};
 use std::sync::Arc;
 use serde::Deserialize;
 
+use super::slow_start::{self, SlowStart, SlowStartConfig};
 use super::{PickContext, PickError, Picker, PolicyConfig, config, label};
 use crate::EndpointState;
 
@@ -103,6 +107,9 @@ pub struct WeightedRoundRobinConfig {
     /// How much a server's errors weigh against it: `eps / qps × this` is added to its
     /// utilisation.
     pub error_utilization_penalty: f64,
+    /// Ramp up endpoints that have just become READY (off by default; not a gRPC
+    /// setting, Envoy's `slow_start_config`).
+    pub slow_start_config: Option<SlowStartConfig>,
 }
 
 impl Default for WeightedRoundRobinConfig {
@@ -114,6 +121,7 @@ impl Default for WeightedRoundRobinConfig {
             weight_expiration_period: Duration::from_secs(180),
             weight_update_period: Duration::from_secs(1),
             error_utilization_penalty: 1.0,
+            slow_start_config: None,
         }
     }
 }
@@ -144,7 +152,11 @@ impl PolicyConfig for WeightedRoundRobinConfig {
             return Err("weightExpirationPeriod must be above 0".into());
         }
         self.weight_update_period = self.weight_update_period.max(MIN_UPDATE_PERIOD);
-        Ok(())
+        slow_start::validate(self.slow_start_config.as_ref())
+    }
+
+    fn slow_start(&self) -> Option<&SlowStartConfig> {
+        self.slow_start_config.as_ref()
     }
 
     fn build(&self, endpoints: &[EndpointState], rng: &mut dyn RngCore) -> Arc<dyn Picker> {
@@ -173,6 +185,9 @@ pub struct WeightedRoundRobin {
     /// When the weights were last read (clock nanoseconds; 0: never).
     updated_at: AtomicU64,
     updating: AtomicBool,
+    slow_start: Option<SlowStart>,
+    /// The static weights (0 for endpoints not ready when it was built).
+    static_weights: Vec<f64>,
 }
 
 /// How turns are given out.
@@ -180,8 +195,9 @@ pub struct WeightedRoundRobin {
 enum Schedule {
     /// The smooth cycle of the static weights.
     Smooth(Vec<usize>),
-    /// Reported weights, scaled to at most 65,535, for the stride scheduler.
-    Stride(Vec<u64>),
+    /// Weights from reports or slow start, scaled to at most 65,535 for the stride
+    /// scheduler, and as they were before scaling.
+    Stride(Vec<u64>, Vec<f64>),
 }
 
 impl WeightedRoundRobin {
@@ -199,6 +215,7 @@ impl WeightedRoundRobin {
     ) -> Self {
         let mut picker = Self::starting_at(endpoints, 0);
         picker.settings = settings.clone();
+        picker.slow_start = SlowStart::new(settings.slow_start_config.as_ref(), endpoints);
         if let Schedule::Smooth(cycle) = &*picker.fixed
             && !cycle.is_empty()
         {
@@ -219,6 +236,7 @@ impl WeightedRoundRobin {
                 }
             })
             .collect();
+        let static_weights = weights.iter().map(|&w| w as f64).collect();
         let fixed = Arc::new(Schedule::Smooth(smooth_cycle(&weights)));
         Self {
             schedule: ArcSwap::new(fixed.clone()),
@@ -227,14 +245,15 @@ impl WeightedRoundRobin {
             settings: WeightedRoundRobinConfig::default(),
             updated_at: AtomicU64::new(0),
             updating: AtomicBool::new(false),
+            slow_start: None,
+            static_weights,
         }
     }
 
-    /// Reads the weights again if `weightUpdatePeriod` has passed: reported ones where
-    /// usable, the mean of those for the others, or the static weights if fewer than two
-    /// are usable.
-    fn update(&self, endpoints: &[EndpointState]) {
-        let now = crate::clock::now_nanos();
+    /// Reads the weights again if `weightUpdatePeriod` has passed at `now`: reported
+    /// ones where usable, the mean of those for the others, or the static weights if
+    /// fewer than two are usable; each times its slow-start factor.
+    fn update(&self, endpoints: &[EndpointState], now: u64) {
         let period = nanos(self.settings.weight_update_period);
         let last = self.updated_at.load(Ordering::Relaxed);
         if last != 0 && now.saturating_sub(last) < period {
@@ -248,15 +267,31 @@ impl WeightedRoundRobin {
             .map(|e| reported_weight(e, now, &self.settings))
             .collect();
         let usable: Vec<f64> = weights.iter().copied().filter(|&w| w > 0.0).collect();
-        let schedule = if usable.len() < 2 {
-            self.fixed.clone()
-        } else {
+        let mut weights = (usable.len() >= 2).then(|| {
             let mean = usable.iter().sum::<f64>() / usable.len() as f64;
-            let weights: Vec<f64> = weights
+            weights
                 .iter()
                 .map(|&w| if w > 0.0 { w } else { mean })
+                .collect::<Vec<f64>>()
+        });
+        if let Some(slow_start) = &self.slow_start {
+            let factors: Vec<f64> = endpoints
+                .iter()
+                .map(|e| slow_start.factor(e, now))
                 .collect();
-            Arc::new(Schedule::Stride(stride_weights(&weights)))
+            if factors.iter().any(|&f| f < 1.0) {
+                let base = weights.unwrap_or_else(|| {
+                    endpoints
+                        .iter()
+                        .map(|e| if e.is_ready() { f64::from(e.weight()) } else { 0.0 })
+                        .collect()
+                });
+                weights = Some(base.iter().zip(&factors).map(|(w, f)| w * f).collect());
+            }
+        }
+        let schedule = match weights {
+            Some(weights) => Arc::new(Schedule::Stride(stride_weights(&weights), weights)),
+            None => self.fixed.clone(),
         };
         self.schedule.store(schedule);
         self.updated_at.store(now.max(1), Ordering::Relaxed);
@@ -267,7 +302,7 @@ impl WeightedRoundRobin {
     /// while the static weights apply. For metrics and tests.
     pub fn reported_weights(&self) -> Option<Vec<u64>> {
         match &**self.schedule.load() {
-            Schedule::Stride(weights) => Some(weights.clone()),
+            Schedule::Stride(weights, _) => Some(weights.clone()),
             Schedule::Smooth(_) => None,
         }
     }
@@ -368,6 +403,13 @@ impl Picker for WeightedRoundRobin {
         NAME
     }
 
+    fn weights(&self) -> Option<Vec<f64>> {
+        Some(match &**self.schedule.load() {
+            Schedule::Stride(_, weights) => weights.clone(),
+            Schedule::Smooth(_) => self.static_weights.clone(),
+        })
+    }
+
     fn pick(
         &self,
         endpoints: &[EndpointState],
@@ -377,8 +419,10 @@ impl Picker for WeightedRoundRobin {
             return Err(PickError::none_ready(endpoints));
         }
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        if turn.is_multiple_of(PICKS_PER_CHECK) {
-            self.update(endpoints);
+        // The first pick of a new picker reads the weights at once (an endpoint that
+        // has just become READY may be in slow start), then every 64th.
+        if turn.is_multiple_of(PICKS_PER_CHECK) || self.updated_at.load(Ordering::Relaxed) == 0 {
+            self.update(endpoints, ctx.now());
         }
         let schedule = self.schedule.load();
         match &**schedule {
@@ -401,7 +445,7 @@ impl Picker for WeightedRoundRobin {
                 });
                 Ok(i)
             }
-            Schedule::Stride(weights) => {
+            Schedule::Stride(weights, _) => {
                 let n = weights.len().min(endpoints.len());
                 if n == 0 {
                     return Err(PickError::none_ready(endpoints));
@@ -417,7 +461,7 @@ impl Picker for WeightedRoundRobin {
                         // Skipped rounds took sequence numbers too: one of them may have
                         // been the one whose pick reads the clock.
                         if seq / PICKS_PER_CHECK != turn / PICKS_PER_CHECK {
-                            self.update(endpoints);
+                            self.update(endpoints, ctx.now());
                         }
                         ctx.explain(|| {
                             format!(
@@ -531,6 +575,60 @@ mod tests {
         assert_shares_match_weights(&shares(&picker), &[1, 1], 1.0);
         assert!(picker.reported_weights().is_none());
         assert_eq!(endpoints[0].reported_load().non_empty_since, 0);
+    }
+
+    /// One server of three stops reporting (its other calls go on): after the expiration
+    /// period it is back at the mean of the others' weights. Paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn a_server_whose_reports_stop_is_back_at_the_mean_after_expiry() {
+        let loads = [(400.0, 0.0, 1.0), (400.0, 0.0, 1.0), (100.0, 0.0, 1.0)];
+        let endpoints = reporting(&loads);
+        let picker = picker(&endpoints, &no_blackout());
+        let _ = histogram(&picker, &endpoints, 100);
+        assert_eq!(picker.weights(), Some(vec![400.0, 400.0, 100.0]));
+        // Every 10 s for 200 s, the first two report again; the third is silent.
+        for _ in 0..20 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            let now = crate::clock::now_nanos();
+            for (e, &(qps, _, utilization)) in endpoints.iter().zip(&loads).take(2) {
+                let report = crate::orca::OrcaLoadReport {
+                    rps_fractional: qps,
+                    application_utilization: utilization,
+                    ..Default::default()
+                };
+                e.record_load(&report, now);
+            }
+            let _ = histogram(&picker, &endpoints, 100);
+        }
+        assert_eq!(
+            picker.weights(),
+            Some(vec![400.0, 400.0, 400.0]),
+            "expired after 180 s: the mean of the others"
+        );
+        let counts = histogram(&picker, &endpoints, 30_000);
+        assert_shares_match_weights(&counts, &[1, 1, 1], 1.0);
+    }
+
+    #[test]
+    fn slow_start_scales_the_static_weights_and_metrics_see_them() {
+        let endpoints = weighted(&[2, 2, 2]);
+        for e in &endpoints {
+            e.set_ready_since(1);
+        }
+        let restart = 100_000_000_000;
+        endpoints[2].set_ready_since(restart);
+        let settings = WeightedRoundRobinConfig {
+            slow_start_config: Some(SlowStartConfig::new(Duration::from_secs(10))),
+            ..WeightedRoundRobinConfig::default()
+        };
+        let picker = picker(&endpoints, &settings);
+        assert_eq!(picker.weights(), Some(vec![2.0, 2.0, 2.0]), "static, before a pick");
+        let mut rng = rand::rngs::SmallRng::from_seed([0; 32]);
+        let mut ctx = PickContext::new(&mut rng).at(restart + 5_000_000_000);
+        picker.pick(&endpoints, &mut ctx).unwrap();
+        let weights = picker.weights().unwrap();
+        assert_eq!(&weights[..2], &[2.0, 2.0]);
+        assert!((weights[2] - 1.0).abs() < 1e-9, "half way: half its weight, {weights:?}");
     }
 
     #[test]
