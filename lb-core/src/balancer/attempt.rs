@@ -166,6 +166,9 @@ impl Route {
 /// one, to the endpoint, for weights that follow load. A report that cannot be read is
 /// ignored: it was the server's to send, and the call is fine.
 fn record_load(sub: &Subchannel, headers: &http::HeaderMap) {
+    if sub.oob_reports.load(Ordering::Relaxed) {
+        return; // The out-of-band stream reports for this endpoint (gRFC A58).
+    }
     match crate::orca::OrcaLoadReport::from_headers(headers) {
         Some(Ok(report)) => sub.state.record_load(&report, crate::clock::now_nanos()),
         Some(Err(err)) => {

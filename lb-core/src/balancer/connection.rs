@@ -195,9 +195,29 @@ impl ConnectionTask {
         self.set(Connectivity::Ready, None);
     }
 
+    /// Opens the out-of-band load-report stream on this connection, if the policy asks
+    /// for one; it ends with the connection, or when the guard is dropped.
+    fn start_load_reports(&self) -> Option<LoadReports> {
+        let period = self.pool.oob_period.load(Ordering::Relaxed);
+        if period == 0 {
+            return None;
+        }
+        let wire = lock(&self.sub.connection).as_ref()?.0.clone();
+        let task = tokio::spawn(stream_load_reports(
+            wire,
+            self.sub.clone(),
+            std::time::Duration::from_nanos(period),
+        ));
+        Some(LoadReports {
+            task,
+            sub: self.sub.clone(),
+        })
+    }
+
     /// While connected: READY (or as the health check says) until the connection is
     /// lost, a call reports it broken, or the task must stop.
     async fn serve(&mut self, health: Option<Wire>, mut closed: Closed, generation: u64) -> Ended {
+        let _load_reports = self.start_load_reports();
         let (Some(service), Some(wire)) = (self.pool.settings.health_service.clone(), health)
         else {
             self.ready_on_new_connection();
@@ -291,4 +311,60 @@ impl ConnectionTask {
             .clone()
             .unwrap_or_else(|| "connection broken".into())
     }
+}
+
+/// The out-of-band load-report stream of one connection; dropping it ends the stream.
+struct LoadReports {
+    task: tokio::task::JoinHandle<()>,
+    sub: Arc<Subchannel>,
+}
+
+impl Drop for LoadReports {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.sub.oob_reports.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Asks the server for a load report every `period` on
+/// `xds.service.orca.v3.OpenRcaService/StreamCoreMetrics` (gRFC A51's out-of-band
+/// reporting), and hands each to the endpoint, until the stream or the connection ends.
+/// A server that does not serve the stream (UNIMPLEMENTED) keeps being read from its
+/// answers' trailers.
+async fn stream_load_reports(wire: Wire, sub: Arc<Subchannel>, period: std::time::Duration) {
+    use crate::orca::{self, OrcaLoadReport, OrcaLoadReportRequest, ProtoDuration};
+    let endpoint = sub.state.endpoint().clone();
+    let mut grpc = tonic::client::Grpc::new(wire).max_decoding_message_size(orca::MAX_REPORT_BYTES);
+    if grpc.ready().await.is_err() {
+        return;
+    }
+    let request = OrcaLoadReportRequest {
+        report_interval: Some(ProtoDuration::from_std(period)),
+        request_cost_names: Vec::new(),
+    };
+    let codec = tonic_prost::ProstCodec::<OrcaLoadReportRequest, OrcaLoadReport>::default();
+    let path = http::uri::PathAndQuery::from_static(orca::STREAM_CORE_METRICS);
+    let mut stream = match grpc
+        .server_streaming(tonic::Request::new(request), path, codec)
+        .await
+    {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            info!(%endpoint, code = ?status.code(), message = status.message(),
+                "no out-of-band load reports: reading them from the trailers");
+            return;
+        }
+    };
+    sub.oob_reports.store(true, Ordering::Relaxed);
+    loop {
+        match stream.message().await {
+            Ok(Some(report)) => sub.state.record_load(&report, crate::clock::now_nanos()),
+            Ok(None) => break,
+            Err(status) => {
+                tracing::debug!(%endpoint, %status, "out-of-band load reports ended");
+                break;
+            }
+        }
+    }
+    sub.oob_reports.store(false, Ordering::Relaxed);
 }

@@ -61,6 +61,9 @@ pub(crate) struct Pool {
     pub made: AtomicU64,
     /// Counts outlier-detection intervals, to seed each one's enforcement draws.
     pub intervals: AtomicU64,
+    /// How often to ask servers for out-of-band load reports, in nanoseconds (0: not
+    /// at all), as the policy says; read when a connection is made.
+    pub oob_period: AtomicU64,
 }
 
 /// What `publish` builds pickers with.
@@ -95,6 +98,7 @@ impl Pool {
         build_rng: SmallRng,
     ) -> Arc<Self> {
         let mut rng = build_rng;
+        let oob_period = oob_nanos(policy.oob_load_reports());
         let snapshot = Snapshot {
             policy: policy.name(),
             picker: policy.build(&[], &mut rng),
@@ -116,6 +120,7 @@ impl Pool {
             stopped,
             made: AtomicU64::new(0),
             intervals: AtomicU64::new(0),
+            oob_period: AtomicU64::new(oob_period),
         })
     }
 
@@ -230,6 +235,9 @@ impl Pool {
                 to = policy.name(),
                 "policy switched"
             );
+            // Connections made from now on follow the new policy's wish.
+            self.oob_period
+                .store(oob_nanos(policy.oob_load_reports()), Ordering::Relaxed);
             publishing.policy = policy;
             publishing.policy_changed = true;
         }
@@ -357,4 +365,11 @@ impl Pool {
             sub.broken.send_replace(generation);
         }
     }
+}
+
+/// An out-of-band reporting period in nanoseconds, 0 for none (at least 1 ns if set).
+fn oob_nanos(period: Option<std::time::Duration>) -> u64 {
+    period.map_or(0, |p| {
+        u64::try_from(p.as_nanos()).unwrap_or(u64::MAX).max(1)
+    })
 }

@@ -32,7 +32,7 @@
 use std::{
     sync::{
         Mutex,
-        atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -109,6 +109,8 @@ pub(crate) struct Subchannel {
     pub disconnections: AtomicU64,
     /// The last health answer.
     pub health: HealthCell,
+    /// An out-of-band load-report stream is open: the trailers' reports are not read.
+    pub oob_reports: AtomicBool,
 }
 
 /// What an endpoint's health check last said.
@@ -223,6 +225,7 @@ impl Subchannel {
             connect_failures: AtomicU64::new(0),
             disconnections: AtomicU64::new(0),
             health: HealthCell::default(),
+            oob_reports: AtomicBool::new(false),
         })
     }
 

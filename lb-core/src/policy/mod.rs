@@ -124,6 +124,14 @@ pub trait BuildPicker: Send + Sync + 'static {
     /// A picker for `endpoints` (the READY ones, in the balancer). `rng` seeds anything
     /// random in the picker itself, such as round robin's starting point.
     fn build(&self, endpoints: &[EndpointState], rng: &mut dyn RngCore) -> Arc<dyn Picker>;
+
+    /// How often the balancer should ask each endpoint's server for out-of-band load
+    /// reports (ORCA's `OpenRcaService`), if the policy reads them
+    /// (`weighted_round_robin` with `enableOobLoadReport`). `None`, the default: the
+    /// per-call reports in the trailers are read instead.
+    fn oob_load_reports(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// A stateless picker serves every endpoint set as it is.

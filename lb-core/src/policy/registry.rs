@@ -103,6 +103,12 @@ pub trait PolicyConfig:
     fn slow_start(&self) -> Option<&super::SlowStartConfig> {
         None
     }
+
+    /// How often to ask for out-of-band load reports, for a policy that reads them
+    /// (see [`BuildPicker::oob_load_reports`]).
+    fn oob_load_reports(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A policy with its settings: what [`BalancerBuilder::policy`](crate::BalancerBuilder::policy)
@@ -230,6 +236,10 @@ impl BuildPicker for Policy {
     fn build(&self, endpoints: &[EndpointState], rng: &mut dyn RngCore) -> Arc<dyn Picker> {
         self.0.build(endpoints, rng)
     }
+
+    fn oob_load_reports(&self) -> Option<Duration> {
+        self.0.oob_load_reports()
+    }
 }
 
 impl PartialEq for Policy {
@@ -271,6 +281,7 @@ trait AnyPolicy: Send + Sync + 'static {
     fn hash_header(&self) -> Option<&str>;
     fn latency_decay(&self) -> Duration;
     fn slow_start(&self) -> Option<&super::SlowStartConfig>;
+    fn oob_load_reports(&self) -> Option<Duration>;
     fn as_any(&self) -> &dyn Any;
     fn equals(&self, other: &dyn Any) -> bool;
     fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
@@ -294,6 +305,9 @@ impl<P: PolicyConfig> AnyPolicy for P {
     }
     fn slow_start(&self) -> Option<&super::SlowStartConfig> {
         PolicyConfig::slow_start(self)
+    }
+    fn oob_load_reports(&self) -> Option<Duration> {
+        PolicyConfig::oob_load_reports(self)
     }
     fn as_any(&self) -> &dyn Any {
         self

@@ -61,9 +61,11 @@
 //!
 //! Settings, with gRPC's service-config names: `{"weighted_round_robin":
 //! {"blackoutPeriod": "10s", "weightExpirationPeriod": "180s", "weightUpdatePeriod":
-//! "1s", "errorUtilizationPenalty": 1.0}}`. `enableOobLoadReport` (reports on an
-//! out-of-band stream instead of trailers) and `oobReportingPeriod` are parsed, but out
-//! of band reports are not read yet: `true` is refused, saying so.
+//! "1s", "errorUtilizationPenalty": 1.0}}`. With `"enableOobLoadReport": true` the
+//! balancer opens an `OpenRcaService/StreamCoreMetrics` stream on every endpoint's
+//! connection, asking for a report every `oobReportingPeriod` (10 s), and the trailers
+//! are not read (as in gRPC); a server that does not serve the stream is read from its
+//! trailers after all.
 //!
 //! Reference: nginx `ngx_http_upstream_round_robin.c` (smooth weighted round robin,
 //! 2012); gRFC A58 (weighted round robin with ORCA); grpc's static stride scheduler.
@@ -89,10 +91,11 @@ pub const NAME: &str = "weighted_round_robin";
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct WeightedRoundRobinConfig {
-    /// Read load reports from the out-of-band stream instead of the trailers (not
-    /// supported yet: `true` is refused).
+    /// Read load reports from the out-of-band stream (`OpenRcaService`, one per
+    /// connection) instead of the trailers.
     pub enable_oob_load_report: bool,
-    /// How often out-of-band reports are asked for.
+    /// How often out-of-band reports are asked for (servers may send them less often:
+    /// greeter-server's minimum is 1 s).
     #[serde(with = "config::duration_text")]
     pub oob_reporting_period: Duration,
     /// How long an endpoint must report before its weight counts.
@@ -135,12 +138,8 @@ impl PolicyConfig for WeightedRoundRobinConfig {
         "in turn, in proportion to the weights (smooth), or to servers' load reports";
 
     fn validate(&mut self) -> Result<(), String> {
-        if self.enable_oob_load_report {
-            return Err(
-                "enableOobLoadReport: out-of-band load reports are not read yet; leave it \
-                 false and the per-call reports (the endpoint-load-metrics-bin trailer) are used"
-                    .into(),
-            );
+        if self.enable_oob_load_report && self.oob_reporting_period.is_zero() {
+            return Err("oobReportingPeriod must be above 0".into());
         }
         if !(self.error_utilization_penalty >= 0.0 && self.error_utilization_penalty.is_finite()) {
             return Err(format!(
@@ -157,6 +156,11 @@ impl PolicyConfig for WeightedRoundRobinConfig {
 
     fn slow_start(&self) -> Option<&SlowStartConfig> {
         self.slow_start_config.as_ref()
+    }
+
+    fn oob_load_reports(&self) -> Option<Duration> {
+        self.enable_oob_load_report
+            .then_some(self.oob_reporting_period)
     }
 
     fn build(&self, endpoints: &[EndpointState], rng: &mut dyn RngCore) -> Arc<dyn Picker> {
@@ -659,7 +663,7 @@ mod tests {
         assert_eq!(settings.error_utilization_penalty, 2.5);
         for (json, says) in [
             (r#"{"weighted_round_robin":{"blackout":"1s"}}"#, "blackout"),
-            (r#"{"weighted_round_robin":{"enableOobLoadReport":true}}"#, "enableOobLoadReport"),
+            (r#"{"weighted_round_robin":{"enableOobLoadReport":true,"oobReportingPeriod":"0s"}}"#, "oobReportingPeriod must be above 0"),
             (r#"{"weighted_round_robin":{"errorUtilizationPenalty":-1}}"#, "errorUtilizationPenalty"),
             (r#"{"weighted_round_robin":{"weightExpirationPeriod":"soon"}}"#, "soon"),
         ] {
