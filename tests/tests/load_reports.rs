@@ -105,3 +105,57 @@ async fn reported_weights_give_a_small_server_its_ninth_and_a_shorter_tail() {
         servers.shutdown().await.expect("clean shutdown");
     }
 }
+
+/// Failures count as load: of three servers, one answers every call with UNAVAILABLE at
+/// once (`--error-rate 1`, no latency) while the others take 5 ms. Counting calls in
+/// flight alone, it would look the least loaded and get most calls (over 60 % in
+/// lb-core/tests/ramp_and_failures.rs, where the same loop runs without failures
+/// counted); divided by its success rate, its load is high, and it gets less than its
+/// third. Outlier detection is off, so that only the policy decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_failing_fast_is_not_preferred_by_the_load_aware_policies() {
+    let healthy = spawn(Config::on_ports(&[0, 0]).with_latency(Duration::from_millis(5)))
+        .await
+        .expect("starts");
+    let failing = spawn(Config::on_ports(&[0]).with_error_rate(1.0))
+        .await
+        .expect("starts");
+    let endpoints: Vec<Endpoint> = healthy
+        .addrs()
+        .iter()
+        .chain(&failing.addrs())
+        .map(|a| a.to_string().parse().expect("valid"))
+        .collect();
+    for name in ["least_request", "least_connections", "peak_ewma"] {
+        let balancer = Balancer::builder(endpoints.clone())
+            .policy(name.parse().expect("valid"))
+            .outlier_detection(None)
+            .seed(9)
+            .build()
+            .expect("builds");
+        balancer.wait_settled(Duration::from_secs(10)).await;
+        let callers: Vec<_> = (0..6)
+            .map(|_| {
+                let mut client = MyServiceClient::new(balancer.clone());
+                tokio::spawn(async move {
+                    for _ in 0..150 {
+                        // Failures are expected: that is the failing server's answer.
+                        let _ = client.say_hello(HelloRequest { name: "f".into() }).await;
+                    }
+                })
+            })
+            .collect();
+        for caller in callers {
+            caller.await.expect("no panic");
+        }
+        let calls: Vec<u64> = balancer.endpoints().iter().map(|s| s.calls).collect();
+        let share = calls[2] as f64 / calls.iter().sum::<u64>() as f64;
+        println!("{name}: calls {calls:?}, the failing server's share {share:.3}");
+        assert!(
+            share <= 1.0 / 3.0,
+            "{name}: the failing server took {share:.3} of the calls ({calls:?})"
+        );
+    }
+    healthy.shutdown().await.expect("clean shutdown");
+    failing.shutdown().await.expect("clean shutdown");
+}
