@@ -4,7 +4,7 @@
 # The same load through round_robin, which gives the small one a third of the calls
 # and makes them queue, and through weighted_round_robin with weights from the load
 # reports (gRFC A58), which gives it about a ninth; then the same fleet in the
-# simulator, with a server joining under slow start. Always stops its servers.
+# simulator, and a server joining under slow start. Always stops its servers.
 #
 #   scripts/demo-weights.sh
 #
@@ -42,6 +42,12 @@ echo "   (a blackout of 1 s instead of gRPC's 10, so that the reports count soon
 "$BIN_DIR/greeter-client" compare --servers "$servers" --requests "$requests" \
   --concurrency "$concurrency" --seed 7 \
   --policies 'round_robin,{"weighted_round_robin":{"blackoutPeriod":"1s"}}'
+
+echo
+echo "== The same fleet in the simulator, its backends reporting their load (--orca) =="
+"$BIN_DIR/greeter-client" simulate --orca --backend 5ms,capacity=4 --backend 5ms,capacity=4 \
+  --backend 5ms,capacity=1 --concurrency 18 --duration 30s \
+  --policies 'round_robin,{"weighted_round_robin":{"blackoutPeriod":"1s"}},least_request'
 
 echo
 echo "== In the simulator: a third server joins at 10 s, with and without slow start =="

@@ -347,6 +347,12 @@ struct SimulateArgs {
     #[arg(long)]
     outlier_detection: bool,
 
+    /// Backends report their load with every answer (ORCA, as greeter-server --orca:
+    /// calls per second and the share of their capacity in use), for
+    /// weighted_round_robin's reported weights.
+    #[arg(long)]
+    orca: bool,
+
     /// Outlier detection with these settings instead, in gRFC A50's JSON (as `run
     /// --outlier-config`).
     #[arg(long, value_name = "JSON", conflicts_with = "outlier_detection", value_parser = parse_outlier_config)]
@@ -645,8 +651,12 @@ fn run_simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             concurrency: None,
             timeout: None,
             outlier: None,
+            orca: false,
         },
     };
+    if args.orca {
+        scenario.orca = true;
+    }
     if let Some(callers) = args.concurrency {
         scenario.concurrency = usize::try_from(callers).ok();
     }

@@ -208,6 +208,10 @@ pub struct Scenario {
     /// Eject backends whose calls keep failing (here: running out of time), as the
     /// real balancer's outlier detection does (`None`: off).
     pub outlier: Option<OutlierDetection>,
+    /// Backends report their load with every answer, as greeter-server `--orca`
+    /// does (calls per second and the share of their capacity in use, over windows of
+    /// half a second), for `weighted_round_robin`'s reported weights.
+    pub orca: bool,
 }
 
 /// The most callers a closed-loop scenario may have.
@@ -240,6 +244,7 @@ impl Scenario {
             concurrency: None,
             timeout: None,
             outlier: None,
+            orca: false,
         })
     }
 
@@ -271,6 +276,8 @@ impl Scenario {
             timeout: Option<String>,
             #[serde(default)]
             outlier_detection: bool,
+            #[serde(default)]
+            orca: bool,
         }
         let file: File = serde_json::from_str(text).map_err(|e| e.to_string())?;
         let mut scenario = Self::with_backends(&[])?;
@@ -294,6 +301,7 @@ impl Scenario {
         scenario.keys = file.keys.unwrap_or(0);
         scenario.seed = file.seed.unwrap_or(scenario.seed);
         scenario.concurrency = file.concurrency;
+        scenario.orca = file.orca;
         if let Some(timeout) = file.timeout {
             scenario.timeout = Some(
                 humantime::parse_duration(&timeout)
@@ -435,7 +443,24 @@ struct SimBackend {
     failure_streak: u32,
     /// Successes and failures in the current interval.
     interval: (u64, u64),
+    /// Its load reports (with `orca`).
+    load: SimLoad,
 }
+
+/// A simulated backend's load reports: calls answered and busy time (workers × time)
+/// over the open window, and the report of the last closed one.
+#[derive(Default)]
+struct SimLoad {
+    window_start: u64,
+    answered: u64,
+    busy_ns: f64,
+    /// When `busy` last changed.
+    changed_at: u64,
+    report: Option<lb_core::orca::OrcaLoadReport>,
+}
+
+/// How long a simulated backend's load-report window lasts (as greeter-server's).
+const LOAD_WINDOW_NS: u64 = 500_000_000;
 
 struct Call {
     arrived: u64,
@@ -604,6 +629,11 @@ impl<'s> Simulation<'s> {
             ejections: 0,
             failure_streak: 0,
             interval: (0, 0),
+            load: SimLoad {
+                window_start: now,
+                changed_at: now,
+                ..SimLoad::default()
+            },
         });
         self.active.push(self.backends.len() - 1);
     }
@@ -808,9 +838,51 @@ impl<'s> Simulation<'s> {
         if let Some(call) = self.live.get_mut(&id) {
             call.serving = true;
         }
-        self.backends[backend].busy += 1;
+        self.busy_change(now, backend, true);
         let done = now.saturating_add(self.service_time(backend));
         self.schedule(done, Happening::Done { id });
+    }
+
+    /// One more (`up`) or one fewer of `backend`'s workers is busy from `now` on; the
+    /// time they were busy so far counts towards its load report.
+    fn busy_change(&mut self, now: u64, backend: usize, up: bool) {
+        let b = &mut self.backends[backend];
+        b.load.busy_ns += b.busy as f64 * now.saturating_sub(b.load.changed_at) as f64;
+        b.load.changed_at = now;
+        if up {
+            b.busy += 1;
+        } else {
+            b.busy = b.busy.saturating_sub(1);
+        }
+    }
+
+    /// `backend` answered a call at `now`: with `orca`, the answer carries its load
+    /// report, that of its last closed window (closed here when half a second old).
+    fn report_load(&mut self, now: u64, backend: usize) {
+        if !self.scenario.orca {
+            return;
+        }
+        let b = &mut self.backends[backend];
+        b.load.answered += 1;
+        let age = now.saturating_sub(b.load.window_start);
+        if age >= LOAD_WINDOW_NS {
+            let busy =
+                b.load.busy_ns + b.busy as f64 * now.saturating_sub(b.load.changed_at) as f64;
+            b.load.report = Some(lb_core::orca::OrcaLoadReport {
+                rps_fractional: b.load.answered as f64 / (age as f64 / NANOS_PER_SEC),
+                application_utilization: busy / (b.capacity as f64 * age as f64),
+                ..lb_core::orca::OrcaLoadReport::default()
+            });
+            b.load = SimLoad {
+                window_start: now,
+                changed_at: now,
+                report: b.load.report.take(),
+                ..SimLoad::default()
+            };
+        }
+        if let Some(report) = &b.load.report {
+            b.state.record_load(report, now);
+        }
     }
 
     /// A worker of `backend` is free: the next queued call still waiting takes it.
@@ -833,9 +905,10 @@ impl<'s> Simulation<'s> {
         call.guard.finish_at(now);
         let b = &mut self.backends[call.backend];
         b.served += 1;
-        b.busy -= 1;
         b.failure_streak = 0;
         b.interval.0 += 1;
+        self.busy_change(now, call.backend, false);
+        self.report_load(now, call.backend);
         self.start_next(now, call.backend);
         self.next_from(now, call.caller, 0);
     }
@@ -854,7 +927,7 @@ impl<'s> Simulation<'s> {
         b.interval.1 += 1;
         let streak = b.failure_streak;
         if call.serving {
-            b.busy -= 1;
+            self.busy_change(now, call.backend, false);
             self.start_next(now, call.backend);
         }
         let limit = self
@@ -1024,6 +1097,30 @@ mod tests {
         assert_eq!(report.concurrency, 4);
         // Nobody queues: the median is the service time's (exponential: ln 2 × 10 ms).
         assert!(report.latency_ms.p50 < 10.0, "{:?}", report.latency_ms);
+    }
+
+    #[test]
+    fn reported_load_gives_a_small_backend_its_share_under_weighted_round_robin() {
+        let mut scenario =
+            Scenario::with_backends(&["5ms,capacity=4", "5ms,capacity=4", "5ms,capacity=1"])
+                .unwrap();
+        scenario.concurrency = Some(18);
+        scenario.duration = Duration::from_secs(30);
+        let wrr: Policy = r#"{"weighted_round_robin":{"blackoutPeriod":"1s"}}"#
+            .parse()
+            .unwrap();
+        let share = |scenario: &Scenario| simulate(scenario, &wrr).report.backends[2].share;
+        let static_share = share(&scenario);
+        assert!(
+            (static_share - 1.0 / 3.0).abs() < 0.02,
+            "no reports: equal weights, {static_share}"
+        );
+        scenario.orca = true;
+        let reported = share(&scenario);
+        assert!(
+            (reported - 1.0 / 9.0).abs() < 0.03,
+            "capacities 4, 4, 1 reported: about a ninth, {reported}"
+        );
     }
 
     #[test]
