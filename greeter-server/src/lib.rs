@@ -233,6 +233,21 @@ pub struct Capacity {
     last: Mutex<(std::time::Instant, u64)>,
 }
 
+/// A capacity slot held by a call. Its time counts as busy when it is given back,
+/// whether the call finished, timed out or was cancelled by its client.
+struct Slot<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    since: std::time::Instant,
+    capacity: &'a Capacity,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let held = u64::try_from(self.since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.capacity.busy.fetch_add(held, Ordering::Relaxed);
+    }
+}
+
 impl Capacity {
     fn new(size: usize) -> Self {
         Self {
@@ -334,26 +349,22 @@ impl MyService for Greeter {
         // Wait for a slot, if the capacity is limited; the call's work (its latency)
         // is done holding it.
         let slot = match &self.capacity {
-            Some(capacity) => Some((
-                capacity
+            Some(capacity) => Some(Slot {
+                _permit: capacity
                     .slots
                     .acquire()
                     .await
                     .map_err(|_| Status::unavailable("shutting down"))?,
-                std::time::Instant::now(),
+                since: std::time::Instant::now(),
                 capacity,
-            )),
+            }),
             None => None,
         };
         let latency = self.latency.get();
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
-        if let Some((permit, since, capacity)) = slot {
-            let held = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
-            capacity.busy.fetch_add(held, Ordering::Relaxed);
-            drop(permit);
-        }
+        drop(slot);
         if self.inject_failure() {
             let mut status = Status::unavailable(format!(
                 "injected failure (--error-rate {})",
@@ -645,11 +656,12 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
                 Some(metrics) => metrics.layer(addr),
                 None => lb_core::metrics::ServerMetricsLayer::off(),
             })
-            .layer(limits::LimitsLayer::new(config.request_timeout))
+            // Outside the limits: a call the server times out is counted, and failed.
             .layer(reporter.as_ref().map_or_else(
                 lb_core::orca::server::LoadReportLayer::off,
                 lb_core::orca::server::LoadReporter::layer,
             ))
+            .layer(limits::LimitsLayer::new(config.request_timeout))
             .add_service(greeter)
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -312,6 +312,9 @@ impl EndpointState {
 /// one call is `1 / FAILURE_MEMORY`).
 pub const FAILURE_MEMORY: f64 = 10.0;
 
+/// A failure rate below this counts as none.
+const FORGOTTEN: f64 = 1e-3;
+
 /// A lock-free moving average of failures: per call, `rate += (failed − rate) / N`;
 /// between calls it decays towards 0 with time constant τ, so that an endpoint that
 /// failed and then got no calls is forgiven (Finagle's failure accrual, smoothed).
@@ -339,18 +342,21 @@ impl FailureEstimate {
             return 0.0;
         }
         let age = now.saturating_sub(self.updated_at.load(Ordering::Relaxed)) as f64;
-        rate * (-age / self.decay_ns).exp()
+        let rate = rate * (-age / self.decay_ns).exp();
+        // Below a tenth of a per cent it is forgotten: exactly 0, so that an endpoint
+        // that failed once, long ago, does not lose every tie for minutes.
+        if rate < FORGOTTEN { 0.0 } else { rate }
     }
 
     fn record(&self, ok: bool, now: u64) {
-        let rate = self.failure_rate(now);
-        if ok && rate == 0.0 {
+        if ok && self.rate.load(Ordering::Relaxed) == 0f64.to_bits() {
             return; // The common case: nothing to store.
         }
+        let rate = self.failure_rate(now);
         let failed = if ok { 0.0 } else { 1.0 };
         let next = rate + (failed - rate) / FAILURE_MEMORY;
         // Forgotten: back to the state that needs no clock (`has_failed_lately`).
-        let next = if next < 1e-6 { 0.0 } else { next };
+        let next = if next < FORGOTTEN { 0.0 } else { next };
         // Two calls ending at once may race and lose one sample: no lock per call.
         self.rate.store(next.to_bits(), Ordering::Relaxed);
         self.updated_at.store(now, Ordering::Relaxed);
@@ -448,6 +454,8 @@ mod tests {
             "{}",
             state.success_rate(later)
         );
+        // 70 s: below a tenth of a per cent, forgotten entirely (no tie is lost to it).
+        assert_eq!(state.success_rate(1_000 + 70_000_000_000), 1.0);
     }
 
     #[test]
@@ -465,10 +473,8 @@ mod tests {
         state.set_connectivity(Connectivity::Idle);
         state.set_ready_since(5);
         assert!(state.transition(Connectivity::Idle, Connectivity::Ready));
-        assert!(
-            state.ready_since().unwrap() >= first,
-            "a new READY starts it again"
-        );
+        let again = state.ready_since().unwrap();
+        assert!(again != 5 && again >= first, "a new READY starts it again");
     }
 
     #[test]

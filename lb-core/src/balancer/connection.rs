@@ -190,8 +190,6 @@ impl ConnectionTask {
     /// for as long as its stall takes to decay).
     fn ready_on_new_connection(&self) {
         self.sub.state.reset_latency();
-        // Load reports too: a new connection starts a new blackout (gRFC A58).
-        self.sub.state.reset_load();
         self.set(Connectivity::Ready, None);
     }
 
@@ -208,15 +206,16 @@ impl ConnectionTask {
             self.sub.clone(),
             std::time::Duration::from_nanos(period),
         ));
-        Some(LoadReports {
-            task,
-            sub: self.sub.clone(),
-        })
+        Some(LoadReports { task })
     }
 
     /// While connected: READY (or as the health check says) until the connection is
     /// lost, a call reports it broken, or the task must stop.
     async fn serve(&mut self, health: Option<Wire>, mut closed: Closed, generation: u64) -> Ended {
+        // Load reports belong to the connection: a new one starts a new blackout (gRFC
+        // A58). Forgotten before the out-of-band stream opens, so as not to lose its
+        // first report.
+        self.sub.state.reset_load();
         let _load_reports = self.start_load_reports();
         let (Some(service), Some(wire)) = (self.pool.settings.health_service.clone(), health)
         else {
@@ -316,13 +315,29 @@ impl ConnectionTask {
 /// The out-of-band load-report stream of one connection; dropping it ends the stream.
 struct LoadReports {
     task: tokio::task::JoinHandle<()>,
-    sub: Arc<Subchannel>,
 }
 
 impl Drop for LoadReports {
     fn drop(&mut self) {
         self.task.abort();
-        self.sub.oob_reports.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Says that an out-of-band stream is open for as long as it lives. It lives in the
+/// stream's task, so that it is dropped with the task, after the task's last step: an
+/// aborted task cannot raise the flag after it was lowered.
+struct StreamOpen(Arc<Subchannel>);
+
+impl StreamOpen {
+    fn new(sub: Arc<Subchannel>) -> Self {
+        sub.oob_reports.store(true, Ordering::Relaxed);
+        Self(sub)
+    }
+}
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        self.0.oob_reports.store(false, Ordering::Relaxed);
     }
 }
 
@@ -355,7 +370,7 @@ async fn stream_load_reports(wire: Wire, sub: Arc<Subchannel>, period: std::time
             return;
         }
     };
-    sub.oob_reports.store(true, Ordering::Relaxed);
+    let _open = StreamOpen::new(sub.clone());
     loop {
         match stream.message().await {
             Ok(Some(report)) => sub.state.record_load(&report, crate::clock::now_nanos()),
@@ -366,5 +381,4 @@ async fn stream_load_reports(wire: Wire, sub: Arc<Subchannel>, period: std::time
             }
         }
     }
-    sub.oob_reports.store(false, Ordering::Relaxed);
 }

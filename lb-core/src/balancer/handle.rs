@@ -54,7 +54,8 @@ impl Balancer {
     /// Switches the policy while calls go on: every pick from now on is `policy`'s, over
     /// the same endpoints and connections; calls already under way finish where they
     /// are, and none waits or fails for the switch. (The endpoints' latency estimates
-    /// keep the decay time the balancer was built with.)
+    /// keep the decay time the balancer was built with, and a policy that reads
+    /// out-of-band load reports gets them on connections made from then on.)
     pub fn set_policy(&self, policy: Policy) {
         self.router.pool.set_policy(Arc::new(policy));
     }

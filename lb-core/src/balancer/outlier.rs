@@ -175,7 +175,10 @@ impl OutlierDetection {
 ///
 /// A field left out takes [`OutlierDetection::default`]'s value; a detector left out
 /// (`successRateEjection`, `failurePercentageEjection`, `consecutiveFailures`) is off,
-/// as in gRFC A50, and its fields left out take A50's defaults.
+/// as in gRFC A50, and its fields left out take A50's defaults. Two differences from
+/// A50: `maxEjectionPercent` defaults to 50 (A50: 10), and it is a ceiling that an
+/// ejection must stay within (A50 ejects while fewer than that share are out, so it
+/// always allows one): with 10 % of a fleet of 5, nothing is ejected here.
 impl std::str::FromStr for OutlierDetection {
     type Err = String;
 

@@ -33,11 +33,14 @@ impl Router {
                 .get(i)
                 .is_some_and(|r| tried.iter().any(|t| Arc::ptr_eq(t, &r.sub)))
         };
-        let mut index = self.pick_index(&snapshot, rng, headers)?;
+        // One reading of the clock per call: the pick's time (for the policies that
+        // tell time) and the call's start.
+        let now = crate::clock::now_nanos();
+        let mut index = self.pick_index(&snapshot, rng, headers, now)?;
         if was_tried(index) {
             // Ask the policy again a few times, then take any untried usable endpoint.
             index = (0..3)
-                .filter_map(|_| self.pick_index(&snapshot, rng, headers).ok())
+                .filter_map(|_| self.pick_index(&snapshot, rng, headers, now).ok())
                 .find(|&i| !was_tried(i))
                 .or_else(|| (0..snapshot.routes.len()).find(|&i| !was_tried(i)))
                 .unwrap_or(index);
@@ -52,7 +55,7 @@ impl Router {
                 total: snapshot.ready.len(),
             })?;
         Ok(Route {
-            guard: state.start_call(),
+            guard: state.start_call_at(now),
             state: state.clone(),
             wire: route.wire.clone(),
             sub: route.sub.clone(),
@@ -66,8 +69,9 @@ impl Router {
         snapshot: &Snapshot,
         rng: &mut SmallRng,
         headers: &http::HeaderMap,
+        now: u64,
     ) -> Result<usize, PickError> {
-        let ctx = PickContext::new(rng).with_headers(headers);
+        let ctx = PickContext::new(rng).with_headers(headers).at(now);
         if self.should_explain() {
             let mut why = String::new();
             let result = snapshot

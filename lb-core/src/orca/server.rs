@@ -48,6 +48,9 @@ use crate::balancer::lock;
 /// How long a measuring window lasts at least.
 pub const WINDOW: Duration = Duration::from_millis(500);
 
+/// The longest out-of-band interval: a client asking for more gets a report a day.
+pub const MAX_REPORT_INTERVAL: Duration = Duration::from_secs(86_400);
+
 /// The shortest out-of-band interval a client gets, whatever it asks for (gRFC A51
 /// lets servers set a minimum; grpc-go's default is 30 s, too slow for a demo).
 pub const MIN_REPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -187,12 +190,24 @@ impl LoadReporter {
             }
             _ => 0.0,
         };
-        let rps = (calls - window.calls) as f64 / seconds;
+        // The first report comes at once, over a window too short for rates: it says
+        // only what is not a rate (named metrics, the application's utilisation), and
+        // the window keeps running. (Clients ignore a report without calls per second.)
+        let first = window.first && elapsed < WINDOW;
+        let (rps, eps, cpu_utilization) = if first {
+            (0.0, 0.0, 0.0)
+        } else {
+            (
+                (calls - window.calls) as f64 / seconds,
+                (errors - window.errors) as f64 / seconds,
+                cpu_utilization,
+            )
+        };
         let report = OrcaLoadReport {
             cpu_utilization,
             rps: rps.round() as u64,
             rps_fractional: rps,
-            eps: (errors - window.errors) as f64 / seconds,
+            eps,
             application_utilization: lock(&state.application)
                 .clone()
                 .map_or(0.0, |f| f().max(0.0)),
@@ -202,13 +217,17 @@ impl LoadReporter {
                 .collect(),
             ..OrcaLoadReport::default()
         };
-        *window = Window {
-            first: false,
-            at: Instant::now(),
-            calls,
-            errors,
-            cpu,
-        };
+        if first {
+            window.first = false;
+        } else {
+            *window = Window {
+                first: false,
+                at: Instant::now(),
+                calls,
+                errors,
+                cpu,
+            };
+        }
         let current = Arc::new(Current {
             trailer: report.to_trailer(),
             report,
@@ -438,7 +457,11 @@ impl tonic::server::ServerStreamingService<OrcaLoadReportRequest> for StreamCore
                 .into_inner()
                 .report_interval
                 .map_or(Duration::ZERO, super::ProtoDuration::to_std);
-            let every = asked.max(*lock(&reporter.state.min_interval));
+            // Within bounds whatever the client asks: tokio's interval panics on 0 and
+            // on a period that overflows its clock.
+            let every = asked
+                .max(*lock(&reporter.state.min_interval))
+                .clamp(Duration::from_millis(1), MAX_REPORT_INTERVAL);
             let closed = reporter.state.closed.subscribe();
             let stream = futures::stream::unfold(
                 (reporter, tokio::time::interval(every), closed),

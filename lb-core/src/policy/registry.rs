@@ -65,7 +65,7 @@ use crate::{EndpointState, Error};
 /// (`{"least_request": {"choiceCount": 3}}` is a `LeastRequestConfig` with
 /// `choice_count: 3`). Derive `Deserialize` with `#[serde(deny_unknown_fields)]` (and
 /// `rename_all = "camelCase", default` for settings with defaults); a policy without
-/// settings is an empty struct, `struct RoundRobinConfig::default()`, which reads `{}`.
+/// settings is an empty struct, `struct PickFirstConfig {}`, which reads `{}`.
 pub trait PolicyConfig:
     DeserializeOwned + Default + Clone + fmt::Debug + PartialEq + Send + Sync + 'static
 {

@@ -20,7 +20,8 @@
 //!
 //! - `weighted_round_robin` multiplies the endpoint's weight (static or reported) by it,
 //!   at each weight update (`weightUpdatePeriod`, 1 s). Its stride scheduler keeps every
-//!   weight at a tenth of the largest at least, so factors below 0.1 count as 0.1.
+//!   weight at a tenth of the largest at least: with equal weights, factors below 0.1
+//!   count as 0.1.
 //! - `round_robin` lets the endpoint take its turn with probability `factor` and
 //!   otherwise gives the turn to the next one: the share of an endpoint of weight
 //!   `factor` among endpoints of weight 1, `factor / (n − 1 + factor)`.

@@ -174,10 +174,6 @@ pub const MAX_CYCLE: u64 = 1 << 16;
 /// The largest scaled weight of the stride scheduler.
 const MAX_STRIDE_WEIGHT: u64 = u16::MAX as u64;
 
-/// Picks between two reads of the clock for a weight update (the clock is not read on
-/// every pick).
-const PICKS_PER_CHECK: usize = 64;
-
 /// Endpoints in turn, in proportion to their weights.
 #[derive(Debug)]
 pub struct WeightedRoundRobin {
@@ -423,11 +419,10 @@ impl Picker for WeightedRoundRobin {
             return Err(PickError::none_ready(endpoints));
         }
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        // The first pick of a new picker reads the weights at once (an endpoint that
-        // has just become READY may be in slow start), then every 64th.
-        if turn.is_multiple_of(PICKS_PER_CHECK) || self.updated_at.load(Ordering::Relaxed) == 0 {
-            self.update(endpoints, ctx.now());
-        }
+        // Every `weightUpdatePeriod` (and at a new picker's first pick: an endpoint that
+        // has just become READY may be in slow start), the weights are read again. The
+        // balancer hands the pick its time, read once per call anyway.
+        self.update(endpoints, ctx.now());
         let schedule = self.schedule.load();
         match &**schedule {
             Schedule::Smooth(cycle) => {
@@ -462,11 +457,6 @@ impl Picker for WeightedRoundRobin {
                     if let Some(i) = stride_turn(weights, seq)
                         && endpoints[i].is_ready()
                     {
-                        // Skipped rounds took sequence numbers too: one of them may have
-                        // been the one whose pick reads the clock.
-                        if seq / PICKS_PER_CHECK != turn / PICKS_PER_CHECK {
-                            self.update(endpoints, ctx.now());
-                        }
                         ctx.explain(|| {
                             format!(
                                 "{NAME}: reported weights {weights:?}, turn {seq} -> {}",
