@@ -113,7 +113,11 @@ impl Router {
             if let Ok(route) = self.try_pick(rng, headers, tried) {
                 return Ok(route);
             }
-            if !self.pool.any_connecting() {
+            // Settled: nothing is connecting, and every READY endpoint is in the
+            // snapshot. (One that has just reconnected is READY a moment before its
+            // snapshot is stored: the pick waits for that, and does not fail an endpoint
+            // that is READY, as a fleet recycling its connections at once would see.)
+            if self.pool.settled() {
                 // Failing fast must not mean failing without ever yielding: a caller
                 // that retries in a loop would then hold its worker thread, and the
                 // timers that reconnect the endpoints would never run. This yields

@@ -300,15 +300,6 @@ impl Pool {
             })
     }
 
-    pub fn any_connecting(&self) -> bool {
-        read(&self.subchannels).iter().any(|s| {
-            matches!(
-                s.state.connectivity(),
-                Connectivity::Idle | Connectivity::Connecting
-            )
-        })
-    }
-
     pub fn statuses(&self) -> Vec<EndpointStatus> {
         let snapshot = self.snapshot.load();
         let weights = snapshot.picker.weights();
