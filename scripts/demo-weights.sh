@@ -8,7 +8,8 @@
 #
 #   scripts/demo-weights.sh
 #
-# Environment: BASE_PORT (default 50071), REQUESTS (6000), CONCURRENCY (18),
+# Environment: BASE_PORT (default 50071), REQUESTS (6000; with fewer than about
+# 2000 the run ends before the reports count), CONCURRENCY (18),
 # PROFILE (release; debug skips the optimised build if tests were just run).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
