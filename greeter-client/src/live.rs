@@ -1,8 +1,8 @@
 //! The live view: where calls are going, second by second, while a run goes on.
 //!
 //! In a terminal the screen is redrawn every second with a table (calls per second per
-//! server, with a bar, and each server's state); otherwise one plain line per second,
-//! which scripts and logs can keep.
+//! server, with a bar, each server's state and, under `weighted_round_robin`, the weight it
+//! is picked by); otherwise one plain line per second, which scripts and logs can keep.
 
 use std::{
     collections::HashMap,
@@ -75,11 +75,14 @@ impl View {
             ));
             for (s, rate) in statuses.iter().zip(&rates) {
                 let bar = "█".repeat((*rate * 30 / total) as usize);
-                let state = if s.ejected {
+                let mut state = if s.ejected {
                     format!("{} ejected", s.connectivity)
                 } else {
                     s.connectivity.to_string()
                 };
+                if let Some(weight) = s.weight {
+                    state.push_str(&format!("  weight {}", show_weight(weight)));
+                }
                 out.push_str(&format!(
                     "  {:<22} {:>6}/s  {:<30}  {state}\n",
                     s.endpoint.to_string(),
@@ -93,7 +96,14 @@ impl View {
                 .zip(&rates)
                 .map(|(s, rate)| {
                     let ejected = if s.ejected { " ejected" } else { "" };
-                    format!("{} {}/s {}{ejected}", s.endpoint, rate, s.connectivity)
+                    let weight = s
+                        .weight
+                        .map(|w| format!(" weight={}", show_weight(w)))
+                        .unwrap_or_default();
+                    format!(
+                        "{} {}/s {}{ejected}{weight}",
+                        s.endpoint, rate, s.connectivity
+                    )
                 })
                 .collect();
             out.push_str(&format!(
@@ -111,5 +121,26 @@ impl View {
             .collect();
         self.last_ok = ok;
         self.last_t = t;
+    }
+}
+
+/// A weight as the live view shows it: whole when it is (typed weights), else with
+/// three significant digits (reported ones: `qps / utilisation`, say 1530 or 0.512).
+fn show_weight(weight: f64) -> String {
+    if weight.fract() == 0.0 || weight >= 100.0 {
+        format!("{weight:.0}")
+    } else if weight >= 10.0 {
+        format!("{weight:.1}")
+    } else {
+        format!("{weight:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn weights_are_shown_short() {
+        let shown: Vec<String> = [3.0, 1530.4, 45.26, 0.5123].map(super::show_weight).into();
+        assert_eq!(shown, ["3", "1530", "45.3", "0.512"]);
     }
 }

@@ -119,5 +119,5 @@ pub use balancer::{
 };
 pub use endpoint::{Endpoint, parse_endpoint_list};
 pub use error::Error;
-pub use policy::{BuildPicker, PickContext, PickError, Picker, Policy, PolicyConfig};
+pub use policy::{BuildPicker, PickContext, PickCounters, PickError, Picker, Policy, PolicyConfig};
 pub use state::{Connectivity, EndpointState, FAILURE_MEMORY, InFlightGuard, ReportedLoad};

@@ -659,3 +659,67 @@ async fn one_address_twice_gets_two_label_sets_and_odd_targets_are_escaped() {
     );
     servers.shutdown().await.expect("clean shutdown");
 }
+
+/// A `weighted_round_robin` balancer exports each endpoint's weight and gRFC A78's
+/// counters: the servers report no load (no `--orca`), so every weight update finds
+/// both endpoints not yet usable and falls back to the typed weights.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_round_robin_exports_weights_and_the_a78_counters() {
+    let servers = greeter_server::spawn(Config::on_ports(&[0, 0]))
+        .await
+        .expect("servers start");
+    let addrs = servers.addrs();
+    let list = format!("{}=3,{}=1", addrs[0], addrs[1]);
+    let endpoints = lb_core::parse_endpoint_list(&list).expect("valid");
+    let mut registry = Registry::default();
+    let metrics = BalancerMetrics::register(&mut registry, "wrr");
+    let policy: Policy = r#"{"weighted_round_robin":{"weightUpdatePeriod":"100ms"}}"#
+        .parse()
+        .expect("a policy");
+    let balancer = Balancer::builder(endpoints)
+        .policy(policy)
+        .seed(5)
+        .build()
+        .expect("builds");
+    metrics.watch(&balancer);
+    balancer.wait_settled(Duration::from_secs(5)).await;
+    let server = serve_metrics(registry).await;
+    for _ in 0..8 {
+        say_hello(&balancer, "w").await.expect("answered");
+    }
+    let scrape = scrape(server.addr()).await;
+    let labels = [
+        ("grpc_target", "wrr"),
+        ("grpc_lb_policy", "weighted_round_robin"),
+    ];
+    let fallbacks = value(&scrape, "grpc_lb_wrr_rr_fallback_total", &labels);
+    let not_yet = value(
+        &scrape,
+        "grpc_lb_wrr_endpoint_weight_not_yet_usable_total",
+        &labels,
+    );
+    assert!(
+        fallbacks >= 1.0,
+        "the first pick's update fell back: {fallbacks}"
+    );
+    assert_eq!(not_yet, 2.0 * fallbacks, "both endpoints, at every update");
+    assert_eq!(
+        value(&scrape, "grpc_lb_wrr_endpoint_weight_stale_total", &labels),
+        0.0
+    );
+    let counters = balancer.pick_counters();
+    assert_eq!(
+        counters
+            .rr_fallback
+            .load(std::sync::atomic::Ordering::Relaxed) as f64,
+        fallbacks
+    );
+    for (addr, weight) in [(addrs[0], 3.0), (addrs[1], 1.0)] {
+        let endpoint = addr.to_string();
+        let labels = [
+            ("grpc_target", "wrr"),
+            ("grpc_lb_endpoint", endpoint.as_str()),
+        ];
+        assert_eq!(value(&scrape, "grpc_lb_endpoint_weight", &labels), weight);
+    }
+}

@@ -158,6 +158,7 @@ impl BalancerBuilder {
             budget: RetryBudget::new(&self.retry),
             retry: self.retry,
             retries: AtomicU64::new(0),
+            pick_counters: Default::default(),
             seed,
             clones: AtomicU64::new(0),
             _stop: stop,

@@ -76,6 +76,12 @@ impl Balancer {
         self.router.retries.load(Ordering::Relaxed)
     }
 
+    /// What the policy's pickers counted so far (gRFC A78's `weighted_round_robin`
+    /// counters; zero for the other policies), also in the metrics.
+    pub fn pick_counters(&self) -> &crate::PickCounters {
+        &self.router.pick_counters
+    }
+
     /// Adds an endpoint and starts connecting to it; `Ok(false)` if it is already here.
     /// It takes calls as soon as it is READY, with no call needed to find it.
     pub fn add_endpoint(&self, endpoint: Endpoint) -> Result<bool, Error> {
@@ -176,8 +182,15 @@ impl Balancer {
 impl Router {
     /// The policy's name and every endpoint's state (no RNG drawn: reading metrics
     /// must not change a seeded run's picks).
-    pub(crate) fn report(&self) -> (&'static str, Vec<EndpointStatus>) {
-        (self.pool.policy_name(), self.pool.statuses())
+    pub(crate) fn report(&self) -> (&'static str, Vec<EndpointStatus>, [u64; 3]) {
+        let counters = &self.pick_counters;
+        let counts = [
+            &counters.rr_fallback,
+            &counters.endpoint_weight_not_yet_usable,
+            &counters.endpoint_weight_stale,
+        ]
+        .map(|c| c.load(Ordering::Relaxed));
+        (self.pool.policy_name(), self.pool.statuses(), counts)
     }
 }
 
@@ -257,6 +270,8 @@ pub(crate) struct Router {
     pub(super) retry: RetryPolicy,
     pub(super) budget: RetryBudget,
     pub(super) retries: AtomicU64,
+    /// What the pickers count (gRFC A78's `weighted_round_robin` counters).
+    pub(super) pick_counters: crate::policy::PickCounters,
     pub(super) seed: u64,
     pub(super) clones: AtomicU64,
     /// Dropped with the last balancer clone, which tells the tasks to end.

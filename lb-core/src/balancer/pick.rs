@@ -71,7 +71,10 @@ impl Router {
         headers: &http::HeaderMap,
         now: u64,
     ) -> Result<usize, PickError> {
-        let ctx = PickContext::new(rng).with_headers(headers).at(now);
+        let ctx = PickContext::new(rng)
+            .with_headers(headers)
+            .at(now)
+            .with_counters(&self.pick_counters);
         if self.should_explain() {
             let mut why = String::new();
             let result = snapshot

@@ -62,10 +62,18 @@ impl Collector for BalancerMetrics {
         // the same address twice (with two weights, or in two balancers with the same
         // policy) is told apart by a suffix, `#2`, `#3`, ...
         let mut seen = HashSet::new();
+        // gRFC A78's weighted_round_robin counters, summed over such balancers.
+        let mut wrr_counts: Option<[u64; 3]> = None;
         let rows: Vec<(&'static str, String, crate::EndpointStatus)> = balancers
             .iter()
             .flat_map(|b| {
-                let (policy, statuses) = b.report();
+                let (policy, statuses, counts) = b.report();
+                if policy == crate::policy::weighted_round_robin::NAME {
+                    let sums = wrr_counts.get_or_insert([0; 3]);
+                    for (sum, count) in sums.iter_mut().zip(counts) {
+                        *sum += count;
+                    }
+                }
                 statuses.into_iter().map(move |s| (policy, s))
             })
             .map(|(policy, status)| {
@@ -169,6 +177,32 @@ impl Collector for BalancerMetrics {
             if let Some(weight) = status.weight {
                 ConstGauge::new(weight).encode(family.encode_family(&labels(policy, endpoint))?)?;
             }
+        }
+
+        // gRFC A78's counters, for balancers using weighted_round_robin.
+        let a78: [(&str, &str); 3] = [
+            (
+                "grpc_lb_wrr_rr_fallback",
+                "weighted_round_robin weight updates that found fewer than two usable weights \
+                 and used the static ones (gRFC A78 grpc.lb.wrr.rr_fallback)",
+            ),
+            (
+                "grpc_lb_wrr_endpoint_weight_not_yet_usable",
+                "Endpoints without a usable weight yet (no report, or in the blackout \
+                 period), once per weight update (grpc.lb.wrr.endpoint_weight_not_yet_usable)",
+            ),
+            (
+                "grpc_lb_wrr_endpoint_weight_stale",
+                "Endpoints whose last load report was older than weightExpirationPeriod, once \
+                 per weight update (grpc.lb.wrr.endpoint_weight_stale)",
+            ),
+        ];
+        for ((name, help), count) in a78.into_iter().zip(wrr_counts.into_iter().flatten()) {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(count).encode(family.encode_family(&[
+                ("grpc_target", &*self.target),
+                ("grpc_lb_policy", crate::policy::weighted_round_robin::NAME),
+            ])?)?;
         }
 
         let mut family = encoder.encode_descriptor(

@@ -53,7 +53,10 @@ pub mod slow_start;
 #[cfg(test)]
 mod testing;
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 use rand::{Rng, RngCore};
 
@@ -153,6 +156,35 @@ pub struct PickContext<'a> {
     pub headers: Option<&'a http::HeaderMap>,
     now: Option<u64>,
     explain: Option<&'a mut String>,
+    counters: Option<&'a PickCounters>,
+}
+
+/// What pickers count, per balancer, for its metrics: gRFC A78's counters of
+/// `weighted_round_robin`, counted at each of its weight updates. The balancer hands
+/// its own to every pick ([`PickContext::with_counters`]); a picker used without one
+/// (a unit test, the simulator) counts nothing.
+#[derive(Debug, Default)]
+pub struct PickCounters {
+    /// Weight updates that found fewer than two usable weights and fell back to the
+    /// static ones (A78 `grpc.lb.wrr.rr_fallback`).
+    pub rr_fallback: AtomicU64,
+    /// Endpoints, counted once per weight update, whose weight was not usable yet: no
+    /// report so far, or still in the blackout period
+    /// (`grpc.lb.wrr.endpoint_weight_not_yet_usable`).
+    pub endpoint_weight_not_yet_usable: AtomicU64,
+    /// Endpoints, counted once per weight update, whose last report is older than
+    /// `weightExpirationPeriod` (`grpc.lb.wrr.endpoint_weight_stale`). A new report
+    /// then starts a new blackout.
+    pub endpoint_weight_stale: AtomicU64,
+}
+
+impl PickCounters {
+    /// Adds `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        if n > 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
 }
 
 impl<'a> PickContext<'a> {
@@ -164,7 +196,19 @@ impl<'a> PickContext<'a> {
             headers: None,
             now: None,
             explain: None,
+            counters: None,
         }
+    }
+
+    /// The same, counting what the picker reports into `counters` (the balancer's).
+    pub fn with_counters(mut self, counters: &'a PickCounters) -> Self {
+        self.counters = Some(counters);
+        self
+    }
+
+    /// Where this pick's picker counts its events, if anyone listens.
+    pub fn counters(&self) -> Option<&'a PickCounters> {
+        self.counters
     }
 
     /// The same, for a call with these headers.

@@ -80,7 +80,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::slow_start::{self, SlowStart, SlowStartConfig};
-use super::{PickContext, PickError, Picker, PolicyConfig, config, label};
+use super::{PickContext, PickCounters, PickError, Picker, PolicyConfig, config, label};
 use crate::EndpointState;
 
 /// The name users type.
@@ -253,7 +253,7 @@ impl WeightedRoundRobin {
     /// Reads the weights again if `weightUpdatePeriod` has passed at `now`: reported
     /// ones where usable, the mean of those for the others, or the static weights if
     /// fewer than two are usable; each times its slow-start factor.
-    fn update(&self, endpoints: &[EndpointState], now: u64) {
+    fn update(&self, endpoints: &[EndpointState], now: u64, counters: Option<&PickCounters>) {
         let period = nanos(self.settings.weight_update_period);
         let last = self.updated_at.load(Ordering::Relaxed);
         if last != 0 && now.saturating_sub(last) < period {
@@ -262,11 +262,27 @@ impl WeightedRoundRobin {
         if self.updating.swap(true, Ordering::Acquire) {
             return; // Another pick is at it.
         }
+        let (mut not_yet_usable, mut stale) = (0, 0);
         let weights: Vec<f64> = endpoints
             .iter()
-            .map(|e| reported_weight(e, now, &self.settings))
+            .map(|e| match reported_weight(e, now, &self.settings) {
+                Ok(weight) => weight,
+                Err(Unusable::NotYet) => {
+                    not_yet_usable += 1;
+                    0.0
+                }
+                Err(Unusable::Stale) => {
+                    stale += 1;
+                    0.0
+                }
+            })
             .collect();
         let usable: Vec<f64> = weights.iter().copied().filter(|&w| w > 0.0).collect();
+        if let Some(counters) = counters {
+            PickCounters::add(&counters.endpoint_weight_not_yet_usable, not_yet_usable);
+            PickCounters::add(&counters.endpoint_weight_stale, stale);
+            PickCounters::add(&counters.rr_fallback, u64::from(usable.len() < 2));
+        }
         let mut weights = (usable.len() >= 2).then(|| {
             let mean = usable.iter().sum::<f64>() / usable.len() as f64;
             weights
@@ -312,26 +328,39 @@ fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// One endpoint's weight from its load reports at `now` (gRFC A58), or 0 if it has none
-/// that counts: none yet, expired, or still in its blackout period.
-fn reported_weight(endpoint: &EndpointState, now: u64, settings: &WeightedRoundRobinConfig) -> f64 {
+/// Why an endpoint has no reported weight now (gRFC A78 counts both).
+enum Unusable {
+    /// No report yet, or still in its blackout period.
+    NotYet,
+    /// Its last report is older than the expiration period.
+    Stale,
+}
+
+/// One endpoint's weight from its load reports at `now` (gRFC A58), or why it has none
+/// that counts. A weight of 0 (a report of no calls, or of infinite load) is usable
+/// and counts as no weight.
+fn reported_weight(
+    endpoint: &EndpointState,
+    now: u64,
+    settings: &WeightedRoundRobinConfig,
+) -> Result<f64, Unusable> {
     let load = endpoint.reported_load();
     if load.updated_at == 0 {
-        return 0.0;
+        return Err(Unusable::NotYet);
     }
     if now.saturating_sub(load.updated_at) >= nanos(settings.weight_expiration_period) {
         endpoint.expire_load();
-        return 0.0;
+        return Err(Unusable::Stale);
     }
     let blackout = nanos(settings.blackout_period);
     if blackout > 0
         && (load.non_empty_since == 0 || now.saturating_sub(load.non_empty_since) < blackout)
     {
-        return 0.0;
+        return Err(Unusable::NotYet);
     }
     let error_rate = if load.qps > 0.0 { load.eps / load.qps } else { 0.0 };
     let weight = load.qps / (load.utilization + error_rate * settings.error_utilization_penalty);
-    if weight.is_finite() { weight } else { 0.0 }
+    Ok(if weight.is_finite() { weight } else { 0.0 })
 }
 
 /// Weights scaled for the stride scheduler: the largest to 65,535, none below a tenth
@@ -422,7 +451,7 @@ impl Picker for WeightedRoundRobin {
         // Every `weightUpdatePeriod` (and at a new picker's first pick: an endpoint that
         // has just become READY may be in slow start), the weights are read again. The
         // balancer hands the pick its time, read once per call anyway.
-        self.update(endpoints, ctx.now());
+        self.update(endpoints, ctx.now(), ctx.counters());
         let schedule = self.schedule.load();
         match &**schedule {
             Schedule::Smooth(cycle) => {
@@ -571,6 +600,33 @@ mod tests {
         assert_eq!(endpoints[0].reported_load().non_empty_since, 0);
     }
 
+    /// gRFC A78's counters, on a paused clock: not yet usable while in the blackout
+    /// (falling back to the static weights), then usable, then stale at every update.
+    #[tokio::test(start_paused = true)]
+    async fn the_a78_counters_follow_blackout_and_expiry() {
+        let endpoints = reporting(&[(400.0, 0.0, 1.0), (100.0, 0.0, 1.0)]);
+        let picker = picker(&endpoints, &WeightedRoundRobinConfig::default());
+        let counters = PickCounters::default();
+        let mut rng = rand::rngs::SmallRng::from_seed([0; 32]);
+        let mut pick_after = async |secs: u64| {
+            tokio::time::advance(Duration::from_secs(secs)).await;
+            let mut ctx = PickContext::new(&mut rng).with_counters(&counters);
+            picker.pick(&endpoints, &mut ctx).expect("a pick");
+            [
+                &counters.endpoint_weight_not_yet_usable,
+                &counters.endpoint_weight_stale,
+                &counters.rr_fallback,
+            ]
+            .map(|c| c.load(Ordering::Relaxed))
+        };
+        // [not yet usable, stale, rr fallback]
+        assert_eq!(pick_after(0).await, [2, 0, 1], "both in the blackout: fallback");
+        assert_eq!(pick_after(0).await, [2, 0, 1], "within the update period: no update");
+        assert_eq!(pick_after(11).await, [2, 0, 1], "both usable: no fallback");
+        assert_eq!(pick_after(181).await, [2, 2, 2], "both forgotten: fallback");
+        assert_eq!(pick_after(2).await, [2, 4, 3], "still stale at the next update");
+    }
+
     /// One server of three stops reporting (its other calls go on): after the expiration
     /// period it is back at the mean of the others' weights. Paused clock.
     #[tokio::test(start_paused = true)]
@@ -630,7 +686,10 @@ mod tests {
         let settings = no_blackout();
         let now = crate::clock::now_nanos();
         let [failing, clean] = [(400.0, 200.0, 0.5), (400.0, 0.0, 0.5)]
-            .map(|load| reported_weight(&reporting(&[load])[0], now, &settings));
+            .map(|load| match reported_weight(&reporting(&[load])[0], now, &settings) {
+                Ok(weight) => weight,
+                Err(_) => panic!("{load:?} has a usable weight"),
+            });
         // 400 / (0.5 + 200/400 × 1) = 400, against 400 / 0.5 = 800.
         assert!((failing - 400.0).abs() < 1e-6 && (clean - 800.0).abs() < 1e-6);
         // The third endpoint never reported: it weighs the mean of the other two.
