@@ -74,6 +74,10 @@ pub struct Config {
     pub latency: Duration,
     /// The fraction of calls, from 0 to 1, answered with `UNAVAILABLE`.
     pub error_rate: f64,
+    /// A tail: a fraction of the calls, chosen by the seeded RNG, take this much longer
+    /// (`--latency-tail 5%:50ms`), as a server's slow calls (a GC pause, a cold cache)
+    /// do. What hedging is for.
+    pub latency_tail: Option<LatencyTail>,
     /// Seeds the choice of which calls fail (each instance adds its index).
     pub seed: u64,
     /// Calls each instance works on at once; the rest wait (`None`: no limit).
@@ -107,6 +111,7 @@ impl Config {
             ports: ports.to_vec(),
             latency: Duration::ZERO,
             error_rate: 0.0,
+            latency_tail: None,
             seed: 0,
             capacity: None,
             orca: false,
@@ -149,10 +154,52 @@ impl Config {
         self
     }
 
+    /// The same, with a latency tail (see [`LatencyTail`]).
+    pub fn with_latency_tail(mut self, tail: LatencyTail) -> Self {
+        self.latency_tail = Some(tail);
+        self
+    }
+
     /// The same, failing `rate` of the calls.
     pub fn with_error_rate(mut self, rate: f64) -> Self {
         self.error_rate = rate;
         self
+    }
+}
+
+/// `--latency-tail 5%:50ms`: 5 % of the calls take 50 ms more.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LatencyTail {
+    /// The fraction of calls, from 0 to 1.
+    pub fraction: f64,
+    /// How much longer they take.
+    pub extra: Duration,
+}
+
+impl std::str::FromStr for LatencyTail {
+    type Err = String;
+
+    /// Reads `PERCENT%:DURATION`, e.g. `5%:50ms` or `0.5%:1s`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let usage = || format!("`{text}` is not PERCENT%:DURATION, e.g. 5%:50ms");
+        let (percent, extra) = text.split_once(':').ok_or_else(usage)?;
+        let percent: f64 = percent
+            .strip_suffix('%')
+            .ok_or_else(usage)?
+            .parse()
+            .map_err(|_| usage())?;
+        if !(0.0..=100.0).contains(&percent) {
+            return Err(format!("`{text}`: the percentage must be from 0 to 100"));
+        }
+        let extra = humantime::parse_duration(extra)
+            .map_err(|e| format!("`{text}`: `{extra}` is not a duration: {e}"))?;
+        if extra > Duration::from_secs(3600) {
+            return Err(format!("`{text}`: at most 1h more per call"));
+        }
+        Ok(Self {
+            fraction: percent / 100.0,
+            extra,
+        })
     }
 }
 
@@ -216,6 +263,7 @@ pub struct Greeter {
     served_by: AsciiMetadataValue,
     latency: Arc<Latency>,
     error_rate: f64,
+    latency_tail: Option<LatencyTail>,
     rng: Mutex<StdRng>,
     calls: Arc<CallCount>,
     capacity: Option<Arc<Capacity>>,
@@ -337,6 +385,15 @@ impl Greeter {
         let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
         rng.random_bool(self.error_rate.min(1.0))
     }
+
+    /// How much longer this call takes, if it is in the tail: drawn from the seeded
+    /// RNG as well.
+    fn tail(&self) -> Option<Duration> {
+        let tail = self.latency_tail.filter(|t| t.fraction > 0.0)?;
+        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+        rng.random_bool(tail.fraction.min(1.0))
+            .then_some(tail.extra)
+    }
 }
 
 #[tonic::async_trait]
@@ -360,7 +417,7 @@ impl MyService for Greeter {
             }),
             None => None,
         };
-        let latency = self.latency.get();
+        let latency = self.latency.get() + self.tail().unwrap_or_default();
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
@@ -605,6 +662,7 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
                 .unwrap_or_else(|_| MetadataValue::from_static("unknown")),
             latency: latency.clone(),
             error_rate: config.error_rate,
+            latency_tail: config.latency_tail,
             rng: Mutex::new(StdRng::seed_from_u64(
                 config.seed.wrapping_add(index as u64),
             )),
@@ -688,6 +746,7 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
             %addr,
             latency = ?config.latency,
             error_rate = config.error_rate,
+            latency_tail = ?config.latency_tail.map(|t| format!("{}%:{:?}", t.fraction * 100.0, t.extra)),
             tls = config.tls.is_some(),
             "serving example.MyService, grpc.health.v1.Health and reflection"
         );
@@ -775,6 +834,7 @@ pub fn parse_ports(text: &str) -> Result<Vec<u16>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use greeter_proto::{HelloRequest, MyServiceClient};
 
     #[test]
     fn ports_and_ranges() {
@@ -793,6 +853,58 @@ mod tests {
         assert!(matches!(err, ServerError::PortInUse { port: p, .. } if p == port));
         assert!(err.to_string().contains(&format!("port {port} ")), "{err}");
         first.shutdown().await.unwrap();
+    }
+
+    #[test]
+    fn latency_tails_are_read_and_checked() {
+        let tail: LatencyTail = "5%:50ms".parse().unwrap();
+        assert_eq!(
+            tail,
+            LatencyTail {
+                fraction: 0.05,
+                extra: Duration::from_millis(50)
+            }
+        );
+        let tail: LatencyTail = "0.5%:1s".parse().unwrap();
+        assert_eq!(tail.extra, Duration::from_secs(1));
+        for (bad, says) in [
+            ("5:50ms", "PERCENT%:DURATION"),
+            ("5%", "PERCENT%:DURATION"),
+            ("150%:1ms", "from 0 to 100"),
+            ("5%:soon", "`soon` is not a duration"),
+            ("5%:2h", "at most 1h"),
+        ] {
+            let err = bad.parse::<LatencyTail>().unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    /// The tail is drawn from the seeded RNG: about its fraction of calls, the same
+    /// ones on every run with the same seed.
+    #[tokio::test(start_paused = true)]
+    async fn a_tenth_of_the_calls_take_longer() {
+        let config = Config::on_ports(&[0]).with_latency_tail("10%:100ms".parse().unwrap());
+        let servers = spawn(config).await.unwrap();
+        let mut client = MyServiceClient::connect(format!("http://{}", servers.addrs()[0]))
+            .await
+            .unwrap();
+        let mut slow = Vec::new();
+        for i in 0..200 {
+            let start = tokio::time::Instant::now();
+            client
+                .say_hello(HelloRequest { name: "t".into() })
+                .await
+                .unwrap();
+            if start.elapsed() >= Duration::from_millis(100) {
+                slow.push(i);
+            }
+        }
+        assert!(
+            (10..=30).contains(&slow.len()),
+            "{} slow of 200",
+            slow.len()
+        );
+        servers.shutdown().await;
     }
 
     #[tokio::test]

@@ -41,7 +41,13 @@ struct Args {
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     error_rate: f64,
 
-    /// Seed for the --error-rate choices (each instance adds its index).
+    /// Make a fraction of calls slow: PERCENT%:DURATION, e.g. 5%:50ms (5 % of the
+    /// calls, chosen by the seeded RNG, take 50 ms more). The tail that hedging cuts.
+    #[arg(long, value_name = "PERCENT%:DURATION")]
+    latency_tail: Option<greeter_server::LatencyTail>,
+
+    /// Seed for the --error-rate and --latency-tail choices (each instance adds its
+    /// index).
     #[arg(long, default_value_t = 0)]
     seed: u64,
 
@@ -190,6 +196,7 @@ async fn serve_main() -> ExitCode {
         ports: args.ports.into_iter().flatten().collect(),
         latency: args.latency,
         error_rate: args.error_rate,
+        latency_tail: args.latency_tail,
         seed: args.seed,
         capacity: args.capacity.map(|n| n as usize),
         orca: args.orca,

@@ -105,6 +105,7 @@ pub mod policy;
 pub mod resolver;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod service_config;
 pub mod state;
 #[cfg(feature = "tls")]
 pub mod tls;

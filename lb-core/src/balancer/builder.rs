@@ -13,6 +13,7 @@ use super::subchannel::Settings;
 use super::{Balancer, Liveness, OutlierDetection, RetryPolicy};
 use crate::policy::{BuildPicker, Picker, Policy};
 use crate::resolver::Resolution;
+use crate::service_config::ServiceConfig;
 use crate::{Backoff, Endpoint, Error};
 
 /// Configures and builds a [`Balancer`]. Start with [`Balancer::builder`].
@@ -24,6 +25,7 @@ pub struct BalancerBuilder {
     seed: Option<u64>,
     queue_timeout: Duration,
     retry: RetryPolicy,
+    service_config: ServiceConfig,
     settings: Settings,
 }
 
@@ -119,6 +121,21 @@ impl BalancerBuilder {
         self
     }
 
+    /// Applies a gRPC service config ([`crate::service_config`]): its policy, if it has
+    /// one (replacing [`policy`](Self::policy)'s), its health-check service, its
+    /// per-method timeouts, retries and hedging, and its `retryThrottling` in place of
+    /// the [`RetryPolicy`]'s budget. Methods without an entry keep the [`RetryPolicy`].
+    pub fn service_config(mut self, config: ServiceConfig) -> Self {
+        if let Some(policy) = config.policy.clone() {
+            self = self.policy(policy);
+        }
+        if let Some(service) = &config.health_check_service {
+            self.settings.health_service = Some(service.clone());
+        }
+        self.service_config = config;
+        self
+    }
+
     /// Builds the balancer and starts connecting to every endpoint.
     ///
     /// Must be called inside a Tokio runtime: each endpoint's connection task is spawned
@@ -155,9 +172,14 @@ impl BalancerBuilder {
             pool,
             explain: AtomicU64::new(self.explain),
             queue_timeout: self.queue_timeout,
-            budget: RetryBudget::new(&self.retry),
+            budget: match self.service_config.retry_throttling {
+                Some(throttling) => RetryBudget::throttling(throttling),
+                None => RetryBudget::new(&self.retry),
+            },
+            service_config: self.service_config,
             retry: self.retry,
             retries: AtomicU64::new(0),
+            hedges: AtomicU64::new(0),
             pick_counters: Default::default(),
             seed,
             clones: AtomicU64::new(0),
@@ -182,6 +204,7 @@ impl Balancer {
             seed: None,
             queue_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
+            service_config: ServiceConfig::default(),
             settings: Settings {
                 connect_timeout: Duration::from_secs(20),
                 backoff: Backoff::default(),

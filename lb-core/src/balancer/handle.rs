@@ -76,6 +76,12 @@ impl Balancer {
         self.router.retries.load(Ordering::Relaxed)
     }
 
+    /// Hedged attempts sent so far: the extra calls that hedging cost (a method's
+    /// `hedgingPolicy`, [`crate::service_config`]).
+    pub fn hedges(&self) -> u64 {
+        self.router.hedges.load(Ordering::Relaxed)
+    }
+
     /// What the policy's pickers counted so far (gRFC A78's `weighted_round_robin`
     /// counters; zero for the other policies), also in the metrics.
     pub fn pick_counters(&self) -> &crate::PickCounters {
@@ -241,6 +247,7 @@ impl Service<http::Request<Body>> for Balancer {
             .ok();
         let router = self.router.clone();
         if router.retry.max_attempts <= 1
+            && router.service_config.methods.is_empty()
             && let Some(route) = first
         {
             let deadline = grpc_timeout(request.headers()).map(deadline_after);
@@ -268,8 +275,12 @@ pub(crate) struct Router {
     pub(super) explain: AtomicU64,
     pub(super) queue_timeout: Duration,
     pub(super) retry: RetryPolicy,
+    /// Per-method deadlines, retries and hedging (`BalancerBuilder::service_config`).
+    pub(super) service_config: crate::service_config::ServiceConfig,
     pub(super) budget: RetryBudget,
     pub(super) retries: AtomicU64,
+    /// Hedged attempts sent (beyond each call's first).
+    pub(super) hedges: AtomicU64,
     /// What the pickers count (gRFC A78's `weighted_round_robin` counters).
     pub(super) pick_counters: crate::policy::PickCounters,
     pub(super) seed: u64,

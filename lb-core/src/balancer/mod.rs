@@ -52,6 +52,7 @@ mod handle;
 #[cfg(feature = "metrics")]
 pub(crate) use handle::Router;
 mod headers;
+mod hedge;
 pub mod liveness;
 pub mod outlier;
 mod pick;

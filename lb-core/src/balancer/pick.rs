@@ -101,15 +101,22 @@ impl Router {
     }
 
     /// The slow path: no endpoint is usable. Waits while any is still connecting, for
-    /// at most the queue timeout, or what is left of the call's deadline if sooner.
+    /// at most the queue timeout, or what is left of the call's deadline if sooner. With
+    /// `wait_for_ready` (a method's `waitForReady`), it waits even when every endpoint
+    /// has failed: for the rest of the call's deadline, or the queue timeout.
     pub(super) async fn pick_when_ready(
         &self,
         rng: &mut SmallRng,
         headers: &http::HeaderMap,
         tried: &[Arc<Subchannel>],
         call_left: Option<Duration>,
+        wait_for_ready: bool,
     ) -> Result<Route, Status> {
-        let wait = call_left.map_or(self.queue_timeout, |t| t.min(self.queue_timeout));
+        let wait = match call_left {
+            Some(left) if wait_for_ready => left,
+            Some(left) => left.min(self.queue_timeout),
+            None => self.queue_timeout,
+        };
         let deadline = deadline_after(wait);
         let mut changes = self.pool.changes.subscribe();
         loop {
@@ -120,7 +127,7 @@ impl Router {
             // snapshot. (One that has just reconnected is READY a moment before its
             // snapshot is stored: the pick waits for that, and does not fail an endpoint
             // that is READY, as a fleet recycling its connections at once would see.)
-            if self.pool.settled() {
+            if self.pool.settled() && !wait_for_ready {
                 // Failing fast must not mean failing without ever yielding: a caller
                 // that retries in a loop would then hold its worker thread, and the
                 // timers that reconnect the endpoints would never run. This yields
@@ -134,7 +141,7 @@ impl Router {
             {
                 let why = format!("none became ready within {wait:?}");
                 return Err(match call_left {
-                    Some(t) if t <= self.queue_timeout => {
+                    Some(t) if t <= wait => {
                         let waiting = self.no_ready_endpoint(&why);
                         Status::deadline_exceeded(waiting.message())
                     }

@@ -128,6 +128,12 @@ impl RequestBody {
         }
     }
 
+    /// Whether the whole body was there when the call started: attempts can then run
+    /// at once (hedging), each with its own copy.
+    pub(crate) fn is_complete(&self) -> bool {
+        matches!(self, Self::One(_) | Self::Replayable(..))
+    }
+
     pub(crate) fn is_replayable(&self) -> bool {
         match self {
             Self::One(_) | Self::Replayable(..) => true,

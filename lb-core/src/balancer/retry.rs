@@ -27,12 +27,16 @@
 //! This file holds the policy, the budget and the attempt loop; the request body kept
 //! for a retry is in `replay.rs`, one attempt in `attempt.rs`.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
-use rand::rngs::SmallRng;
+use http::HeaderName;
+use rand::{Rng, rngs::SmallRng};
 use tokio::time::Instant;
 use tonic::{Code, Status, body::Body};
 use tracing::debug;
@@ -45,6 +49,7 @@ use super::headers::{
 };
 use super::replay::RequestBody;
 use super::subchannel::Subchannel;
+use crate::service_config::{MethodConfig, RetryConfig};
 
 /// When and how often calls are retried.
 #[derive(Clone, Debug, PartialEq)]
@@ -108,6 +113,16 @@ impl RetryBudget {
         }
     }
 
+    /// gRPC's own bucket, from a service config's `retryThrottling`.
+    pub(crate) fn throttling(throttling: crate::service_config::RetryThrottling) -> Self {
+        let max = u64::from(throttling.max_tokens) * 1000;
+        Self {
+            tokens: AtomicU64::new(max),
+            max,
+            ratio: (throttling.token_ratio.clamp(0.0, 1.0) * 1000.0) as u64,
+        }
+    }
+
     pub(crate) fn on_success(&self) {
         let _ = self
             .tokens
@@ -132,37 +147,151 @@ impl RetryBudget {
 
 /// Transparent retries per call (of calls that never reached a server), on top of
 /// `RetryPolicy::max_attempts`.
-const MAX_TRANSPARENT_RETRIES: u32 = 5;
+pub(super) const MAX_TRANSPARENT_RETRIES: u32 = 5;
+
+/// The header that tells a server how many attempts of this call came before (gRFC A6).
+pub(super) const PREVIOUS_ATTEMPTS: HeaderName =
+    HeaderName::from_static("grpc-previous-rpc-attempts");
+/// The header in which a server says how long to wait before a retry (gRFC A6).
+const PUSHBACK: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
+
+/// How one call is retried: from its method's `retryPolicy`, or the balancer's own.
+pub(super) struct Plan<'a> {
+    max_attempts: u32,
+    codes: &'a [Code],
+    retry_cut_calls: bool,
+    /// The backoff between attempts (`None`: none, as the balancer's own retries of
+    /// calls that failed on a connection, which go straight to another endpoint).
+    backoff: Option<&'a RetryConfig>,
+    wait_for_ready: bool,
+}
+
+impl<'a> Plan<'a> {
+    pub(super) fn new(router: &'a Router, method: Option<&'a MethodConfig>) -> Self {
+        let wait_for_ready = method.and_then(|m| m.wait_for_ready).unwrap_or(false);
+        match method.and_then(|m| m.retry_policy.as_ref()) {
+            Some(config) => Self {
+                max_attempts: config.max_attempts,
+                codes: &config.retryable_status_codes,
+                // A call cut off with its connection ends UNAVAILABLE, in gRPC too.
+                retry_cut_calls: config.retryable_status_codes.contains(&Code::Unavailable),
+                backoff: Some(config),
+                wait_for_ready,
+            },
+            None => Self {
+                // A method entry without a retry policy (a timeout only, say) keeps the
+                // balancer's retries of calls that failed on a connection.
+                max_attempts: router.retry.max_attempts,
+                codes: &router.retry.retryable_codes,
+                retry_cut_calls: router.retry.retry_cut_calls,
+                backoff: None,
+                wait_for_ready,
+            },
+        }
+    }
+
+    /// Whether the request body must be kept for another attempt.
+    pub(super) fn replays(&self) -> bool {
+        self.max_attempts > 1
+    }
+}
+
+/// What a server said about retrying, in `grpc-retry-pushback-ms`: wait this long
+/// (`Some(Ok)`), do not retry (`Some(Err)`: a negative or unreadable value), or nothing.
+pub(super) fn pushback(headers: &http::HeaderMap) -> Option<Result<Duration, ()>> {
+    let value = headers.get(PUSHBACK)?;
+    Some(
+        value
+            .to_str()
+            .ok()
+            .filter(|v| v.len() <= 10)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis)
+            .ok_or(()),
+    )
+}
 
 impl Router {
     /// One call: pick, send, and retry elsewhere while the policy allows.
     pub(super) async fn call(
         &self,
         request: http::Request<Body>,
-        mut route: Option<Route>,
-        mut rng: SmallRng,
+        route: Option<Route>,
+        rng: SmallRng,
     ) -> Result<http::Response<ResponseBody>, Status> {
-        let (mut parts, body) = request.into_parts();
-        // Not sent (no server sees them): they go to the response (see `Route::send`).
-        let mut extensions = std::mem::take(&mut parts.extensions);
-        let mut body = if self.retry.max_attempts > 1 {
+        let method = self.service_config.method(request.uri().path()).cloned();
+        let (parts, body) = request.into_parts();
+        // The deadline: the caller's, or the method's `timeout` if sooner (gRFC A2).
+        let caller = grpc_timeout(&parts.headers);
+        let timeout = match (caller, method.as_ref().and_then(|m| m.timeout)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(hedging) = method.as_ref().and_then(|m| m.hedging_policy.as_ref()) {
+            let body = RequestBody::read(body, self.retry.max_replay_bytes).await?;
+            if body.is_complete() {
+                let wait_for_ready = method.as_ref().and_then(|m| m.wait_for_ready);
+                return self
+                    .hedge(
+                        parts,
+                        body,
+                        route,
+                        rng,
+                        hedging,
+                        timeout,
+                        wait_for_ready == Some(true),
+                    )
+                    .await;
+            }
+            // Still streaming: attempts at once would each need the rest of the caller's
+            // stream. Sent once, with the balancer's own retries.
+            let plan = Plan::new(self, None);
+            return self
+                .retry_loop(parts, body, route, rng, &plan, timeout)
+                .await;
+        }
+        let plan = Plan::new(self, method.as_deref());
+        let body = if plan.replays() {
             RequestBody::read(body, self.retry.max_replay_bytes).await?
         } else {
             RequestBody::Streaming(body)
         };
-        let timeout = grpc_timeout(&parts.headers);
+        self.retry_loop(parts, body, route, rng, &plan, timeout)
+            .await
+    }
+
+    /// Attempts one after the other, as `plan` allows.
+    async fn retry_loop(
+        &self,
+        mut parts: http::request::Parts,
+        mut body: RequestBody,
+        mut route: Option<Route>,
+        mut rng: SmallRng,
+        plan: &Plan<'_>,
+        timeout: Option<Duration>,
+    ) -> Result<http::Response<ResponseBody>, Status> {
+        // Not sent (no server sees them): they go to the response (see `Route::send`).
+        let mut extensions = std::mem::take(&mut parts.extensions);
         let deadline = timeout.map(deadline_after);
         let mut tried: Vec<Arc<Subchannel>> = Vec::new();
         let mut attempt = 1;
         let mut transparent = 0;
+        // Retries since the start or the server's last pushback: the backoff's exponent.
+        let mut backoffs = 0;
         let mut last_failure: Option<Status> = None;
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let route = match route.take() {
                 Some(route) => route,
                 None => {
-                    self.pick_when_ready(&mut rng, &parts.headers, &tried, left)
-                        .await?
+                    self.pick_when_ready(
+                        &mut rng,
+                        &parts.headers,
+                        &tried,
+                        left,
+                        plan.wait_for_ready,
+                    )
+                    .await?
                 }
             };
             // Each attempt carries what is left of the call's deadline, not all of it.
@@ -181,6 +310,11 @@ impl Router {
                 }
                 parts.headers.insert(GRPC_TIMEOUT, grpc_timeout_value(left));
             }
+            if attempt > 1 {
+                parts
+                    .headers
+                    .insert(PREVIOUS_ATTEMPTS, http::HeaderValue::from(attempt - 1));
+            }
             let sub = route.sub.clone();
             let Some(attempt_body) = body.attempt() else {
                 // The body outgrew what is kept for a retry while the last attempt
@@ -189,38 +323,47 @@ impl Router {
                     .take()
                     .unwrap_or_else(|| Status::internal("request body already sent")));
             };
-            // A copy of the request's head for this attempt: the call may need it again.
-            let mut request = http::Request::new(attempt_body);
-            *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = parts.uri.clone();
-            *request.version_mut() = parts.version;
-            *request.headers_mut() = parts.headers.clone();
+            let request = attempt_request(&parts, attempt_body);
             let result = route
                 .send(request, &mut extensions, deadline, fair_share)
                 .await;
-            let retry_allowed = attempt < self.retry.max_attempts && body.is_replayable();
-            match result {
+            let retry_allowed = attempt < plan.max_attempts && body.is_replayable();
+            // How long to wait before the next attempt, if there is to be one.
+            let wait = match result {
                 Ok(mut response) => {
                     let answered = header_status(response.headers());
-                    let retry_code =
-                        answered.filter(|code| self.retry.retryable_codes.contains(code));
-                    match retry_code {
-                        Some(code) if retry_allowed && self.budget.allows_retry() => {
+                    let retry_code = answered.filter(|code| plan.codes.contains(code));
+                    let Some(code) = retry_code else {
+                        // An application's error is its answer: neither a success nor
+                        // a failure to the throttle (gRFC A6).
+                        if answered.is_none_or(|code| code == Code::Ok) {
+                            self.budget.on_success();
+                        }
+                        body.commit();
+                        return Ok(response.map(|b| b.until(deadline)));
+                    };
+                    self.budget.on_failure();
+                    let wait = match pushback(response.headers()) {
+                        // The server asked for no retry.
+                        Some(Err(())) => None,
+                        Some(Ok(wait)) => {
+                            backoffs = 0;
+                            Some(wait)
+                        }
+                        None => Some(self.backoff(plan, &mut backoffs, &mut rng)),
+                    };
+                    match wait.filter(|&wait| {
+                        retry_allowed && self.budget.allows_retry() && fits(deadline, wait)
+                    }) {
+                        Some(wait) => {
                             // The call's extensions went to this response: back for the
                             // next attempt's.
                             extensions = std::mem::take(response.extensions_mut());
-                            self.budget.on_failure();
                             body.abandon_attempt();
                             self.note_retry(&sub, &format!("{code:?} from the server"));
-                        }
-                        Some(_) => {
-                            // A failure all the same, only not retried this time.
-                            self.budget.on_failure();
-                            body.commit();
-                            return Ok(response.map(|b| b.until(deadline)));
+                            wait
                         }
                         None => {
-                            self.budget.on_success();
                             body.commit();
                             return Ok(response.map(|b| b.until(deadline)));
                         }
@@ -249,20 +392,40 @@ impl Router {
                     }
                     let retryable = match kind {
                         FailureKind::Unsent => true,
-                        FailureKind::Cut => self.retry.retry_cut_calls,
+                        FailureKind::Cut => plan.retry_cut_calls,
                         FailureKind::Deadline => false,
                     };
-                    if !(retryable && retry_allowed && self.budget.allows_retry()) {
+                    let wait = self.backoff(plan, &mut backoffs, &mut rng);
+                    if !(retryable
+                        && retry_allowed
+                        && self.budget.allows_retry()
+                        && fits(deadline, wait))
+                    {
                         return Err(status);
                     }
                     body.abandon_attempt();
                     self.note_retry(&sub, status.message());
                     last_failure = Some(status);
+                    wait
                 }
+            };
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
             }
             tried.push(sub);
             attempt += 1;
         }
+    }
+
+    /// The wait before the next retry: drawn between 0 and the backoff's ceiling for
+    /// it (gRFC A6's jitter), or none without a backoff.
+    fn backoff(&self, plan: &Plan<'_>, backoffs: &mut u32, rng: &mut SmallRng) -> Duration {
+        let Some(config) = plan.backoff else {
+            return Duration::ZERO;
+        };
+        *backoffs += 1;
+        let ceiling = config.backoff_ceiling(*backoffs);
+        ceiling.mul_f64(rng.random_range(0.0..=1.0))
     }
 
     fn note_retry(&self, sub: &Subchannel, why: &str) {
@@ -270,6 +433,24 @@ impl Router {
         self.retries.fetch_add(1, Ordering::Relaxed);
         debug!(endpoint = %sub.state.endpoint(), %why, "retrying on another endpoint");
     }
+}
+
+/// A copy of the request's head with `body`: the call may need the head again.
+pub(super) fn attempt_request(
+    parts: &http::request::Parts,
+    body: super::wire::AttemptBody,
+) -> http::Request<super::wire::AttemptBody> {
+    let mut request = http::Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    request
+}
+
+/// Whether a retry after `wait` still starts before the call's deadline.
+fn fits(deadline: Option<Instant>, wait: Duration) -> bool {
+    deadline.is_none_or(|d| Instant::now() + wait < d)
 }
 
 #[cfg(test)]

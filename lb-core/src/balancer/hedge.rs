@@ -1,0 +1,236 @@
+//! Hedging: the same call to more than one endpoint, the first answer winning (gRFC A6).
+//!
+//! A call whose method has a `hedgingPolicy` goes to one endpoint; each time
+//! `hedgingDelay` passes without an answer, another attempt goes to an endpoint that
+//! has none of this call's attempts running, up to `maxAttempts` in all:
+//!
+//! ```text
+//! t=0      attempt 1 -> a              (a's server is slow this time)
+//! t=10ms   attempt 2 -> b
+//! t=12ms   b answers: the call has its answer; attempt 1 is reset (a sees CANCELLED)
+//! ```
+//!
+//! An answer whose status is in `nonFatalStatusCodes` does not win: the next attempt
+//! goes out at once (or after the server's `grpc-retry-pushback-ms`; a negative one
+//! stops hedging). Any other answer, an error or not, ends the call and cancels the
+//! rest. Hedges come out of the same token bucket as retries: while most calls fail,
+//! only first attempts go out. The request body must be whole when the call starts
+//! (every unary call): attempts at once each send their own copy.
+
+use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
+
+use futures::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
+use rand::rngs::SmallRng;
+use tokio::time::Instant;
+use tonic::{Code, Status};
+
+use super::ResponseBody;
+use super::attempt::{Failure, FailureKind, Route};
+use super::handle::Router;
+use super::headers::{GRPC_TIMEOUT, deadline_after, grpc_timeout_value, header_status};
+use super::replay::RequestBody;
+use super::retry::{MAX_TRANSPARENT_RETRIES, PREVIOUS_ATTEMPTS, attempt_request, pushback};
+use super::subchannel::Subchannel;
+use crate::service_config::HedgingPolicy;
+
+type Attempt = BoxFuture<
+    'static,
+    (
+        Arc<Subchannel>,
+        Result<http::Response<ResponseBody>, Failure>,
+    ),
+>;
+
+impl Router {
+    /// One call, hedged as `policy` says. `body` is complete.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn hedge(
+        &self,
+        mut parts: http::request::Parts,
+        mut body: RequestBody,
+        first: Option<Route>,
+        mut rng: SmallRng,
+        policy: &HedgingPolicy,
+        timeout: Option<Duration>,
+        wait_for_ready: bool,
+    ) -> Result<http::Response<ResponseBody>, Status> {
+        let extensions = std::mem::take(&mut parts.extensions);
+        let deadline = timeout.map(deadline_after);
+        let mut running: FuturesUnordered<Attempt> = FuturesUnordered::new();
+        // Endpoints with an attempt of this call running now.
+        let mut busy: Vec<Arc<Subchannel>> = Vec::new();
+        let mut sent = 0;
+        let mut transparent = 0;
+        // No more attempts: the server said so, or the throttle.
+        let mut stopped = false;
+        // When the next attempt goes out (`None`: when one of the running ones ends).
+        let mut next_at: Option<Instant>;
+        // The last answer that did not win, returned if none does.
+        let mut last: Option<Result<http::Response<ResponseBody>, Status>> = None;
+
+        let route = match first {
+            Some(route) => route,
+            None => {
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                self.pick_when_ready(&mut rng, &parts.headers, &[], left, wait_for_ready)
+                    .await?
+            }
+        };
+        self.launch(
+            &mut parts, &mut body, route, &mut sent, deadline, &mut busy, &running,
+        )?;
+        next_at = Some(Instant::now() + policy.hedging_delay);
+
+        loop {
+            let more = sent < policy.max_attempts && !stopped;
+            let wake = next_at.filter(|_| more);
+            tokio::select! {
+                biased;
+                Some((sub, result)) = running.next() => {
+                    busy.retain(|b| !Arc::ptr_eq(b, &sub));
+                    match result {
+                        Ok(mut response) => {
+                            let code = header_status(response.headers());
+                            if !code.is_some_and(|c| policy.non_fatal_status_codes.contains(&c)) {
+                                // The answer. Dropping the others resets their streams:
+                                // their servers see CANCELLED.
+                                if code.is_none_or(|c| c == Code::Ok) {
+                                    self.budget.on_success();
+                                }
+                                drop(running);
+                                let mut call = extensions;
+                                call.extend(std::mem::take(response.extensions_mut()));
+                                *response.extensions_mut() = call;
+                                return Ok(response.map(|b| b.until(deadline)));
+                            }
+                            self.budget.on_failure();
+                            next_at = match pushback(response.headers()) {
+                                Some(Err(())) => {
+                                    stopped = true;
+                                    None
+                                }
+                                Some(Ok(wait)) => Some(Instant::now() + wait),
+                                None => Some(Instant::now()),
+                            };
+                            last = Some(Ok(response));
+                        }
+                        Err(Failure { kind: FailureKind::Unsent, .. })
+                            if transparent < MAX_TRANSPARENT_RETRIES =>
+                        {
+                            // No server saw it: sent again at once, not counted.
+                            transparent += 1;
+                            sent -= 1;
+                            next_at = Some(Instant::now());
+                        }
+                        Err(Failure { status, kind: FailureKind::Deadline }) => {
+                            // The call's deadline: every attempt shares it.
+                            return Err(status);
+                        }
+                        Err(Failure { status, .. }) => {
+                            // A broken connection ends an attempt UNAVAILABLE.
+                            self.budget.on_failure();
+                            if !policy.non_fatal_status_codes.contains(&Code::Unavailable) {
+                                return Err(status);
+                            }
+                            next_at = Some(Instant::now());
+                            last = Some(Err(status));
+                        }
+                    }
+                    let more = sent < policy.max_attempts && !stopped;
+                    if running.is_empty() && !(more && self.budget.allows_retry()) {
+                        return match last {
+                            Some(Ok(response)) => Ok(response.map(|b| b.until(deadline))),
+                            Some(Err(status)) => Err(status),
+                            None => Err(Status::unavailable("every hedged attempt failed")),
+                        };
+                    }
+                }
+                () = sleep_until(wake) => {
+                    if !self.budget.allows_retry() {
+                        // Throttled: no more hedges; the running attempts decide.
+                        stopped = true;
+                        if running.is_empty() {
+                            return match last {
+                                Some(Ok(response)) => Ok(response.map(|b| b.until(deadline))),
+                                Some(Err(status)) => Err(status),
+                                None => Err(Status::unavailable("hedging throttled")),
+                            };
+                        }
+                        continue;
+                    }
+                    let route = match self.try_pick(&mut rng, &parts.headers, &busy) {
+                        Ok(route) if !busy.iter().any(|b| Arc::ptr_eq(b, &route.sub)) => route,
+                        // Every usable endpoint has an attempt running: the next goes
+                        // out when one of them ends.
+                        Ok(_) | Err(_) if !running.is_empty() => {
+                            next_at = None;
+                            continue;
+                        }
+                        _ => {
+                            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                            self.pick_when_ready(&mut rng, &parts.headers, &[], left, wait_for_ready)
+                                .await?
+                        }
+                    };
+                    if sent > 0 {
+                        self.hedges.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.launch(&mut parts, &mut body, route, &mut sent, deadline, &mut busy, &running)?;
+                    next_at = Some(Instant::now() + policy.hedging_delay);
+                }
+            }
+        }
+    }
+
+    /// Sends attempt number `sent + 1` on `route`, into `running`.
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        &self,
+        parts: &mut http::request::Parts,
+        body: &mut RequestBody,
+        route: Route,
+        sent: &mut u32,
+        deadline: Option<Instant>,
+        busy: &mut Vec<Arc<Subchannel>>,
+        running: &FuturesUnordered<Attempt>,
+    ) -> Result<(), Status> {
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Status::deadline_exceeded(format!(
+                    "deadline passed after {sent} hedged attempt(s)"
+                )));
+            }
+            parts.headers.insert(GRPC_TIMEOUT, grpc_timeout_value(left));
+        }
+        if *sent > 0 {
+            parts
+                .headers
+                .insert(PREVIOUS_ATTEMPTS, http::HeaderValue::from(*sent));
+        }
+        *sent += 1;
+        let attempt_body = body
+            .attempt()
+            .ok_or_else(|| Status::internal("hedged request body already sent"))?;
+        let request = attempt_request(parts, attempt_body);
+        let sub = route.sub.clone();
+        busy.push(sub.clone());
+        running.push(
+            async move {
+                let mut extensions = http::Extensions::new();
+                let result = route.send(request, &mut extensions, deadline, true).await;
+                (sub, result)
+            }
+            .boxed(),
+        );
+        Ok(())
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
