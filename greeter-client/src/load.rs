@@ -18,7 +18,7 @@ use hdrhistogram::Histogram;
 use lb_core::auth::{BearerToken, BearerTokenLayer};
 use lb_core::{
     Balancer, Connectivity, Endpoint, EndpointStatus, Liveness, OutlierDetection, PickedEndpoint,
-    Policy, RetryPolicy,
+    Policy, RetryPolicy, service_config::ServiceConfig,
 };
 use tokio::time::Instant;
 use tonic::{Code, Request};
@@ -73,6 +73,9 @@ pub struct LoadSpec {
     pub tls: Option<lb_core::tls::ClientTls>,
     /// Report the balancer's endpoints in these metrics while running, if set.
     pub metrics: Option<lb_core::metrics::BalancerMetrics>,
+    /// Per-method timeouts, retries and hedging (its policy, if any, is `policy`'s
+    /// business: it is not applied from here).
+    pub service_config: Option<ServiceConfig>,
 }
 
 impl LoadSpec {
@@ -100,6 +103,7 @@ impl LoadSpec {
             token: None,
             tls: None,
             metrics: None,
+            service_config: None,
         }
     }
 
@@ -192,6 +196,12 @@ pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
         .health_check(spec.health_check.then_some(""))
         .liveness(spec.liveness)
         .outlier_detection(spec.outlier.clone());
+    if let Some(config) = &spec.service_config {
+        builder = builder.service_config(config.clone().without_policy());
+        if !spec.health_check {
+            builder = builder.health_check(None); // Even if the config names a service.
+        }
+    }
     if let Some(seed) = spec.seed {
         builder = builder.seed(seed);
     }
@@ -265,7 +275,11 @@ pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
     if let Some(live) = live {
         let _ = live.await;
     }
-    Ok(build_report(spec, total, elapsed, &balancer.endpoints()).with_retries(balancer.retries()))
+    let states = balancer.endpoints();
+    let attempts = states.iter().map(|s| s.calls).sum();
+    Ok(build_report(spec, total, elapsed, &states)
+        .with_retries(balancer.retries())
+        .with_attempts(attempts, balancer.hedges()))
 }
 
 /// Calls finished so far, for the live view.
@@ -291,6 +305,10 @@ struct CallSpec {
 
 /// Runs the same workload once per policy, one after the other, against the same
 /// servers: what `greeter-client compare` prints side by side.
+///
+/// With a service config in `spec`, each policy runs twice: without it, then with it
+/// (labelled `policy + hedging`, `+ retries` or `+ service config`), so that the table
+/// shows what the config's hedging or retries change, and what they cost.
 pub async fn compare(spec: &LoadSpec, policies: &[Policy]) -> Result<Vec<Report>, lb_core::Error> {
     let mut reports = Vec::with_capacity(policies.len());
     for policy in policies {
@@ -298,9 +316,31 @@ pub async fn compare(spec: &LoadSpec, policies: &[Policy]) -> Result<Vec<Report>
             policy: policy.clone(),
             ..spec.clone()
         };
-        reports.push(run(&spec).await?);
+        if let Some(config) = &spec.service_config {
+            let without = LoadSpec {
+                service_config: None,
+                ..spec.clone()
+            };
+            reports.push(run(&without).await?);
+            let mut report = run(&spec).await?;
+            report.policy = format!("{} + {}", report.policy, describe(config));
+            reports.push(report);
+        } else {
+            reports.push(run(&spec).await?);
+        }
     }
     Ok(reports)
+}
+
+/// What a service config does, in a word, for a table's row.
+fn describe(config: &ServiceConfig) -> &'static str {
+    if config.methods().iter().any(|m| m.hedging_policy.is_some()) {
+        "hedging"
+    } else if config.methods().iter().any(|m| m.retry_policy.is_some()) {
+        "retries"
+    } else {
+        "service config"
+    }
 }
 
 /// Takes calls from the shared budget until it is empty.

@@ -24,6 +24,7 @@ use lb_core::policy::RoundRobinConfig;
 use lb_core::{
     Endpoint, OutlierDetection, Policy, RetryPolicy,
     resolver::{Resolution, Target},
+    service_config::ServiceConfig,
     tls::ClientTls,
 };
 
@@ -212,6 +213,13 @@ struct Workload {
     #[arg(long, value_name = "JSON", conflicts_with = "outlier_detection", value_parser = parse_outlier_config)]
     outlier_config: Option<OutlierDetection>,
 
+    /// gRPC's service config, as a file or as JSON: per method (matched by service and
+    /// method name) a `timeout`, `waitForReady`, a `retryPolicy` (backoff, pushback) or
+    /// a `hedgingPolicy`; `retryThrottling`; `loadBalancingConfig`. Unknown fields are
+    /// errors. With `compare`, each policy runs without it and then with it.
+    #[arg(long, value_name = "FILE|JSON", value_parser = parse_service_config)]
+    service_config: Option<ServiceConfig>,
+
     /// Show where calls go every second while running (a table in a terminal, one
     /// line per second otherwise).
     #[arg(long)]
@@ -270,6 +278,7 @@ impl Workload {
             token: None,
             tls: None,
             metrics: None,
+            service_config: self.service_config.clone(),
         }
     }
 }
@@ -280,9 +289,10 @@ struct LoadArgs {
     servers: Servers,
 
     /// Policy: a registered name (listed by `--help`, from lb-core's registry), or gRPC
-    /// service-config JSON such as '{"least_request":{"choiceCount":3}}'.
-    #[arg(long, default_value = "round_robin")]
-    policy: Policy,
+    /// service-config JSON such as '{"least_request":{"choiceCount":3}}' (default
+    /// round_robin, or --service-config's loadBalancingConfig).
+    #[arg(long)]
+    policy: Option<Policy>,
 
     #[command(flatten)]
     workload: Workload,
@@ -573,7 +583,23 @@ fn find_server_binary() -> anyhow::Result<PathBuf> {
 async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let tls = args.servers.tls()?; // Before resolving: a bad file is a usage error.
     let (servers, updates) = args.servers.resolve().await?;
-    let mut spec = args.workload.spec(servers, args.policy);
+    let from_config = args
+        .workload
+        .service_config
+        .as_ref()
+        .and_then(|c| c.policy().cloned());
+    let policy = match (args.policy, from_config) {
+        (Some(_), Some(_)) => {
+            return Err(usage(
+                "--policy and --service-config's loadBalancingConfig both name a policy: \
+                 keep one"
+                    .into(),
+            ));
+        }
+        (Some(policy), None) | (None, Some(policy)) => policy,
+        (None, None) => Policy::new(RoundRobinConfig::default()),
+    };
+    let mut spec = args.workload.spec(servers, policy);
     spec.explain = args.explain;
     spec.updates = updates;
     spec.token = args.workload.token()?;
@@ -806,6 +832,10 @@ fn init_tracing(default: &str) {
 }
 
 /// `--outlier-config`: gRFC A50's JSON (lb-core's `OutlierDetection::from_str`).
+fn parse_service_config(text: &str) -> Result<ServiceConfig, String> {
+    ServiceConfig::load(text).map_err(|e| e.to_string())
+}
+
 fn parse_outlier_config(text: &str) -> Result<OutlierDetection, String> {
     text.parse()
 }

@@ -36,6 +36,11 @@ pub struct Report {
     pub errors: Vec<ErrorCount>,
     /// Calls retried on another server after failing before any answer.
     pub retries: u64,
+    /// Attempts sent to the servers in all: one per call, plus retries and hedges.
+    pub attempts: u64,
+    /// Hedged attempts (a method's `hedgingPolicy`): sent because an earlier one was
+    /// slow to answer.
+    pub hedges: u64,
 }
 
 /// One server's part of the calls.
@@ -182,7 +187,25 @@ impl Report {
             latency_ms,
             errors,
             retries: 0,
+            attempts: 0,
+            hedges: 0,
         }
+    }
+
+    /// The same, with the attempts sent and how many of them were hedges.
+    pub fn with_attempts(mut self, attempts: u64, hedges: u64) -> Self {
+        self.attempts = attempts;
+        self.hedges = hedges;
+        self
+    }
+
+    /// Attempts beyond one per call, as a fraction of the calls: the extra load that
+    /// retries and hedging cost the servers.
+    pub fn extra_load(&self) -> f64 {
+        if self.requests == 0 {
+            return 0.0;
+        }
+        self.attempts.saturating_sub(self.requests) as f64 / self.requests as f64
     }
 
     /// The same, with the number of retries.
@@ -263,6 +286,16 @@ impl Report {
         if self.retries > 0 {
             let _ = writeln!(out, "  retries   {}", self.retries);
         }
+        if self.hedges > 0 {
+            let _ = writeln!(
+                out,
+                "  hedges    {} ({} attempts for {} calls: {:.1} % more load)",
+                self.hedges,
+                self.attempts,
+                self.requests,
+                self.extra_load() * 100.0
+            );
+        }
         if self.errors.is_empty() {
             let _ = writeln!(out, "  errors    none");
         } else {
@@ -308,11 +341,14 @@ pub fn comparison_table(reports: &[Report]) -> String {
     for i in 0..addresses.len() {
         let _ = write!(out, "  {:<cell$}", letter(i));
     }
-    let _ = writeln!(
+    // The extra load that hedging or retries cost, only where some run had any.
+    let show_load = reports.iter().any(|r| r.hedges > 0 || r.extra_load() > 0.0);
+    let _ = write!(
         out,
         "  {:>5}  {:>8}  {:>8}  {:>8}  {:>8}  {:>6}",
         "Jain", "calls/s", "p50 ms", "p99 ms", "p999 ms", "errors"
     );
+    let _ = writeln!(out, "{}", if show_load { "   +load" } else { "" });
     for report in reports {
         let _ = write!(out, "  {:<name_width$}", report.policy);
         for address in &addresses {
@@ -322,11 +358,15 @@ pub fn comparison_table(reports: &[Report]) -> String {
             let _ = write!(out, "  {bar:<SMALL_BAR_WIDTH$} {percent:>5}");
         }
         let l = &report.latency_ms;
-        let _ = writeln!(
+        let _ = write!(
             out,
             "  {:>5.3}  {:>8.0}  {:>8.2}  {:>8.2}  {:>8.2}  {:>6}",
             report.fairness, report.calls_per_sec, l.p50, l.p99, l.p999, report.failed
         );
+        if show_load {
+            let _ = write!(out, "  {:>5.1}%", report.extra_load() * 100.0);
+        }
+        let _ = writeln!(out);
     }
     out
 }

@@ -81,15 +81,10 @@ pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 /// A parsed service config. Build one with [`str::parse`] or [`ServiceConfig::load`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ServiceConfig {
-    /// From `loadBalancingConfig`, if it has one.
-    pub policy: Option<Policy>,
-    /// The `methodConfig` entries, in order.
-    pub methods: Vec<Arc<MethodConfig>>,
-    /// `retryThrottling`, if set.
-    pub retry_throttling: Option<RetryThrottling>,
-    /// `healthCheckConfig.serviceName`, if set (gRFC A17): the service the health
-    /// checks ask about.
-    pub health_check_service: Option<String>,
+    policy: Option<Policy>,
+    methods: Vec<Arc<MethodConfig>>,
+    retry_throttling: Option<RetryThrottling>,
+    health_check_service: Option<String>,
     by_method: HashMap<(String, String), usize>,
     by_service: HashMap<String, usize>,
     default: Option<usize>,
@@ -273,6 +268,33 @@ impl ServiceConfig {
             }
             other => other,
         })
+    }
+
+    /// The policy from `loadBalancingConfig`, if it has one.
+    pub fn policy(&self) -> Option<&Policy> {
+        self.policy.as_ref()
+    }
+
+    /// The same config without its policy (for a caller that picks the policy itself).
+    pub fn without_policy(mut self) -> Self {
+        self.policy = None;
+        self
+    }
+
+    /// The `methodConfig` entries, in order.
+    pub fn methods(&self) -> &[Arc<MethodConfig>] {
+        &self.methods
+    }
+
+    /// `retryThrottling`, if set.
+    pub fn retry_throttling(&self) -> Option<RetryThrottling> {
+        self.retry_throttling
+    }
+
+    /// `healthCheckConfig.serviceName`, if set (gRFC A17): the service the health
+    /// checks ask about.
+    pub fn health_check_service(&self) -> Option<&str> {
+        self.health_check_service.as_deref()
     }
 
     /// The entry for a call to `path` (`/example.MyService/SayHello`), if any applies.

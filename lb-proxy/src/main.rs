@@ -16,6 +16,7 @@ use lb_core::{
     Backoff, Balancer, Policy, RetryPolicy,
     metrics::{BalancerMetrics, ServerMetrics},
     resolver::{Resolution, Target},
+    service_config::ServiceConfig,
     tls::{ClientTls, ClientTlsFiles, server_config},
 };
 use rand::{SeedableRng, rngs::SmallRng};
@@ -42,9 +43,16 @@ struct Args {
     #[arg(long, value_name = "IP:PORT")]
     dns_server: Option<SocketAddr>,
 
-    /// Policy: a registered name (listed by `--help`), or gRPC service-config JSON.
-    #[arg(long, default_value = "round_robin")]
-    policy: Policy,
+    /// Policy: a registered name (listed by `--help`), or gRPC service-config JSON
+    /// (default round_robin, or --service-config's loadBalancingConfig).
+    #[arg(long)]
+    policy: Option<Policy>,
+
+    /// gRPC's service config, as a file or as JSON: per method (matched by service and
+    /// method name) a `timeout`, `waitForReady`, a `retryPolicy` or a `hedgingPolicy`;
+    /// `retryThrottling`; `loadBalancingConfig`. Unknown fields are errors.
+    #[arg(long, value_name = "FILE|JSON", value_parser = parse_service_config)]
+    service_config: Option<ServiceConfig>,
 
     /// Attempts per call for calls that failed before reaching a backend (1 = none).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=5))]
@@ -225,8 +233,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     // Backends may be none yet (servers still to register in etcd): calls wait for
     // them, up to the queue timeout.
+    let config = args.service_config.clone();
+    let policy = match (
+        args.policy.clone(),
+        config.as_ref().and_then(|c| c.policy().cloned()),
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(usage(
+                "--policy and --service-config's loadBalancingConfig both name a policy: keep one",
+            ));
+        }
+        (Some(policy), None) | (None, Some(policy)) => policy,
+        (None, None) => Policy::new(lb_core::policy::RoundRobinConfig::default()),
+    };
     let mut builder = Balancer::following(resolution)
-        .policy(args.policy)
+        .policy(policy)
         .retry(RetryPolicy {
             max_attempts: args.max_attempts,
             ..RetryPolicy::default()
@@ -236,6 +257,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             interval: args.liveness_interval,
             timeout: args.liveness_timeout,
         }));
+    if let Some(config) = config {
+        builder = builder.service_config(config.without_policy());
+        if args.no_health_check {
+            builder = builder.health_check(None); // Even if the config names a service.
+        }
+    }
     if let Some(tls) = backend_tls {
         builder = builder.tls(tls);
     }
@@ -350,4 +377,8 @@ impl StopSignals {
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+fn parse_service_config(text: &str) -> Result<ServiceConfig, String> {
+    ServiceConfig::load(text).map_err(|e| e.to_string())
 }

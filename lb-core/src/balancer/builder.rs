@@ -126,11 +126,11 @@ impl BalancerBuilder {
     /// per-method timeouts, retries and hedging, and its `retryThrottling` in place of
     /// the [`RetryPolicy`]'s budget. Methods without an entry keep the [`RetryPolicy`].
     pub fn service_config(mut self, config: ServiceConfig) -> Self {
-        if let Some(policy) = config.policy.clone() {
+        if let Some(policy) = config.policy().cloned() {
             self = self.policy(policy);
         }
-        if let Some(service) = &config.health_check_service {
-            self.settings.health_service = Some(service.clone());
+        if let Some(service) = config.health_check_service() {
+            self.settings.health_service = Some(service.to_owned());
         }
         self.service_config = config;
         self
@@ -172,7 +172,7 @@ impl BalancerBuilder {
             pool,
             explain: AtomicU64::new(self.explain),
             queue_timeout: self.queue_timeout,
-            budget: match self.service_config.retry_throttling {
+            budget: match self.service_config.retry_throttling() {
                 Some(throttling) => RetryBudget::throttling(throttling),
                 None => RetryBudget::new(&self.retry),
             },

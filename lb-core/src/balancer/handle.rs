@@ -247,7 +247,7 @@ impl Service<http::Request<Body>> for Balancer {
             .ok();
         let router = self.router.clone();
         if router.retry.max_attempts <= 1
-            && router.service_config.methods.is_empty()
+            && router.service_config.methods().is_empty()
             && let Some(route) = first
         {
             let deadline = grpc_timeout(request.headers()).map(deadline_after);
