@@ -85,9 +85,17 @@ pub struct ServiceConfig {
     methods: Vec<Arc<MethodConfig>>,
     retry_throttling: Option<RetryThrottling>,
     health_check_service: Option<String>,
-    by_method: HashMap<(String, String), usize>,
-    by_service: HashMap<String, usize>,
+    /// The entries by service, then method: looked up by `&str`, with no allocation.
+    services: HashMap<String, ServiceEntries>,
     default: Option<usize>,
+}
+
+/// The entries naming one service.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct ServiceEntries {
+    /// The one naming the service alone.
+    all: Option<usize>,
+    by_method: HashMap<String, usize>,
 }
 
 /// One `methodConfig` entry.
@@ -299,13 +307,15 @@ impl ServiceConfig {
 
     /// The entry for a call to `path` (`/example.MyService/SayHello`), if any applies.
     pub fn method(&self, path: &str) -> Option<&Arc<MethodConfig>> {
+        if self.methods.is_empty() {
+            return None;
+        }
         let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-        let index = self
-            .by_method
-            .get(&(service.to_owned(), method.to_owned()))
-            .or_else(|| self.by_service.get(service))
-            .or(self.default.as_ref())?;
-        self.methods.get(*index)
+        let entries = self.services.get(service);
+        let index = entries
+            .and_then(|e| e.by_method.get(method).copied().or(e.all))
+            .or(self.default)?;
+        self.methods.get(index)
     }
 
     /// Whether any entry sets a retry or hedging policy (then request bodies are kept
@@ -394,12 +404,18 @@ impl ServiceConfig {
                     ));
                 }
                 (false, true) => self
-                    .by_service
-                    .insert(name.service.clone(), index)
+                    .services
+                    .entry(name.service.clone())
+                    .or_default()
+                    .all
+                    .replace(index)
                     .is_none(),
                 (false, false) => self
+                    .services
+                    .entry(name.service.clone())
+                    .or_default()
                     .by_method
-                    .insert((name.service.clone(), name.method.clone()), index)
+                    .insert(name.method.clone(), index)
                     .is_none(),
             };
             if !fresh {

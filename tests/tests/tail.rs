@@ -351,3 +351,16 @@ async fn a_method_config_applies_to_its_method_only() {
     }
     servers.shutdown().await.expect("clean shutdown");
 }
+
+/// The examples in `examples/service-config/` parse and name SayHello.
+#[test]
+fn the_example_service_configs_parse() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/service-config");
+    for file in ["hedging.json", "retries.json"] {
+        let config = ServiceConfig::load(&format!("{dir}/{file}")).expect("parses");
+        assert!(
+            config.method("/example.MyService/SayHello").is_some(),
+            "{file}"
+        );
+    }
+}
