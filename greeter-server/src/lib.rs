@@ -904,7 +904,7 @@ mod tests {
             "{} slow of 200",
             slow.len()
         );
-        servers.shutdown().await;
+        servers.shutdown().await.unwrap();
     }
 
     #[tokio::test]

@@ -143,11 +143,14 @@ async fn hedging_after_10_ms_cuts_the_p99_of_a_tail_of_slow_calls() {
 /// A server of our own, for exact answers: UNAVAILABLE to the first `failures` calls
 /// (with `grpc-retry-pushback-ms` if `pushback` is set), then OK; it records when each
 /// attempt arrived and its `grpc-previous-rpc-attempts`.
+/// When an attempt arrived, and its `grpc-previous-rpc-attempts`.
+type Arrival = (Instant, Option<String>);
+
 #[derive(Clone, Default)]
 struct Flaky {
     failures: usize,
     pushback: Option<&'static str>,
-    seen: Arc<Mutex<Vec<(Instant, Option<String>)>>>,
+    seen: Arc<Mutex<Vec<Arrival>>>,
 }
 
 #[tonic::async_trait]
