@@ -42,6 +42,10 @@
 //!   answer wins and the others are cancelled. An answer whose status is in
 //!   `nonFatalStatusCodes` does not win: the next attempt goes out at once.
 //!
+//! `connectionScaling.maxConnectionsPerSubchannel` (gRFC A105) lets an endpoint open
+//! more connections when one has as many calls open as its server allows (see
+//! [`crate::balancer::streams`]).
+//!
 //! `retryThrottling` replaces the balancer's retry budget: a bucket of `maxTokens`,
 //! one taken per failed attempt, `tokenRatio` given back per success; retries and
 //! hedges go out only while more than half are left.
@@ -85,6 +89,7 @@ pub struct ServiceConfig {
     methods: Vec<Arc<MethodConfig>>,
     retry_throttling: Option<RetryThrottling>,
     health_check_service: Option<String>,
+    max_connections_per_subchannel: Option<u32>,
     /// The entries by service, then method: looked up by `&str`, with no allocation.
     services: HashMap<String, ServiceEntries>,
     default: Option<usize>,
@@ -305,6 +310,12 @@ impl ServiceConfig {
         self.health_check_service.as_deref()
     }
 
+    /// `connectionScaling.maxConnectionsPerSubchannel`, if set (gRFC A105): how many
+    /// connections for calls an endpoint may open when one is full.
+    pub fn max_connections_per_subchannel(&self) -> Option<u32> {
+        self.max_connections_per_subchannel
+    }
+
     /// The entry for a call to `path` (`/example.MyService/SayHello`), if any applies.
     pub fn method(&self, path: &str) -> Option<&Arc<MethodConfig>> {
         if self.methods.is_empty() {
@@ -370,6 +381,23 @@ impl FromStr for ServiceConfig {
                 .map_err(|e| invalid(format!("healthCheckConfig: {e}")))?;
             config.health_check_service = Some(health.service_name);
         }
+        if let Some(scaling) = object.remove("connectionScaling") {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields, rename_all = "camelCase")]
+            struct Scaling {
+                max_connections_per_subchannel: u32,
+            }
+            let scaling: Scaling = serde_json::from_value(scaling)
+                .map_err(|e| invalid(format!("connectionScaling: {e}")))?;
+            let max = scaling.max_connections_per_subchannel;
+            if !(1..=crate::balancer::streams::MAX_CONNECTIONS_PER_ENDPOINT).contains(&max) {
+                return Err(invalid(format!(
+                    "connectionScaling.maxConnectionsPerSubchannel must be 1 to {}, not {max}",
+                    crate::balancer::streams::MAX_CONNECTIONS_PER_ENDPOINT
+                )));
+            }
+            config.max_connections_per_subchannel = Some(max);
+        }
         if let Some(methods) = object.remove("methodConfig") {
             let Value::Array(methods) = methods else {
                 return Err(invalid("methodConfig must be a list of entries".into()));
@@ -383,7 +411,7 @@ impl FromStr for ServiceConfig {
         if let Some((field, _)) = object.into_iter().next() {
             return Err(invalid(format!(
                 "unknown field `{field}`; expected loadBalancingConfig, methodConfig, \
-                 retryThrottling or healthCheckConfig"
+                 retryThrottling, healthCheckConfig or connectionScaling"
             )));
         }
         Ok(config)
@@ -549,7 +577,8 @@ mod tests {
           {"name": [{}], "timeout": "10s"}
         ],
         "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
-        "healthCheckConfig": {"serviceName": "example.MyService"}
+        "healthCheckConfig": {"serviceName": "example.MyService"},
+        "connectionScaling": {"maxConnectionsPerSubchannel": 10}
     }"#;
 
     #[test]
@@ -570,6 +599,7 @@ mod tests {
             config.health_check_service.as_deref(),
             Some("example.MyService")
         );
+        assert_eq!(config.max_connections_per_subchannel(), Some(10));
         let hello = config.method("/example.MyService/SayHello").unwrap();
         assert_eq!(hello.timeout, Some(Duration::from_millis(1500)));
         assert_eq!(hello.wait_for_ready, Some(true));
@@ -669,6 +699,14 @@ mod tests {
                 "no supported policy",
             ),
             ("[]", "expected a JSON object"),
+            (
+                r#"{"connectionScaling": {"maxConnectionsPerSubchannel": 0}}"#,
+                "must be 1 to 100",
+            ),
+            (
+                r#"{"connectionScaling": {"maxConnections": 2}}"#,
+                "connectionScaling: unknown field `maxConnections`",
+            ),
         ];
         for (text, expected) in cases {
             let message = err(text);

@@ -18,6 +18,7 @@ use tonic::{Status, body::Body};
 
 use super::headers::{header_status, is_endpoint_failure};
 use super::pool::Pool;
+use super::streams::StreamSlot;
 use super::subchannel::Subchannel;
 use super::wire::{AttemptBody, Wire};
 use crate::{Endpoint, EndpointState, InFlightGuard};
@@ -77,6 +78,22 @@ impl Route {
         fair_share: bool,
     ) -> Result<http::Response<ResponseBody>, Failure> {
         self.sub.calls.fetch_add(1, Ordering::Relaxed);
+        // A stream on the first connection with one free (gRFC A105): usually this
+        // one; when it has as many calls open as its server allows, another.
+        let mut on_extra = false;
+        let stream = match self.wire.streams.try_take() {
+            Some(stream) => stream,
+            None if self.pool.settings.max_connections > 1 => {
+                let (wire, stream) = self
+                    .sub
+                    .stream_elsewhere(&self.wire, self.generation, &self.pool.settings)
+                    .await;
+                on_extra = !Arc::ptr_eq(&wire.streams, &self.wire.streams);
+                self.wire = wire;
+                stream
+            }
+            None => self.wire.streams.take(),
+        };
         let sent = self.wire.send(request);
         let result = match deadline {
             None => sent.await,
@@ -123,6 +140,7 @@ impl Route {
                 let body = ResponseBody {
                     inner: Inner::Wire(body),
                     guard: Some(self.guard),
+                    stream: Some(stream),
                     outcome,
                     deadline: None,
                     timer: None,
@@ -149,7 +167,11 @@ impl Route {
                     // a server that hung and recovered is back as soon as it answers, and
                     // a server recycling its connections (as nginx does after every
                     // 1,000 calls on one) is not a bad server.
-                    self.pool.report_broken(&self.sub, self.generation, &reason);
+                    // (An extra connection, gRFC A105, leaves its set when it closes:
+                    // the endpoint's first connection may be fine.)
+                    if !on_extra {
+                        self.pool.report_broken(&self.sub, self.generation, &reason);
+                    }
                 } else if kind == FailureKind::Cut {
                     // The server reset the call itself: its own failure.
                     self.pool.record_outcome(&self.sub, false);
@@ -240,6 +262,8 @@ pin_project_lite::pin_project! {
     pub struct ResponseBody {
         inner: Inner,
         guard: Option<InFlightGuard>,
+        // The call's stream on its connection, given back with the guard (gRFC A105).
+        stream: Option<StreamSlot>,
         outcome: Option<(Arc<Subchannel>, Arc<Pool>)>,
         // The call's deadline, and its timer, made only if the body has to be
         // waited for (most answers are in full by the time they are read).
@@ -292,6 +316,7 @@ impl ResponseBody {
         Self {
             inner: Inner::Body(inner),
             guard: Some(guard),
+            stream: None,
             outcome: None,
             deadline: None,
             timer: None,
@@ -340,6 +365,7 @@ impl http_body::Body for ResponseBody {
                     None => String::new(),
                 };
                 this.guard.take();
+                this.stream.take();
                 return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
                     "{endpoint}deadline exceeded while the response was still arriving"
                 )))));
@@ -361,6 +387,7 @@ impl http_body::Body for ResponseBody {
                     pool.record_outcome(&sub, false);
                 }
                 this.guard.take(); // The call is over: it no longer loads the endpoint.
+                this.stream.take();
             }
         }
         Poll::Ready(frame)

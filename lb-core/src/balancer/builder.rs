@@ -121,6 +121,17 @@ impl BalancerBuilder {
         self
     }
 
+    /// How many connections for calls each endpoint may have at most (default 1; at
+    /// most [`MAX_CONNECTIONS_PER_ENDPOINT`](super::streams::MAX_CONNECTIONS_PER_ENDPOINT)).
+    /// Above 1, an endpoint whose every connection has as many calls open as its server's
+    /// `MAX_CONCURRENT_STREAMS` allows opens another (gRFC A105; see
+    /// [`streams`](super::streams)), instead of keeping calls waiting. The service
+    /// config's `connectionScaling.maxConnectionsPerSubchannel` sets the same.
+    pub fn max_connections_per_endpoint(mut self, max: u32) -> Self {
+        self.settings.max_connections = max.clamp(1, super::streams::MAX_CONNECTIONS_PER_ENDPOINT);
+        self
+    }
+
     /// Applies a gRPC service config ([`crate::service_config`]): its policy, if it has
     /// one (replacing [`policy`](Self::policy)'s), its health-check service, its
     /// per-method timeouts, retries and hedging, and its `retryThrottling` in place of
@@ -131,6 +142,9 @@ impl BalancerBuilder {
         }
         if let Some(service) = config.health_check_service() {
             self.settings.health_service = Some(service.to_owned());
+        }
+        if let Some(max) = config.max_connections_per_subchannel() {
+            self = self.max_connections_per_endpoint(max);
         }
         self.service_config = config;
         self
@@ -214,6 +228,7 @@ impl Balancer {
                 seed: 0,
                 tls: None,
                 liveness: Some(Liveness::default()),
+                max_connections: 1,
             },
         }
     }

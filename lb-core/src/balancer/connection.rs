@@ -118,6 +118,8 @@ impl ConnectionTask {
                     let ended = self.serve(health, closed, generation).await;
                     let answered = self.sub.answers.load(Ordering::Relaxed) > answers_before;
                     *lock(&self.sub.connection) = None;
+                    // The extra connections go with it (their calls finish first).
+                    lock(&self.sub.extra).clear();
                     self.sub.health.set(Health::Unknown);
                     let lasted = connected_at.elapsed() >= backoff.initial;
                     let (reason, fresh) = match ended {

@@ -198,6 +198,7 @@ mod tests {
             seed: 0,
             tls: None,
             liveness: None,
+            max_connections: 1,
         };
         let (stop, stopped) = watch::channel(());
         let pool = Pool::new(

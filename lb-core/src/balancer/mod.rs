@@ -59,6 +59,7 @@ mod pick;
 mod pool;
 mod replay;
 pub mod retry;
+pub mod streams;
 mod subchannel;
 mod wire;
 

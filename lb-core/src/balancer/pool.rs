@@ -310,7 +310,15 @@ impl Pool {
         };
         read(&self.subchannels)
             .iter()
-            .map(|s| EndpointStatus {
+            .map(|s| {
+                (
+                    s,
+                    lock(&s.connection)
+                        .as_ref()
+                        .map(|(_, generation)| *generation),
+                )
+            })
+            .map(|(s, generation)| EndpointStatus {
                 weight: weight_of(&s.state),
                 endpoint: s.state.endpoint().clone(),
                 connectivity: s.state.connectivity(),
@@ -320,7 +328,8 @@ impl Pool {
                 calls: s.calls.load(Ordering::Relaxed),
                 retries: s.retries.load(Ordering::Relaxed),
                 last_error: lock(&s.last_error).clone(),
-                connected: lock(&s.connection).is_some(),
+                connected: generation.is_some(),
+                connections: generation.map_or(0, |g| s.connections(g)),
                 health: s.health.get(),
                 connects: s.connects.load(Ordering::Relaxed),
                 connect_failures: s.connect_failures.load(Ordering::Relaxed),

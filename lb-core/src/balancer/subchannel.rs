@@ -31,7 +31,7 @@
 
 use std::{
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
@@ -62,6 +62,9 @@ pub(crate) struct Settings {
     pub tls: Option<crate::tls::ClientTls>,
     /// When to ping a call connection whose calls get no answer (`None`: never).
     pub liveness: Option<Liveness>,
+    /// Call connections per endpoint at most (gRFC A105): more than one are opened
+    /// only when every open one has as many calls as the server allows.
+    pub max_connections: u32,
 }
 
 /// One endpoint, its connection and its counters.
@@ -82,6 +85,12 @@ pub(crate) struct Subchannel {
     /// The connection while connected, with its generation (connections made so far),
     /// so that a failure seen on an old connection cannot tear down a newer one.
     pub connection: Mutex<Option<(Wire, u64)>>,
+    /// Connections beyond the first, opened when every one was full (gRFC A105; see
+    /// `streams.rs`), with the generation of the first connection they belong to.
+    pub extra: Arc<Mutex<Vec<(Wire, u64)>>>,
+    /// Held while one more connection is being opened (one attempt at a time); when
+    /// the last attempt failed.
+    pub scaling: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     pub last_error: Mutex<Option<String>>,
     /// The generation of the connection a call found gone or going. A value, not a
     /// one-shot signal: a report about an older connection must not tear down a newer.
@@ -175,6 +184,9 @@ pub struct EndpointStatus {
     pub last_error: Option<String>,
     /// Whether a connection to it is open now.
     pub connected: bool,
+    /// Connections open for calls: 0, 1, or more when one was full (gRFC A105,
+    /// [`BalancerBuilder::max_connections_per_endpoint`](crate::BalancerBuilder::max_connections_per_endpoint)).
+    pub connections: usize,
     /// What its health check last said.
     pub health: Health,
     /// Connection attempts that succeeded, that failed, and connections lost.
@@ -208,6 +220,8 @@ impl Subchannel {
             calmed: AtomicU64::new(0),
             answers: AtomicU64::new(0),
             connection: Mutex::new(None),
+            extra: Arc::default(),
+            scaling: tokio::sync::Mutex::new(None),
             last_error: Mutex::new(None),
             broken: watch::Sender::new(0),
             removed: watch::Sender::new(false),

@@ -23,7 +23,7 @@
 //! over a `Channel` per endpoint it cost 69,900, and on this path it costs 58,700, with
 //! the balancer's pick, retry bookkeeping and in-flight counting included.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{
@@ -32,12 +32,13 @@ use http::{
     uri::{Authority, Scheme},
 };
 use hyper::{body::Incoming, client::conn::http2};
-use hyper_util::rt::TokioTimer;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::oneshot;
 
 use super::attempt::any_cause;
 use super::connector::Connector;
 use super::describe;
+use super::streams::{SettingsReader, Streams};
 use crate::{Endpoint, Error};
 
 /// What every request says it comes from, unless the caller set its own.
@@ -91,6 +92,9 @@ impl Target {
     ) -> Result<(Wire, Closed), ConnectError> {
         use tower::Service;
         let io = self.connector.clone().call(self.uri.clone()).await?;
+        // The server's SETTINGS are read as they pass: its MAX_CONCURRENT_STREAMS.
+        let streams = Streams::new();
+        let io = TokioIo::new(SettingsReader::new(io.into_inner(), streams.clone()));
         let (send, connection) = http2::Builder::new(Spawn)
             .timer(TokioTimer::new())
             .keep_alive_interval(keep_alive.interval)
@@ -115,6 +119,7 @@ impl Target {
         });
         let wire = Wire {
             send,
+            streams,
             scheme: self.scheme.clone(),
             authority: self.authority.clone(),
         };
@@ -184,6 +189,8 @@ impl Closed {
 #[derive(Clone)]
 pub(crate) struct Wire {
     send: http2::SendRequest<AttemptBody>,
+    /// Its streams: how many are open, how many the server allows.
+    pub streams: Arc<Streams>,
     scheme: Scheme,
     authority: Authority,
 }

@@ -151,8 +151,8 @@ impl Collector for BalancerMetrics {
             ),
             (
                 "grpc_subchannel_open_connections",
-                "Open connections to the endpoint (0 or 1)",
-                |s| i64::from(s.connected),
+                "Open call connections to the endpoint (more than 1 when one was full: gRFC A105)",
+                |s| i64::try_from(s.connections).unwrap_or(i64::MAX),
             ),
         ];
         for (name, help, value) in gauges {
