@@ -21,7 +21,12 @@
 //!    another endpoint, within the [`RetryPolicy`], its
 //!    budget and the call's deadline (`retry.rs`), sending again the request body kept
 //!    for that (`replay.rs`) and what is left of the deadline (`headers.rs`). Errors
-//!    name the endpoint.
+//!    name the endpoint. A method with an entry in the
+//!    [service config](crate::service_config) is retried as it says, with backoff and
+//!    the server's pushback, or hedged (`hedge.rs`).
+//! 5. A connection with as many calls open as its server allows hands the call to
+//!    another connection to the same endpoint, opened when needed ([`streams`], gRFC
+//!    A105).
 //!
 //! # Endpoints
 //! Each endpoint is a subchannel (`subchannel.rs`) with a task that connects it,

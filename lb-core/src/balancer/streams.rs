@@ -7,7 +7,7 @@
 //! server is (grpc-java #8252, grpc #21386).
 //!
 //! So each connection counts its open streams, and reads the server's limit from the
-//! server's own SETTINGS frames as they pass ([`SettingsReader`]: hyper does not tell
+//! server's own SETTINGS frames as they pass (hyper does not tell
 //! it). A call takes a stream on the endpoint's first connection with one free, in the
 //! order the connections were made; when every connection is full and there are fewer
 //! than `maxConnectionsPerSubchannel` (the service config's `connectionScaling`, or
