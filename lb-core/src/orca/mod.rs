@@ -22,7 +22,7 @@
 //! The messages here are the xDS protos' own fields and numbers, written with prost's
 //! derive macros, so that this crate needs no `protoc` at all; the `.proto` files are
 //! in the repository's `proto/xds/` (compiled there, and a test checks both encode the
-//! same bytes). The server side, [`server`], is behind the `server` feature.
+//! same bytes). The server side, `orca::server`, is behind the `server` feature.
 
 use base64::Engine as _;
 use std::collections::HashMap;
