@@ -84,13 +84,24 @@ impl Route {
         let stream = match self.wire.streams.try_take() {
             Some(stream) => stream,
             None if self.pool.settings.max_connections > 1 => {
-                let (wire, stream) = self
-                    .sub
-                    .stream_elsewhere(&self.wire, self.generation, &self.pool.settings)
-                    .await;
-                on_extra = !Arc::ptr_eq(&wire.streams, &self.wire.streams);
-                self.wire = wire;
-                stream
+                // Within the call's deadline: a connection slow to open must not hold
+                // a call past it.
+                let elsewhere =
+                    self.sub
+                        .stream_elsewhere(&self.wire, self.generation, &self.pool.settings);
+                let found = match deadline {
+                    Some(deadline) => tokio::time::timeout_at(deadline, elsewhere).await.ok(),
+                    None => Some(elsewhere.await),
+                };
+                match found {
+                    Some((wire, stream)) => {
+                        on_extra = !Arc::ptr_eq(&wire.streams, &self.wire.streams);
+                        self.wire = wire;
+                        stream
+                    }
+                    // Out of time: the send below fails with the deadline at once.
+                    None => self.wire.streams.take(),
+                }
             }
             None => self.wire.streams.take(),
         };

@@ -77,7 +77,7 @@ impl Router {
             }
         };
         self.launch(
-            &mut parts, &mut body, route, &mut sent, deadline, &mut busy, &running,
+            &mut parts, &mut body, route, &mut sent, deadline, timeout, &mut busy, &running,
         )?;
         next_at = Some(Instant::now() + policy.hedging_delay);
 
@@ -109,18 +109,28 @@ impl Router {
                                     stopped = true;
                                     None
                                 }
+                                Some(Ok(wait))
+                                    if deadline.is_some_and(|d| Instant::now() + wait >= d) =>
+                                {
+                                    // The server's wait outlasts the call: no more hedges.
+                                    stopped = true;
+                                    None
+                                }
                                 Some(Ok(wait)) => Some(Instant::now() + wait),
                                 None => Some(Instant::now()),
                             };
                             last = Some(Ok(response));
                         }
-                        Err(Failure { kind: FailureKind::Unsent, .. })
+                        Err(Failure { status, kind: FailureKind::Unsent })
                             if transparent < MAX_TRANSPARENT_RETRIES =>
                         {
                             // No server saw it: sent again at once, not counted.
                             transparent += 1;
                             sent -= 1;
                             next_at = Some(Instant::now());
+                            if last.is_none() {
+                                last = Some(Err(status));
+                            }
                         }
                         Err(Failure { status, kind: FailureKind::Deadline }) => {
                             // The call's deadline: every attempt shares it.
@@ -139,7 +149,7 @@ impl Router {
                     let more = sent < policy.max_attempts && !stopped;
                     if running.is_empty() && !(more && self.budget.allows_retry()) {
                         return match last {
-                            Some(Ok(response)) => Ok(response.map(|b| b.until(deadline))),
+                            Some(Ok(response)) => Ok(with_call_extensions(response, &extensions).map(|b| b.until(deadline))),
                             Some(Err(status)) => Err(status),
                             None => Err(Status::unavailable("every hedged attempt failed")),
                         };
@@ -151,7 +161,7 @@ impl Router {
                         stopped = true;
                         if running.is_empty() {
                             return match last {
-                                Some(Ok(response)) => Ok(response.map(|b| b.until(deadline))),
+                                Some(Ok(response)) => Ok(with_call_extensions(response, &extensions).map(|b| b.until(deadline))),
                                 Some(Err(status)) => Err(status),
                                 None => Err(Status::unavailable("hedging throttled")),
                             };
@@ -175,7 +185,7 @@ impl Router {
                     if sent > 0 {
                         self.hedges.fetch_add(1, Ordering::Relaxed);
                     }
-                    self.launch(&mut parts, &mut body, route, &mut sent, deadline, &mut busy, &running)?;
+                    self.launch(&mut parts, &mut body, route, &mut sent, deadline, timeout, &mut busy, &running)?;
                     next_at = Some(Instant::now() + policy.hedging_delay);
                 }
             }
@@ -191,11 +201,16 @@ impl Router {
         route: Route,
         sent: &mut u32,
         deadline: Option<Instant>,
+        timeout: Option<Duration>,
         busy: &mut Vec<Arc<Subchannel>>,
         running: &FuturesUnordered<Attempt>,
     ) -> Result<(), Status> {
+        let mut fair_share = true;
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(Instant::now());
+            // A hedge sent late in the call that runs out of time is no verdict on its
+            // endpoint (as in the retry loop).
+            fair_share = timeout.is_none_or(|total| left * 2 >= total);
             if left.is_zero() {
                 return Err(Status::deadline_exceeded(format!(
                     "deadline passed after {sent} hedged attempt(s)"
@@ -218,13 +233,27 @@ impl Router {
         running.push(
             async move {
                 let mut extensions = http::Extensions::new();
-                let result = route.send(request, &mut extensions, deadline, true).await;
+                let result = route
+                    .send(request, &mut extensions, deadline, fair_share)
+                    .await;
                 (sub, result)
             }
             .boxed(),
         );
         Ok(())
     }
+}
+
+/// A response that did not win, returned all the same: with the call's extensions, as
+/// the winner's would have been.
+fn with_call_extensions(
+    mut response: http::Response<ResponseBody>,
+    extensions: &http::Extensions,
+) -> http::Response<ResponseBody> {
+    let mut call = extensions.clone();
+    call.extend(std::mem::take(response.extensions_mut()));
+    *response.extensions_mut() = call;
+    response
 }
 
 /// Sleeps until `at`, or forever.

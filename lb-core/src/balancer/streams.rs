@@ -344,6 +344,12 @@ impl Subchannel {
         let (wire, mut closed) = tokio::time::timeout(settings.connect_timeout, attempt)
             .await
             .map_err(|_| format!("not connected within {:?}", settings.connect_timeout))??;
+        // Only for the connection it was opened beside: if that one ended meanwhile,
+        // this one is dropped (and closes) instead of lingering unused.
+        let current = lock(&self.connection).as_ref().map(|(_, g)| *g);
+        if current != Some(generation) {
+            return Err("the endpoint's connection ended meanwhile".into());
+        }
         lock(&self.extra).push((wire.clone(), generation));
         let n = self.connections(generation);
         info!(
