@@ -355,6 +355,72 @@ async fn a_method_config_applies_to_its_method_only() {
     servers.shutdown().await.expect("clean shutdown");
 }
 
+/// `waitForReady`: with the method's endpoint down, a call without it fails at once
+/// (UNAVAILABLE), and a call with it waits, within its deadline, for the endpoint to come
+/// back, and is answered then; with retries and with hedging alike. On tokio's paused
+/// clock: the waiting call has waited three seconds when the server starts.
+#[tokio::test(start_paused = true)]
+async fn wait_for_ready_waits_for_an_endpoint_that_comes_back() {
+    let config = |wait: bool, hedging: bool| -> ServiceConfig {
+        let policy = if hedging {
+            r#", "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "0.01s"}"#
+        } else {
+            ""
+        };
+        format!(
+            r#"{{"methodConfig": [{{"name": [{{"service": "example.MyService"}}],
+                "timeout": "100s", "waitForReady": {wait}{policy}}}]}}"#
+        )
+        .parse()
+        .expect("valid")
+    };
+    for hedging in [false, true] {
+        // A port with nothing listening on it (yet).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("an address");
+        drop(listener);
+        let endpoint: Endpoint = addr.to_string().parse().expect("valid");
+
+        let fail_fast = balancer_on(vec![endpoint.clone()], config(false, hedging)).await;
+        let status = MyServiceClient::new(fail_fast)
+            .say_hello(HelloRequest { name: "w".into() })
+            .await
+            .expect_err("no endpoint is up");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+        let waits = balancer_on(vec![endpoint], config(true, hedging)).await;
+        let call = tokio::spawn(async move {
+            MyServiceClient::new(waits)
+                .say_hello(HelloRequest { name: "w".into() })
+                .await
+        });
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!call.is_finished(), "hedging {hedging}: still waiting");
+
+        let flaky = Flaky::default();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("the same port, free again");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(MyServiceServer::new(flaky.clone()))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let reply = call
+            .await
+            .expect("the call's task")
+            .expect("answered once the endpoint is back");
+        assert_eq!(reply.into_inner().message, "Hello, again!");
+        assert_eq!(
+            flaky.seen.lock().expect("not poisoned").len(),
+            1,
+            "one attempt"
+        );
+    }
+}
+
 /// The examples in `examples/service-config/` parse and name SayHello.
 #[test]
 fn the_example_service_configs_parse() {

@@ -136,12 +136,17 @@ impl BalancerBuilder {
     /// one (replacing [`policy`](Self::policy)'s), its health-check service, its
     /// per-method timeouts, retries and hedging, and its `retryThrottling` in place of
     /// the [`RetryPolicy`]'s budget. Methods without an entry keep the [`RetryPolicy`].
+    /// Health checks turned off with [`health_check(None)`](Self::health_check) stay off,
+    /// before or after this call.
     pub fn service_config(mut self, config: ServiceConfig) -> Self {
         if let Some(policy) = config.policy().cloned() {
             self = self.policy(policy);
         }
-        if let Some(service) = config.health_check_service() {
-            self.settings.health_service = Some(service.to_owned());
+        if let (Some(service), Some(current)) = (
+            config.health_check_service(),
+            self.settings.health_service.as_mut(),
+        ) {
+            service.clone_into(current);
         }
         if let Some(max) = config.max_connections_per_subchannel() {
             self = self.max_connections_per_endpoint(max);
@@ -250,5 +255,33 @@ impl Balancer {
         let mut builder = Self::builder(resolution.endpoints());
         builder.following = Some(resolution);
         builder
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(json: &str) -> ServiceConfig {
+        json.parse().expect("a valid service config")
+    }
+
+    #[test]
+    fn a_service_config_names_the_health_service_but_never_turns_checks_back_on() {
+        let endpoints = || ["127.0.0.1:1".parse::<Endpoint>().expect("an endpoint")];
+        let named = r#"{"healthCheckConfig": {"serviceName": "example.MyService"}}"#;
+        let builder = Balancer::builder(endpoints()).service_config(config(named));
+        assert_eq!(
+            builder.settings.health_service.as_deref(),
+            Some("example.MyService")
+        );
+        let off_before = Balancer::builder(endpoints())
+            .health_check(None)
+            .service_config(config(named));
+        assert_eq!(off_before.settings.health_service, None);
+        let off_after = Balancer::builder(endpoints())
+            .service_config(config(named))
+            .health_check(None);
+        assert_eq!(off_after.settings.health_service, None);
     }
 }

@@ -1,5 +1,6 @@
 //! gRPC's own headers, as the balancer reads and writes them: the call's deadline
-//! (`grpc-timeout`) and a trailers-only answer's status (`grpc-status`).
+//! (`grpc-timeout`), the attempts that came before (`grpc-previous-rpc-attempts`) and a
+//! trailers-only answer's status (`grpc-status`).
 
 use std::time::Duration;
 
@@ -9,7 +10,9 @@ use tonic::Code;
 
 /// The names, made once: a name given as a `&str` is parsed at every lookup.
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-pub(crate) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+/// The header that tells a server how many attempts of this call came before (gRFC A6).
+const PREVIOUS_ATTEMPTS: HeaderName = HeaderName::from_static("grpc-previous-rpc-attempts");
 
 /// The `grpc-status` in response headers (a trailers-only response), if any.
 pub(crate) fn header_status(headers: &http::HeaderMap) -> Option<Code> {
@@ -58,6 +61,35 @@ pub(crate) fn grpc_timeout_value(timeout: Duration) -> http::HeaderValue {
         .unwrap_or_else(|| http::HeaderValue::from_static("1m"))
 }
 
+/// Readies one attempt's headers, for a retry and a hedge alike: the attempt carries
+/// what is left of the call's deadline as its `grpc-timeout` (not all of it) and, after
+/// the first, how many attempts came before (`previous`).
+///
+/// `None` when the deadline has passed: there is no time for this attempt. Otherwise
+/// whether the attempt has a *fair share* of the call's `timeout`, at least half: an
+/// attempt sent later (after a wait for a reconnect, a backoff or a hedging delay) that
+/// runs out of time is no verdict on its endpoint.
+pub(crate) fn stamp_attempt(
+    headers: &mut http::HeaderMap,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    previous: u32,
+) -> Option<bool> {
+    let mut fair_share = true;
+    if let Some(deadline) = deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        fair_share = timeout.is_none_or(|total| left * 2 >= total);
+        headers.insert(GRPC_TIMEOUT, grpc_timeout_value(left));
+    }
+    if previous > 0 {
+        headers.insert(PREVIOUS_ATTEMPTS, http::HeaderValue::from(previous));
+    }
+    Some(fair_share)
+}
+
 /// `now + timeout`, saturating instead of panicking on an absurdly long timeout.
 pub(crate) fn deadline_after(timeout: Duration) -> Instant {
     let now = Instant::now();
@@ -96,5 +128,37 @@ mod tests {
             );
             assert_eq!(grpc_timeout(&headers), Some(Duration::from_millis(ms)));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_carries_what_is_left_and_how_many_came_before() {
+        let total = Duration::from_millis(1000);
+        let deadline = deadline_after(total);
+        let mut headers = http::HeaderMap::new();
+        // The first attempt: the whole deadline, no previous attempts.
+        assert_eq!(
+            stamp_attempt(&mut headers, Some(deadline), Some(total), 0),
+            Some(true)
+        );
+        assert_eq!(grpc_timeout(&headers), Some(total));
+        assert!(headers.get(PREVIOUS_ATTEMPTS).is_none());
+        // 600 ms later: 400 ms left, less than half, so no verdict on its endpoint.
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert_eq!(
+            stamp_attempt(&mut headers, Some(deadline), Some(total), 2),
+            Some(false)
+        );
+        assert_eq!(grpc_timeout(&headers), Some(Duration::from_millis(400)));
+        assert_eq!(headers[PREVIOUS_ATTEMPTS], "2");
+        // Past the deadline: no attempt at all.
+        tokio::time::advance(Duration::from_millis(400)).await;
+        assert_eq!(
+            stamp_attempt(&mut headers, Some(deadline), Some(total), 3),
+            None
+        );
+        // Without a deadline, every attempt has a fair share and no `grpc-timeout`.
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(stamp_attempt(&mut headers, None, None, 1), Some(true));
+        assert!(headers.get(GRPC_TIMEOUT).is_none());
     }
 }

@@ -27,9 +27,9 @@ use tonic::{Code, Status};
 use super::ResponseBody;
 use super::attempt::{Failure, FailureKind, Route};
 use super::handle::Router;
-use super::headers::{GRPC_TIMEOUT, deadline_after, grpc_timeout_value, header_status};
+use super::headers::{deadline_after, header_status, stamp_attempt};
 use super::replay::RequestBody;
-use super::retry::{MAX_TRANSPARENT_RETRIES, PREVIOUS_ATTEMPTS, attempt_request, pushback};
+use super::retry::{MAX_TRANSPARENT_RETRIES, attempt_request, pushback};
 use super::subchannel::Subchannel;
 use crate::service_config::HedgingPolicy;
 
@@ -205,24 +205,10 @@ impl Router {
         busy: &mut Vec<Arc<Subchannel>>,
         running: &FuturesUnordered<Attempt>,
     ) -> Result<(), Status> {
-        let mut fair_share = true;
-        if let Some(deadline) = deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            // A hedge sent late in the call that runs out of time is no verdict on its
-            // endpoint (as in the retry loop).
-            fair_share = timeout.is_none_or(|total| left * 2 >= total);
-            if left.is_zero() {
-                return Err(Status::deadline_exceeded(format!(
-                    "deadline passed after {sent} hedged attempt(s)"
-                )));
-            }
-            parts.headers.insert(GRPC_TIMEOUT, grpc_timeout_value(left));
-        }
-        if *sent > 0 {
-            parts
-                .headers
-                .insert(PREVIOUS_ATTEMPTS, http::HeaderValue::from(*sent));
-        }
+        let fair_share =
+            stamp_attempt(&mut parts.headers, deadline, timeout, *sent).ok_or_else(|| {
+                Status::deadline_exceeded(format!("deadline passed after {sent} hedged attempt(s)"))
+            })?;
         *sent += 1;
         let attempt_body = body
             .attempt()

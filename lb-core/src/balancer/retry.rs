@@ -44,9 +44,7 @@ use tracing::debug;
 use super::ResponseBody;
 use super::attempt::{Failure, FailureKind, Route};
 use super::handle::Router;
-use super::headers::{
-    GRPC_TIMEOUT, deadline_after, grpc_timeout, grpc_timeout_value, header_status,
-};
+use super::headers::{deadline_after, grpc_timeout, header_status, stamp_attempt};
 use super::replay::RequestBody;
 use super::subchannel::Subchannel;
 use crate::service_config::{MethodConfig, RetryConfig};
@@ -149,9 +147,6 @@ impl RetryBudget {
 /// `RetryPolicy::max_attempts`.
 pub(super) const MAX_TRANSPARENT_RETRIES: u32 = 5;
 
-/// The header that tells a server how many attempts of this call came before (gRFC A6).
-pub(super) const PREVIOUS_ATTEMPTS: HeaderName =
-    HeaderName::from_static("grpc-previous-rpc-attempts");
 /// The header in which a server says how long to wait before a retry (gRFC A6).
 const PUSHBACK: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
 
@@ -244,8 +239,9 @@ impl Router {
                     .await;
             }
             // Still streaming: attempts at once would each need the rest of the caller's
-            // stream. Sent once, with the balancer's own retries.
-            let plan = Plan::new(self, None);
+            // stream. Sent once, with the balancer's own retries (a method with a
+            // `hedgingPolicy` has no `retryPolicy`) and the method's `waitForReady`.
+            let plan = Plan::new(self, method.as_deref());
             return self
                 .retry_loop(parts, body, route, rng, &plan, timeout)
                 .await;
@@ -294,27 +290,14 @@ impl Router {
                     .await?
                 }
             };
-            // Each attempt carries what is left of the call's deadline, not all of it.
-            let mut fair_share = true;
-            if let Some(deadline) = deadline {
-                let left = deadline.saturating_duration_since(Instant::now());
-                // An attempt sent with less than half of the call's time (after a wait
-                // for a reconnect, or a retry late in the call) running out is no
-                // verdict on its endpoint.
-                fair_share = timeout.is_none_or(|total| left * 2 >= total);
-                if left.is_zero() {
-                    return Err(Status::deadline_exceeded(format!(
-                        "deadline passed after {} attempt(s)",
-                        attempt - 1
-                    )));
-                }
-                parts.headers.insert(GRPC_TIMEOUT, grpc_timeout_value(left));
-            }
-            if attempt > 1 {
-                parts
-                    .headers
-                    .insert(PREVIOUS_ATTEMPTS, http::HeaderValue::from(attempt - 1));
-            }
+            let Some(fair_share) =
+                stamp_attempt(&mut parts.headers, deadline, timeout, attempt - 1)
+            else {
+                return Err(Status::deadline_exceeded(format!(
+                    "deadline passed after {} attempt(s)",
+                    attempt - 1
+                )));
+            };
             let sub = route.sub.clone();
             let Some(attempt_body) = body.attempt() else {
                 // The body outgrew what is kept for a retry while the last attempt
