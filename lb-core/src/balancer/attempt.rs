@@ -79,11 +79,14 @@ impl Route {
     ) -> Result<http::Response<ResponseBody>, Failure> {
         self.sub.calls.fetch_add(1, Ordering::Relaxed);
         // A stream on the first connection with one free (gRFC A105): usually this
-        // one; when it has as many calls open as its server allows, another.
+        // one; when it has as many calls open as its server allows, another. With one
+        // connection per endpoint, nothing is counted.
         let mut on_extra = false;
-        let stream = match self.wire.streams.try_take() {
-            Some(stream) => stream,
-            None if self.pool.settings.max_connections > 1 => {
+        let scaling = self.pool.settings.max_connections > 1;
+        let stream = match scaling.then(|| self.wire.streams.try_take()) {
+            None => None,
+            Some(Some(stream)) => Some(stream),
+            Some(None) => {
                 // Within the call's deadline: a connection slow to open must not hold
                 // a call past it.
                 let elsewhere =
@@ -97,13 +100,12 @@ impl Route {
                     Some((wire, stream)) => {
                         on_extra = !Arc::ptr_eq(&wire.streams, &self.wire.streams);
                         self.wire = wire;
-                        stream
+                        Some(stream)
                     }
                     // Out of time: the send below fails with the deadline at once.
-                    None => self.wire.streams.take(),
+                    None => Some(self.wire.streams.take()),
                 }
             }
-            None => self.wire.streams.take(),
         };
         let sent = self.wire.send(request);
         let result = match deadline {
@@ -151,7 +153,7 @@ impl Route {
                 let body = ResponseBody {
                     inner: Inner::Wire(body),
                     guard: Some(self.guard),
-                    stream: Some(stream),
+                    stream,
                     outcome,
                     deadline: None,
                     timer: None,

@@ -176,13 +176,27 @@ impl ConnectionTask {
         settings: &Settings,
     ) -> Result<(Wire, Closed, Option<Wire>), ConnectError> {
         // Our own connector: a TLS refusal is then read as such (see `connector`).
-        let calls = sub.target.connect(sub.call_keep_alive(settings.liveness));
+        let scaling = settings.max_connections > 1;
+        let calls = async {
+            let (wire, closed) = sub
+                .target
+                .connect(sub.call_keep_alive(settings.liveness), scaling)
+                .await?;
+            // When the connection scales (gRFC A105), its server's limit is known before
+            // the first call: calls taken on it before, with no limit yet, would wait
+            // inside it for streams that the extra connections had free. (A server sends
+            // its SETTINGS first thing; the attempt's timeout bounds the wait.)
+            if scaling {
+                wire.streams.settled().await;
+            }
+            Ok::<_, ConnectError>((wire, closed))
+        };
         if settings.health_service.is_none() {
             let (wire, closed) = calls.await?;
             return Ok((wire, closed, None));
         }
         // The health connection's end shows in its stream: its `Closed` is not needed.
-        let health = sub.target.connect(Subchannel::health_keep_alive());
+        let health = sub.target.connect(Subchannel::health_keep_alive(), false);
         let ((wire, closed), (health, _)) = tokio::try_join!(calls, health)?;
         Ok((wire, closed, Some(health)))
     }

@@ -25,7 +25,11 @@
 //! ```
 //!
 //! The extra connections belong to the endpoint's current connection: they close with
-//! it, and when the server closes them.
+//! it, and when the server closes them. Like gRPC, the balancer never closes one for
+//! being idle: a server that wants unused connections gone says so with its
+//! `MAX_CONNECTION_IDLE` (gRFC A9). With one connection per endpoint (the default),
+//! nothing here runs: no stream is counted and no frame read, so a call costs what it
+//! did before, as A105 asks.
 
 use std::{
     io,
@@ -123,15 +127,18 @@ impl Drop for StreamSlot {
 pub(crate) struct SettingsReader<T> {
     inner: T,
     streams: Arc<Streams>,
-    frames: FrameReader,
+    /// `None`: the connection does not scale, nothing is read.
+    frames: Option<FrameReader>,
 }
 
 impl<T> SettingsReader<T> {
-    pub(crate) fn new(inner: T, streams: Arc<Streams>) -> Self {
+    /// Reads the server's SETTINGS as they pass if `scaling` (more than one connection
+    /// allowed per endpoint); otherwise only passes the bytes through.
+    pub(crate) fn new(inner: T, streams: Arc<Streams>, scaling: bool) -> Self {
         Self {
             inner,
             streams,
-            frames: FrameReader::default(),
+            frames: scaling.then(FrameReader::default),
         }
     }
 }
@@ -218,10 +225,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for SettingsReader<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        let Some(frames) = this.frames.as_mut() else {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        };
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result {
-            let read = this.frames.feed(&buf.filled()[before..]);
+            let read = frames.feed(&buf.filled()[before..]);
             if let Some(limit) = read.limit {
                 this.streams.limit.store(limit, Ordering::Relaxed);
             }
@@ -335,7 +345,7 @@ impl Subchannel {
         let attempt = async {
             let (wire, closed) = self
                 .target
-                .connect(self.call_keep_alive(settings.liveness))
+                .connect(self.call_keep_alive(settings.liveness), true)
                 .await
                 .map_err(|e| super::describe(&*e))?;
             wire.streams.settled().await;
@@ -457,5 +467,20 @@ mod tests {
             3,
             "taken beyond the limit: waits in the connection"
         );
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_does_not_scale_only_passes_the_bytes_through() {
+        use tokio::io::AsyncReadExt;
+        let bytes = frame(FRAME_SETTINGS, 0, &setting(0x3, 10));
+        for scaling in [true, false] {
+            let streams = Streams::new();
+            let mut reader = SettingsReader::new(&bytes[..], streams.clone(), scaling);
+            let mut read = Vec::new();
+            reader.read_to_end(&mut read).await.expect("reads");
+            assert_eq!(read, bytes, "unchanged");
+            let expected = if scaling { 10 } else { u32::MAX };
+            assert_eq!(streams.limit(), expected, "scaling {scaling}");
+        }
     }
 }

@@ -85,16 +85,19 @@ impl Target {
     }
 
     /// Opens one HTTP/2 connection (TCP, TLS if set, the HTTP/2 handshake) and starts
-    /// the task that runs it. The caller bounds the time it may take.
+    /// the task that runs it. The caller bounds the time it may take. With `scaling`
+    /// (more than one connection per endpoint allowed), the server's
+    /// MAX_CONCURRENT_STREAMS is read from its SETTINGS frames as they pass.
     pub(crate) async fn connect(
         &self,
         keep_alive: KeepAlive,
+        scaling: bool,
     ) -> Result<(Wire, Closed), ConnectError> {
         use tower::Service;
         let io = self.connector.clone().call(self.uri.clone()).await?;
-        // The server's SETTINGS are read as they pass: its MAX_CONCURRENT_STREAMS.
         let streams = Streams::new();
-        let io = TokioIo::new(SettingsReader::new(io.into_inner(), streams.clone()));
+        let io = SettingsReader::new(io.into_inner(), streams.clone(), scaling);
+        let io = TokioIo::new(io);
         let (send, connection) = http2::Builder::new(Spawn)
             .timer(TokioTimer::new())
             .keep_alive_interval(keep_alive.interval)
