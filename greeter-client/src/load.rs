@@ -307,7 +307,8 @@ struct CallSpec {
 /// servers: what `greeter-client compare` prints side by side.
 ///
 /// With a service config in `spec`, each policy runs twice: without it, then with it
-/// (labelled `policy + hedging`, `+ retries` or `+ service config`), so that the table
+/// (labelled `policy + hedging`, `+ retries`, `+ connection scaling` or
+/// `+ service config`), so that the table
 /// shows what the config's hedging or retries change, and what they cost.
 pub async fn compare(spec: &LoadSpec, policies: &[Policy]) -> Result<Vec<Report>, lb_core::Error> {
     let mut reports = Vec::with_capacity(policies.len());
@@ -338,6 +339,11 @@ fn describe(config: &ServiceConfig) -> &'static str {
         "hedging"
     } else if config.methods().iter().any(|m| m.retry_policy.is_some()) {
         "retries"
+    } else if config
+        .max_connections_per_subchannel()
+        .is_some_and(|max| max > 1)
+    {
+        "connection scaling"
     } else {
         "service config"
     }

@@ -82,6 +82,11 @@ pub struct Config {
     pub seed: u64,
     /// Calls each instance works on at once; the rest wait (`None`: no limit).
     pub capacity: Option<usize>,
+    /// The HTTP/2 streams (calls) a client may have open at once on one connection,
+    /// sent in the server's SETTINGS (default [`MAX_CONCURRENT_STREAMS`]): a call beyond
+    /// it waits in its client's connection. A low one shows gRFC A105's connection
+    /// scaling at work.
+    pub max_concurrent_streams: u32,
     /// Report load with ORCA (gRFC A51): a report in every answer's trailer and the
     /// out-of-band `OpenRcaService`.
     pub orca: bool,
@@ -114,6 +119,7 @@ impl Config {
             latency_tail: None,
             seed: 0,
             capacity: None,
+            max_concurrent_streams: MAX_CONCURRENT_STREAMS,
             orca: false,
             max_connection_age: None,
             request_timeout: REQUEST_TIMEOUT,
@@ -702,7 +708,7 @@ pub async fn spawn(config: Config) -> Result<Servers, ServerError> {
         }
         let router = builder
             .concurrency_limit_per_connection(MAX_CONCURRENT_CALLS_PER_CONNECTION)
-            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .max_concurrent_streams(config.max_concurrent_streams)
             .http2_max_header_list_size(limits::MAX_HEADER_LIST_SIZE)
             .http2_keepalive_interval(Some(limits::KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(limits::KEEPALIVE_TIMEOUT))

@@ -57,6 +57,12 @@ struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     capacity: Option<u32>,
 
+    /// HTTP/2 streams (calls) a client may have open at once on one connection (its
+    /// SETTINGS_MAX_CONCURRENT_STREAMS); a call beyond it waits in the client's
+    /// connection. A low value, e.g. 4, shows a client's connectionScaling (gRFC A105).
+    #[arg(long, value_name = "N", default_value_t = greeter_server::MAX_CONCURRENT_STREAMS, value_parser = clap::value_parser!(u32).range(1..=i64::from(greeter_server::MAX_CONCURRENT_STREAMS)))]
+    max_concurrent_streams: u32,
+
     /// Report load (ORCA, gRFC A51): an xds.data.orca.v3.OrcaLoadReport in every
     /// answer's endpoint-load-metrics-bin trailer, and the
     /// xds.service.orca.v3.OpenRcaService out-of-band stream.
@@ -199,6 +205,7 @@ async fn serve_main() -> ExitCode {
         latency_tail: args.latency_tail,
         seed: args.seed,
         capacity: args.capacity.map(|n| n as usize),
+        max_concurrent_streams: args.max_concurrent_streams,
         orca: args.orca,
         max_connection_age: args.max_connection_age,
         request_timeout: args.request_timeout,

@@ -31,6 +31,8 @@ fn bad_flags_are_usage_errors() {
         ["--port", "50053-50051"],
         ["--latency", "fast"],
         ["--host", "nowhere"],
+        ["--max-concurrent-streams", "0"],
+        ["--max-concurrent-streams", "1025"],
     ] {
         let out = server().args(args).output().expect("runs");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
