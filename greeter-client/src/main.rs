@@ -831,11 +831,12 @@ fn init_tracing(default: &str) {
         .init();
 }
 
-/// `--outlier-config`: gRFC A50's JSON (lb-core's `OutlierDetection::from_str`).
+/// `--service-config`: gRPC's service config, a file or JSON (`ServiceConfig::load`).
 fn parse_service_config(text: &str) -> Result<ServiceConfig, String> {
     ServiceConfig::load(text).map_err(|e| e.to_string())
 }
 
+/// `--outlier-config`: gRFC A50's JSON (lb-core's `OutlierDetection::from_str`).
 fn parse_outlier_config(text: &str) -> Result<OutlierDetection, String> {
     text.parse()
 }

@@ -38,7 +38,7 @@
 //!   cut off by a broken connection counts as `UNAVAILABLE`. Every retry carries
 //!   `grpc-previous-rpc-attempts`.
 //! - `hedgingPolicy`: the call is sent again, to another endpoint, each time
-//!   `hedgingDelay` passes without an answer, up to `maxAttempts` at once; the first
+//!   `hedgingDelay` passes without an answer, up to `maxAttempts` in all; the first
 //!   answer wins and the others are cancelled. An answer whose status is in
 //!   `nonFatalStatusCodes` does not win: the next attempt goes out at once.
 //!
@@ -67,7 +67,7 @@
 //! assert!(err.to_string().contains("methodConfig[0].retryPolicy: unknown field `maxAttempt`"));
 //! ```
 
-use std::{collections::HashMap, path::Path, str::FromStr, sync::Arc, time::Duration};
+use std::{collections::HashMap, io::Read, path::Path, str::FromStr, sync::Arc, time::Duration};
 
 use serde::{Deserialize, Deserializer, de};
 use serde_json::{Map, Value};
@@ -172,8 +172,8 @@ pub struct HedgingPolicy {
 pub struct RetryThrottling {
     /// The bucket's size: 1 to 1000.
     pub max_tokens: u32,
-    /// Tokens given back per successful call: above 0, at most 1 (read to three
-    /// decimal places).
+    /// Tokens given back per successful call: 0.001 to 1 (read to three decimal
+    /// places).
     pub token_ratio: f64,
 }
 
@@ -195,12 +195,14 @@ struct RawMethod {
 mod optional_duration {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, de::Error};
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         #[derive(Deserialize)]
         struct Wrapped(#[serde(with = "super::duration_text")] Duration);
-        Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
+        Ok(Option::<Wrapped>::deserialize(d)
+            .map_err(|e| D::Error::custom(format!("timeout: {e}")))?
+            .map(|w| w.0))
     }
 }
 
@@ -273,8 +275,18 @@ impl ServiceConfig {
                 path.display()
             )));
         }
-        let text = std::fs::read_to_string(path)
+        // The size said by the file system is not always the size read (a pipe, a
+        // file in /proc): the read is limited too.
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
             .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(invalid(format!(
+                "{} holds more than {MAX_FILE_BYTES} bytes; a service config may be at most that",
+                path.display()
+            )));
+        }
         text.parse().map_err(|err| match err {
             Error::InvalidServiceConfig { reason } => {
                 invalid(format!("{}: {reason}", path.display()))
@@ -363,9 +375,10 @@ impl FromStr for ServiceConfig {
                     t.max_tokens
                 )));
             }
-            if !(t.token_ratio > 0.0 && t.token_ratio <= 1.0) {
+            // Read to three decimal places (gRFC A6): 0.0004 would give nothing back.
+            if !(t.token_ratio >= 0.001 && t.token_ratio <= 1.0) {
                 return Err(invalid(format!(
-                    "retryThrottling.tokenRatio must be above 0 and at most 1, not {}",
+                    "retryThrottling.tokenRatio must be at least 0.001 and at most 1, not {}",
                     t.token_ratio
                 )));
             }
@@ -652,7 +665,23 @@ mod tests {
             ),
             (
                 r#"{"methodConfig": [{"name": [{}], "timeout": "soon"}]}"#,
-                "`soon` is not a duration",
+                "timeout: `soon` is not a duration",
+            ),
+            (
+                r#"{"methodConfig": [{"name": [{}], "timeout": "-1s"}]}"#,
+                "timeout: `-1s` is not a duration",
+            ),
+            (
+                r#"{"methodConfig": [{"name": [{}], "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "1e19s"}}]}"#,
+                "hedgingPolicy: `1e19s` is too long a duration: at most 365 days",
+            ),
+            (
+                r#"{"methodConfig": [{"name": [{}], "retryPolicy": {"maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "400days", "backoffMultiplier": 1, "retryableStatusCodes": [14]}}]}"#,
+                "retryPolicy: `400days` is too long a duration",
+            ),
+            (
+                r#"{"retryThrottling": {"maxTokens": 10, "tokenRatio": 0.0004}}"#,
+                "at least 0.001",
             ),
             (
                 r#"{"methodConfig": [{"name": [{}], "retryPolicy": {"maxAttempts": 1, "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 1, "retryableStatusCodes": ["UNAVAILABLE"]}}]}"#,

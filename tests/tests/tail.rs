@@ -3,7 +3,10 @@
 //! 127.0.0.1:0, real gRPC through the balancer.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -51,14 +54,16 @@ fn attempts(balancer: &Balancer) -> u64 {
 
 /// Three servers whose calls take 100 ms more one time in ten: hedging after 10 ms cuts
 /// the p99 by 5 times or more, for less than 25 % more calls, and the servers see the
-/// losing attempts CANCELLED. Calls go one at a time, so that the servers' seeded
-/// draws and the balancer's seeded picks make the same run each time.
+/// losing attempts CANCELLED.
 ///
-/// The ratio is near its edge by arithmetic: a call whose first two attempts are both
-/// slow (1 % of calls, on average) is answered by the third, sent at 20 ms, so the
-/// hedged p99 is about 12 ms when fewer than 1 % of the calls draw two slow attempts and
-/// about 22 ms (4.7 times less) when more do. With these seeds, 7 of 1,000 calls do.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On tokio's paused clock, with the servers in this process: a fast call takes no
+/// time, a slow one exactly 100 ms, and hedges go out at exactly 10 and 20 ms, so no
+/// hiccup of a busy machine can send a hedge that a fast answer would have made
+/// needless, and every run is the same. (On the real clock, each such hedge takes a
+/// draw from a server's seeded RNG and reshuffles which calls are slow.) By arithmetic
+/// the hedged p99 is 10 ms while fewer than 1 % of the calls draw two slow attempts in
+/// a row, and 20 ms (still 5 times less) while fewer than 1 % draw three.
+#[tokio::test(start_paused = true)]
 async fn hedging_after_10_ms_cuts_the_p99_of_a_tail_of_slow_calls() {
     let mut registry = Registry::default();
     let metrics = ServerMetrics::register(&mut registry);
@@ -140,17 +145,21 @@ async fn hedging_after_10_ms_cuts_the_p99_of_a_tail_of_slow_calls() {
     servers.shutdown().await.expect("clean shutdown");
 }
 
-/// A server of our own, for exact answers: UNAVAILABLE to the first `failures` calls
-/// (with `grpc-retry-pushback-ms` if `pushback` is set), then OK; it records when each
-/// attempt arrived and its `grpc-previous-rpc-attempts`.
 /// When an attempt arrived, and its `grpc-previous-rpc-attempts`.
 type Arrival = (Instant, Option<String>);
 
+/// A server of our own, for exact answers: UNAVAILABLE to the first `failures` calls
+/// (with `grpc-retry-pushback-ms` if `pushback` is set), then OK; it records when each
+/// attempt arrived and its `grpc-previous-rpc-attempts`.
+/// With a `delay`, every answer waits that long first; `finished` counts the calls
+/// that were answered (not cancelled while waiting).
 #[derive(Clone, Default)]
 struct Flaky {
     failures: usize,
     pushback: Option<&'static str>,
+    delay: Duration,
     seen: Arc<Mutex<Vec<Arrival>>>,
+    finished: Arc<AtomicUsize>,
 }
 
 #[tonic::async_trait]
@@ -169,6 +178,10 @@ impl MyService for Flaky {
             seen.push((Instant::now(), previous));
             seen.len()
         };
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.finished.fetch_add(1, Ordering::Relaxed);
         if n <= self.failures {
             let mut status = Status::unavailable("busy");
             if let Some(ms) = self.pushback {
@@ -419,6 +432,188 @@ async fn wait_for_ready_waits_for_an_endpoint_that_comes_back() {
             "one attempt"
         );
     }
+}
+
+/// Each retry goes to an endpoint not tried yet: with one server that always fails and
+/// one that never does, and two attempts a call, every call succeeds, whichever server
+/// its first attempt reached.
+#[tokio::test(start_paused = true)]
+async fn a_retry_goes_to_another_endpoint() {
+    let failing = Flaky {
+        failures: usize::MAX,
+        ..Flaky::default()
+    };
+    let good = Flaky::default();
+    let endpoints = vec![serve(failing.clone()).await, serve(good.clone()).await];
+    let balancer = balancer_on(endpoints, retrying(2)).await;
+    let mut client = MyServiceClient::new(balancer);
+    let calls = 10;
+    for _ in 0..calls {
+        client
+            .say_hello(HelloRequest { name: "r".into() })
+            .await
+            .expect("the retry reaches the good server");
+    }
+    let failed = failing.seen.lock().expect("not poisoned").len();
+    assert_eq!(good.seen.lock().expect("not poisoned").len(), calls);
+    assert!(
+        failed >= calls / 2,
+        "round robin sent {failed} first attempts to the failing server"
+    );
+}
+
+/// A fatal answer ends every hedge: the call gets it at once, the slow attempt still
+/// running is cancelled (its server never finishes it), and no more attempts go out.
+/// With the same status non-fatal, the call goes on and the slow server's answer wins.
+/// On tokio's paused clock.
+#[tokio::test(start_paused = true)]
+async fn a_fatal_status_ends_every_hedge() {
+    for fatal in [true, false] {
+        let slow = Flaky {
+            delay: Duration::from_secs(1),
+            ..Flaky::default()
+        };
+        let failing = Flaky {
+            failures: usize::MAX,
+            ..Flaky::default()
+        };
+        let non_fatal = if fatal {
+            ""
+        } else {
+            r#", "nonFatalStatusCodes": ["UNAVAILABLE"]"#
+        };
+        let config: ServiceConfig = format!(
+            r#"{{"methodConfig": [{{"name": [{{"service": "example.MyService"}}],
+                "hedgingPolicy": {{"maxAttempts": 3, "hedgingDelay": "0.01s"{non_fatal}}}}}]}}"#
+        )
+        .parse()
+        .expect("valid");
+        let endpoints = vec![serve(slow.clone()).await, serve(failing.clone()).await];
+        let balancer = balancer_on(endpoints, config).await;
+        let mut client = MyServiceClient::new(balancer.clone());
+        let calls = 4;
+        for _ in 0..calls {
+            let start = Instant::now();
+            let result = client.say_hello(HelloRequest { name: "f".into() }).await;
+            let took = start.elapsed();
+            if fatal {
+                let status = result.expect_err("the failing server's answer is fatal");
+                assert_eq!(status.code(), Code::Unavailable);
+                assert!(took < Duration::from_millis(100), "answered in {took:?}");
+            } else {
+                result.expect("the slow server's answer wins");
+                assert!(took >= Duration::from_secs(1), "answered in {took:?}");
+            }
+        }
+        // Long enough for any slow attempt still alive to finish.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let slow_seen = slow.seen.lock().expect("not poisoned").len();
+        let failing_seen = failing.seen.lock().expect("not poisoned").len();
+        if fatal {
+            assert!(
+                slow_seen >= calls / 2,
+                "{slow_seen} calls started on the slow server"
+            );
+            assert_eq!(
+                slow.finished.load(Ordering::Relaxed),
+                0,
+                "every slow attempt was cancelled"
+            );
+            assert_eq!(
+                failing_seen, calls,
+                "one attempt a call on the failing server"
+            );
+        } else {
+            assert_eq!(slow.finished.load(Ordering::Relaxed), slow_seen);
+            assert!(
+                failing_seen > calls,
+                "non-fatal answers send the next attempt: {failing_seen}"
+            );
+        }
+        assert!(
+            slow_seen + failing_seen <= 3 * calls,
+            "at most maxAttempts a call"
+        );
+    }
+}
+
+/// Hedging through lb-proxy, for calls whose request is whole when the headers come
+/// (as a unary tonic client sends it) and for calls whose message comes a millisecond
+/// after the headers (sent as a client stream of one message, the same on the wire):
+/// their body is still arriving when the first attempt goes out, and the hedge goes out
+/// once it is whole. Every call that went to the slow server first is hedged and
+/// answered by the quick one. On tokio's paused clock.
+#[tokio::test(start_paused = true)]
+async fn hedging_works_behind_the_proxy() {
+    let slow = Flaky {
+        delay: Duration::from_secs(1),
+        ..Flaky::default()
+    };
+    let quick = Flaky::default();
+    let endpoints = vec![serve(slow.clone()).await, serve(quick.clone()).await];
+    let balancer = balancer_on(endpoints, HEDGING.parse().expect("valid")).await;
+    let proxy = lb_proxy::spawn("127.0.0.1:0".parse().expect("addr"), balancer.clone())
+        .await
+        .expect("the proxy starts");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", proxy.addr()))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connects");
+    let calls = 6;
+    for late in [false, true] {
+        let (hedges_before, slow_before) = (
+            balancer.hedges(),
+            slow.seen.lock().expect("not poisoned").len(),
+        );
+        for _ in 0..calls {
+            let start = Instant::now();
+            let reply = if late {
+                let mut grpc = tonic::client::Grpc::new(channel.clone());
+                grpc.ready().await.expect("ready");
+                let message = futures::stream::once(async {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    HelloRequest { name: "h".into() }
+                });
+                grpc.client_streaming(
+                    Request::new(message),
+                    tonic::codegen::http::uri::PathAndQuery::from_static(
+                        "/example.MyService/SayHello",
+                    ),
+                    tonic_prost::ProstCodec::<HelloRequest, HelloResponse>::default(),
+                )
+                .await
+            } else {
+                MyServiceClient::new(channel.clone())
+                    .say_hello(HelloRequest { name: "h".into() })
+                    .await
+            };
+            let reply = reply.expect("answered");
+            assert_eq!(reply.into_inner().message, "Hello, again!");
+            let took = start.elapsed();
+            assert!(
+                took < Duration::from_millis(100),
+                "late {late}: answered in {took:?}"
+            );
+        }
+        let first_on_slow = slow.seen.lock().expect("not poisoned").len() - slow_before;
+        assert!(
+            first_on_slow >= calls - 1,
+            "late {late}: round robin sent {first_on_slow} first attempts to the slow server"
+        );
+        assert_eq!(
+            balancer.hedges() - hedges_before,
+            first_on_slow as u64,
+            "late {late}: a hedge for every call that went to the slow server first"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        slow.finished.load(Ordering::Relaxed),
+        0,
+        "the slow attempts were cancelled"
+    );
+    proxy.shutdown().await.expect("clean shutdown");
 }
 
 /// The examples in `examples/service-config/` parse and name SayHello.

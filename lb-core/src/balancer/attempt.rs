@@ -18,6 +18,7 @@ use tonic::{Status, body::Body};
 
 use super::headers::{header_status, is_endpoint_failure};
 use super::pool::Pool;
+use super::retry::RetryBudget;
 use super::streams::StreamSlot;
 use super::subchannel::Subchannel;
 use super::wire::{AttemptBody, Wire};
@@ -158,6 +159,7 @@ impl Route {
                     deadline: None,
                     timer: None,
                     timed_out: false,
+                    credit: None,
                 };
                 Ok(http::Response::from_parts(parts, body))
             }
@@ -283,6 +285,9 @@ pin_project_lite::pin_project! {
         deadline: Option<tokio::time::Instant>,
         timer: Option<Pin<Box<tokio::time::Sleep>>>,
         timed_out: bool,
+        // The retry throttle, given a token back if the call ends OK (gRFC A6 counts a
+        // call's success by its status, which is in the trailers).
+        credit: Option<Arc<RetryBudget>>,
     }
 }
 
@@ -334,6 +339,7 @@ impl ResponseBody {
             deadline: None,
             timer: None,
             timed_out: false,
+            credit: None,
         }
     }
 
@@ -341,6 +347,12 @@ impl ResponseBody {
     /// `deadline`.
     pub(crate) fn until(mut self, deadline: Option<tokio::time::Instant>) -> Self {
         self.deadline = deadline;
+        self
+    }
+
+    /// The same body, giving `budget` a token back if its trailers say OK.
+    pub(crate) fn credit(mut self, budget: Arc<RetryBudget>) -> Self {
+        self.credit = Some(budget);
         self
     }
 }
@@ -389,10 +401,15 @@ impl http_body::Body for ResponseBody {
                 if let (Some(trailers), Some((sub, _))) = (frame.trailers_ref(), &this.outcome) {
                     record_load(sub, trailers);
                 }
-                if let Some(code) = frame.trailers_ref().and_then(header_status)
-                    && let Some((sub, pool)) = this.outcome.take()
-                {
-                    pool.record_outcome(&sub, !is_endpoint_failure(code));
+                if let Some(code) = frame.trailers_ref().and_then(header_status) {
+                    if let Some((sub, pool)) = this.outcome.take() {
+                        pool.record_outcome(&sub, !is_endpoint_failure(code));
+                    }
+                    if let Some(budget) = this.credit.take()
+                        && code == tonic::Code::Ok
+                    {
+                        budget.on_success();
+                    }
                 }
             }
             Some(Err(_)) | None => {
@@ -494,6 +511,37 @@ mod tests {
         assert_eq!(state.in_flight(), 0, "the end of the body ends the call");
         drop(body);
         assert_eq!(state.in_flight(), 0, "and is counted once");
+    }
+
+    /// The throttle gets its token back when the call *ends* OK: by its trailers, not
+    /// when its headers came.
+    #[test]
+    fn a_call_is_a_success_to_the_throttle_when_its_trailers_say_ok() {
+        use crate::RetryPolicy;
+        for (status, credited) in [("0", true), ("14", false)] {
+            let budget = Arc::new(RetryBudget::new(&RetryPolicy {
+                max_tokens: 10,
+                token_ratio: 1.0,
+                ..RetryPolicy::default()
+            }));
+            for _ in 0..5 {
+                budget.on_failure();
+            }
+            assert!(!budget.allows_retry(), "5 of 10 tokens left");
+            let state = EndpointState::new("127.0.0.1:1".parse().unwrap());
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", status.parse().unwrap());
+            let frames = Frames(VecDeque::from([
+                Frame::data(Bytes::from_static(b"the message")),
+                Frame::trailers(trailers),
+            ]));
+            let mut body =
+                ResponseBody::new(Body::new(frames), state.start_call()).credit(budget.clone());
+            assert!(poll(&mut body).unwrap().is_data());
+            assert!(!budget.allows_retry(), "status {status}: not over yet");
+            assert!(poll(&mut body).unwrap().is_trailers());
+            assert_eq!(budget.allows_retry(), credited, "status {status}");
+        }
     }
 
     #[test]

@@ -191,10 +191,10 @@ impl BalancerBuilder {
             pool,
             explain: AtomicU64::new(self.explain),
             queue_timeout: self.queue_timeout,
-            budget: match self.service_config.retry_throttling() {
+            budget: Arc::new(match self.service_config.retry_throttling() {
                 Some(throttling) => RetryBudget::throttling(throttling),
                 None => RetryBudget::new(&self.retry),
-            },
+            }),
             service_config: self.service_config,
             retry: self.retry,
             retries: AtomicU64::new(0),

@@ -277,7 +277,7 @@ pub(crate) struct Router {
     pub(super) retry: RetryPolicy,
     /// Per-method deadlines, retries and hedging (`BalancerBuilder::service_config`).
     pub(super) service_config: crate::service_config::ServiceConfig,
-    pub(super) budget: RetryBudget,
+    pub(super) budget: Arc<RetryBudget>,
     pub(super) retries: AtomicU64,
     /// Hedged attempts sent (beyond each call's first).
     pub(super) hedges: AtomicU64,

@@ -14,8 +14,10 @@
 //! goes out at once (or after the server's `grpc-retry-pushback-ms`; a negative one
 //! stops hedging). Any other answer, an error or not, ends the call and cancels the
 //! rest. Hedges come out of the same token bucket as retries: while most calls fail,
-//! only first attempts go out. The request body must be whole when the call starts
-//! (every unary call): attempts at once each send their own copy.
+//! only first attempts go out. Attempts at once each send their own copy of the
+//! request, so a hedge needs the whole of it: a body still arriving (a proxy's caller
+//! may send it after the headers) is recorded as the first attempt sends it, and hedges
+//! go out once it has ended; a body too big to keep is sent once, unhedged.
 
 use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
 
@@ -42,7 +44,7 @@ type Attempt = BoxFuture<
 >;
 
 impl Router {
-    /// One call, hedged as `policy` says. `body` is complete.
+    /// One call, hedged as `policy` says. `body` is whole, or recorded as it streams.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn hedge(
         &self,
@@ -63,6 +65,8 @@ impl Router {
         let mut transparent = 0;
         // No more attempts: the server said so, or the throttle.
         let mut stopped = false;
+        // The next attempt sends again one that no server saw (a transparent retry).
+        let mut resend = false;
         // When the next attempt goes out (`None`: when one of the running ones ends).
         let mut next_at: Option<Instant>;
         // The last answer that did not win, returned if none does.
@@ -94,14 +98,12 @@ impl Router {
                             if !code.is_some_and(|c| policy.non_fatal_status_codes.contains(&c)) {
                                 // The answer. Dropping the others resets their streams:
                                 // their servers see CANCELLED.
-                                if code.is_none_or(|c| c == Code::Ok) {
-                                    self.budget.on_success();
-                                }
                                 drop(running);
+                                body.commit();
                                 let mut call = extensions;
                                 call.extend(std::mem::take(response.extensions_mut()));
                                 *response.extensions_mut() = call;
-                                return Ok(response.map(|b| b.until(deadline)));
+                                return Ok(self.answer(response, deadline));
                             }
                             self.budget.on_failure();
                             next_at = match pushback(response.headers()) {
@@ -124,9 +126,11 @@ impl Router {
                         Err(Failure { status, kind: FailureKind::Unsent })
                             if transparent < MAX_TRANSPARENT_RETRIES =>
                         {
-                            // No server saw it: sent again at once, not counted.
+                            // No server saw it: sent again at once, neither counted
+                            // nor throttled.
                             transparent += 1;
                             sent -= 1;
+                            resend = true;
                             next_at = Some(Instant::now());
                             if last.is_none() {
                                 last = Some(Err(status));
@@ -137,17 +141,19 @@ impl Router {
                             return Err(status);
                         }
                         Err(Failure { status, .. }) => {
-                            // A broken connection ends an attempt UNAVAILABLE.
-                            self.budget.on_failure();
+                            // A broken connection ends an attempt UNAVAILABLE: fatal
+                            // unless the policy says otherwise, and only then a
+                            // failure to the throttle.
                             if !policy.non_fatal_status_codes.contains(&Code::Unavailable) {
                                 return Err(status);
                             }
+                            self.budget.on_failure();
                             next_at = Some(Instant::now());
                             last = Some(Err(status));
                         }
                     }
                     let more = sent < policy.max_attempts && !stopped;
-                    if running.is_empty() && !(more && self.budget.allows_retry()) {
+                    if running.is_empty() && !(more && (resend || self.budget.allows_retry())) {
                         return match last {
                             Some(Ok(response)) => Ok(with_call_extensions(response, &extensions).map(|b| b.until(deadline))),
                             Some(Err(status)) => Err(status),
@@ -156,7 +162,17 @@ impl Router {
                     }
                 }
                 () = sleep_until(wake) => {
-                    if !self.budget.allows_retry() {
+                    if !running.is_empty() && !body.settle() {
+                        // The request is still arriving: an attempt beside the running
+                        // one would need the rest of it too. Looked at again later.
+                        next_at = Some(Instant::now() + policy.hedging_delay);
+                        continue;
+                    }
+                    if !body.is_replayable() {
+                        // Too big to keep after all: no other attempt can send it.
+                        stopped = true;
+                    }
+                    if stopped || (!resend && !self.budget.allows_retry()) {
                         // Throttled: no more hedges; the running attempts decide.
                         stopped = true;
                         if running.is_empty() {
@@ -186,6 +202,7 @@ impl Router {
                         self.hedges.fetch_add(1, Ordering::Relaxed);
                     }
                     self.launch(&mut parts, &mut body, route, &mut sent, deadline, timeout, &mut busy, &running)?;
+                    resend = false;
                     next_at = Some(Instant::now() + policy.hedging_delay);
                 }
             }

@@ -128,10 +128,24 @@ impl RequestBody {
         }
     }
 
-    /// Whether the whole body was there when the call started: attempts can then run
-    /// at once (hedging), each with its own copy.
+    /// Whether the whole body is here: attempts can then run at once (hedging), each
+    /// with its own copy.
     pub(crate) fn is_complete(&self) -> bool {
         matches!(self, Self::One(_) | Self::Replayable(..))
+    }
+
+    /// A recording whose source has ended, all of it kept, becomes a whole body (the
+    /// attempt reading it goes on reading the recording); then [`Self::is_complete`].
+    pub(crate) fn settle(&mut self) -> bool {
+        if let Self::Recording(recording) = self {
+            let r = lock(recording);
+            if r.ended && r.kept {
+                let whole = Self::Replayable(r.chunks.clone(), r.trailers.clone());
+                drop(r);
+                *self = whole;
+            }
+        }
+        self.is_complete()
     }
 
     pub(crate) fn is_replayable(&self) -> bool {
@@ -399,6 +413,29 @@ mod tests {
         tx.send(Bytes::from_static(b"d")).unwrap();
         drop(tx);
         assert_eq!(collect(second).await, b"bcd", "nothing recorded is dropped");
+    }
+
+    /// A body that arrived after the call started (a proxy's caller's) is whole once
+    /// the first attempt has read it to its end: then hedges can each send a copy, and
+    /// the first attempt is not disturbed.
+    #[tokio::test]
+    async fn a_recording_that_ended_settles_into_a_whole_body() {
+        let (tx, body) = channel_body();
+        let mut request = RequestBody::read(body, 1024).await.unwrap();
+        let mut first = request.attempt().unwrap();
+        assert!(!request.settle(), "nothing has arrived yet");
+        tx.send(Bytes::from_static(b"hello")).unwrap();
+        assert_eq!(next_data(&mut first).await, b"hello");
+        assert!(!request.settle(), "not ended yet");
+        drop(tx);
+        assert!(
+            collect(first).await.is_empty(),
+            "the first attempt reads the end"
+        );
+        assert!(request.settle(), "ended, all of it kept");
+        let (hedge, another) = (request.attempt().unwrap(), request.attempt().unwrap());
+        assert_eq!(collect(hedge).await, b"hello");
+        assert_eq!(collect(another).await, b"hello", "a copy each");
     }
 
     /// A body whose chunks arrive when the test sends them, as a relayed stream's do.

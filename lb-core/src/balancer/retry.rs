@@ -107,7 +107,7 @@ impl RetryBudget {
         Self {
             tokens: AtomicU64::new(max),
             max,
-            ratio: (policy.token_ratio.clamp(0.0, 1.0) * 1000.0) as u64,
+            ratio: thousandths(policy.token_ratio),
         }
     }
 
@@ -117,7 +117,7 @@ impl RetryBudget {
         Self {
             tokens: AtomicU64::new(max),
             max,
-            ratio: (throttling.token_ratio.clamp(0.0, 1.0) * 1000.0) as u64,
+            ratio: thousandths(throttling.token_ratio),
         }
     }
 
@@ -141,6 +141,12 @@ impl RetryBudget {
     pub(crate) fn allows_retry(&self) -> bool {
         self.tokens.load(Ordering::Relaxed) * 2 > self.max
     }
+}
+
+/// A token ratio in thousandths of a token, rounded: 0.57 is 570 (not 569, as
+/// `0.57 * 1000.0` truncated would be).
+fn thousandths(ratio: f64) -> u64 {
+    (ratio.clamp(0.0, 1.0) * 1000.0).round() as u64
 }
 
 /// Transparent retries per call (of calls that never reached a server), on top of
@@ -224,7 +230,9 @@ impl Router {
         };
         if let Some(hedging) = method.as_ref().and_then(|m| m.hedging_policy.as_ref()) {
             let body = RequestBody::read(body, self.retry.max_replay_bytes).await?;
-            if body.is_complete() {
+            // Whole, or recorded as the first attempt sends it (a proxy's caller may
+            // not have sent all of it yet): hedges go out once it is whole.
+            if !matches!(body, RequestBody::Streaming(_)) {
                 let wait_for_ready = method.as_ref().and_then(|m| m.wait_for_ready);
                 return self
                     .hedge(
@@ -238,9 +246,10 @@ impl Router {
                     )
                     .await;
             }
-            // Still streaming: attempts at once would each need the rest of the caller's
-            // stream. Sent once, with the balancer's own retries (a method with a
-            // `hedgingPolicy` has no `retryPolicy`) and the method's `waitForReady`.
+            // Too big to keep: attempts at once would each need the rest of the
+            // caller's stream. Sent once, with the balancer's own retries (a method
+            // with a `hedgingPolicy` has no `retryPolicy`) and the method's
+            // `waitForReady`.
             let plan = Plan::new(self, method.as_deref());
             return self
                 .retry_loop(parts, body, route, rng, &plan, timeout)
@@ -317,13 +326,15 @@ impl Router {
                     let answered = header_status(response.headers());
                     let retry_code = answered.filter(|code| plan.codes.contains(code));
                     let Some(code) = retry_code else {
-                        // An application's error is its answer: neither a success nor
-                        // a failure to the throttle (gRFC A6).
-                        if answered.is_none_or(|code| code == Code::Ok) {
-                            self.budget.on_success();
+                        if plan.backoff.is_some()
+                            && matches!(pushback(response.headers()), Some(Err(())))
+                        {
+                            // A server that says "do not retry" counts as a failure
+                            // to the throttle, whatever its status (as grpc-go).
+                            self.budget.on_failure();
                         }
                         body.commit();
-                        return Ok(response.map(|b| b.until(deadline)));
+                        return Ok(self.answer(response, deadline));
                     };
                     self.budget.on_failure();
                     let wait = match pushback(response.headers()) {
@@ -369,8 +380,11 @@ impl Router {
                 }
                 Err(Failure { status, kind }) => {
                     // As gRFC A6 throttles: a call that ran out of time is not a
-                    // failure that a retry could have saved, and costs no token.
-                    if kind != FailureKind::Deadline {
+                    // failure that a retry could have saved, and costs no token; nor
+                    // does an UNAVAILABLE that the method's retryPolicy does not retry.
+                    if kind != FailureKind::Deadline
+                        && (plan.backoff.is_none() || plan.retry_cut_calls)
+                    {
                         self.budget.on_failure();
                     }
                     let retryable = match kind {
@@ -397,6 +411,26 @@ impl Router {
             }
             tried.push(sub);
             attempt += 1;
+        }
+    }
+
+    /// The call's answer, as the caller gets it: bounded by the call's deadline, and
+    /// counted a success by the throttle if it ends OK (an application's error is
+    /// neither a success nor a failure to it, gRFC A6). The status of most answers is
+    /// in their trailers, so the token comes back when they arrive.
+    pub(super) fn answer(
+        &self,
+        response: http::Response<ResponseBody>,
+        deadline: Option<Instant>,
+    ) -> http::Response<ResponseBody> {
+        match header_status(response.headers()) {
+            None => response.map(|b| b.until(deadline).credit(self.budget.clone())),
+            Some(code) => {
+                if code == Code::Ok {
+                    self.budget.on_success();
+                }
+                response.map(|b| b.until(deadline))
+            }
         }
     }
 
@@ -470,5 +504,12 @@ mod tests {
             10_000,
             "capped at the size"
         );
+    }
+
+    #[test]
+    fn token_ratios_are_read_to_three_decimal_places() {
+        assert_eq!(thousandths(0.57), 570);
+        assert_eq!(thousandths(0.001), 1);
+        assert_eq!(thousandths(1.0), 1000);
     }
 }

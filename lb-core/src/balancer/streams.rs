@@ -1,8 +1,8 @@
 //! More than one connection to an endpoint when one is full (gRFC A105).
 //!
 //! An HTTP/2 server says how many streams (calls) one connection may have open at once,
-//! in its `SETTINGS_MAX_CONCURRENT_STREAMS` (tonic: unlimited unless set; grpc-go,
-//! Envoy, nginx: often 100). A call beyond it waits inside the connection until another
+//! in its `SETTINGS_MAX_CONCURRENT_STREAMS` (tonic and grpc-go: unlimited unless set;
+//! servers and proxies often set 100). A call beyond it waits inside the connection until another
 //! ends: with 100 long-running streams open, the 101st waits silently however idle the
 //! server is (grpc-java #8252, grpc #21386).
 //!
@@ -280,7 +280,7 @@ impl Subchannel {
     /// open (one attempt at a time; not again for the backoff's first step after one
     /// failed); else the least busy one, where the call waits for a stream.
     pub(crate) async fn stream_elsewhere(
-        &self,
+        self: &Arc<Self>,
         first: &Wire,
         generation: u64,
         settings: &Settings,
@@ -291,24 +291,34 @@ impl Subchannel {
         if self.connections(generation) < settings.max_connections as usize {
             // One connection attempt at a time: the others wait here, and most find a
             // stream on the new connection once it is made.
-            let mut last_failure = self.scaling.lock().await;
+            let mut last_failure = self.scaling.clone().lock_owned().await;
             if let Some(found) = self.extra_with_room(generation) {
                 return found;
             }
             let backing_off =
                 last_failure.is_some_and(|at| at.elapsed() < settings.backoff.initial);
             if !backing_off && self.connections(generation) < settings.max_connections as usize {
-                match self.open_extra(generation, settings).await {
-                    Ok(wire) => {
-                        *last_failure = None;
-                        if let Some(slot) = wire.streams.try_take() {
-                            return (wire, slot);
+                // The attempt is the endpoint's, not this call's: it runs to its end
+                // (within the connect timeout), holding the lock, even if this call's
+                // deadline ends its wait here; else short deadlines would start and
+                // drop attempt after attempt, and the endpoint would never scale.
+                let sub = Arc::clone(self);
+                let settings = settings.clone();
+                let attempt = tokio::spawn(async move {
+                    let opened = sub.open_extra(generation, &settings).await;
+                    *last_failure = match &opened {
+                        Ok(_) => None,
+                        Err(reason) => {
+                            info!(endpoint = %sub.state.endpoint(), %reason, "no extra connection");
+                            Some(tokio::time::Instant::now())
                         }
-                    }
-                    Err(reason) => {
-                        *last_failure = Some(tokio::time::Instant::now());
-                        info!(endpoint = %self.state.endpoint(), %reason, "no extra connection");
-                    }
+                    };
+                    opened.ok()
+                });
+                if let Ok(Some(wire)) = attempt.await
+                    && let Some(slot) = wire.streams.try_take()
+                {
+                    return (wire, slot);
                 }
             }
         }

@@ -88,9 +88,10 @@ pub(crate) struct Subchannel {
     /// Connections beyond the first, opened when every one was full (gRFC A105; see
     /// `streams.rs`), with the generation of the first connection they belong to.
     pub extra: Arc<Mutex<Vec<(Wire, u64)>>>,
-    /// Held while one more connection is being opened (one attempt at a time); when
-    /// the last attempt failed.
-    pub scaling: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Held while one more connection is being opened (one attempt at a time, held by
+    /// the attempt itself, which no call's deadline cuts short); when the last attempt
+    /// failed.
+    pub scaling: Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>,
     pub last_error: Mutex<Option<String>>,
     /// The generation of the connection a call found gone or going. A value, not a
     /// one-shot signal: a report about an older connection must not tear down a newer.
@@ -221,7 +222,7 @@ impl Subchannel {
             answers: AtomicU64::new(0),
             connection: Mutex::new(None),
             extra: Arc::default(),
-            scaling: tokio::sync::Mutex::new(None),
+            scaling: Arc::new(tokio::sync::Mutex::new(None)),
             last_error: Mutex::new(None),
             broken: watch::Sender::new(0),
             removed: watch::Sender::new(false),

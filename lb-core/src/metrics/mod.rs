@@ -19,7 +19,7 @@
 //! | `grpc_lb_endpoint_retries_total` | counter | calls that failed here and were sent elsewhere |
 //! | `grpc_subchannel_connection_attempts_succeeded_total`, `..._failed_total` | counter | connecting |
 //! | `grpc_subchannel_disconnections_total` | counter | connections lost |
-//! | `grpc_subchannel_open_connections` | gauge | 1 while connected |
+//! | `grpc_subchannel_open_connections` | gauge | connections open for calls (more than 1 with `connectionScaling`) |
 //!
 //! and on servers (greeter-server, and lb-proxy's front), per `server_address`:
 //! `grpc_server_call_started_total{grpc_method}`,
