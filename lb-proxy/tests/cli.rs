@@ -97,3 +97,40 @@ fn too_many_threads_is_a_usage_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--threads"), "{stderr}");
 }
+
+/// `--service-config`: a misspelt field is a usage error naming it, and a config whose
+/// `loadBalancingConfig` names a policy next to `--policy` is one too (keep one).
+#[test]
+fn bad_service_configs_are_usage_errors() {
+    for (args, expected) in [
+        (
+            vec![
+                "--service-config",
+                r#"{"methodConfig": [{"name": [{}], "timout": "1s"}]}"#,
+            ],
+            "unknown field `timout`",
+        ),
+        (
+            vec![
+                "--policy",
+                "round_robin",
+                "--service-config",
+                r#"{"loadBalancingConfig": [{"pick_first": {}}]}"#,
+            ],
+            "keep one",
+        ),
+        (
+            vec!["--service-config", "/nonexistent/service-config.json"],
+            "/nonexistent/service-config.json",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_lb-proxy"))
+            .args(["--backends", "127.0.0.1:1"])
+            .args(&args)
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
