@@ -538,10 +538,10 @@ async fn a_fatal_status_ends_every_hedge() {
 }
 
 /// Hedging through lb-proxy, for calls whose request is whole when the headers come
-/// (as a unary tonic client sends it) and for calls whose message comes a millisecond
-/// after the headers (sent as a client stream of one message, the same on the wire):
-/// their body is still arriving when the first attempt goes out, and the hedge goes out
-/// once it is whole. Every call that went to the slow server first is hedged and
+/// (as a unary tonic client sends it) and for calls whose message comes 15 ms after the
+/// headers (sent as a client stream of one message, the same on the wire): their body
+/// is still arriving when the first attempt goes out and when the hedge is due, at
+/// 10 ms; the hedge goes out when the body has ended, at 15 ms. Every call that went to the slow server first is hedged and
 /// answered by the quick one. On tokio's paused clock.
 #[tokio::test(start_paused = true)]
 async fn hedging_works_behind_the_proxy() {
@@ -572,7 +572,7 @@ async fn hedging_works_behind_the_proxy() {
                 let mut grpc = tonic::client::Grpc::new(channel.clone());
                 grpc.ready().await.expect("ready");
                 let message = futures::stream::once(async {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    tokio::time::sleep(Duration::from_millis(15)).await;
                     HelloRequest { name: "h".into() }
                 });
                 grpc.client_streaming(
@@ -595,6 +595,12 @@ async fn hedging_works_behind_the_proxy() {
                 took < Duration::from_millis(100),
                 "late {late}: answered in {took:?}"
             );
+            if late {
+                assert!(
+                    took >= Duration::from_millis(15),
+                    "answered in {took:?}: the message comes at 15 ms"
+                );
+            }
         }
         let first_on_slow = slow.seen.lock().expect("not poisoned").len() - slow_before;
         assert!(

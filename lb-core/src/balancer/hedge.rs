@@ -16,14 +16,16 @@
 //! rest. Hedges come out of the same token bucket as retries: while most calls fail,
 //! only first attempts go out. Attempts at once each send their own copy of the
 //! request, so a hedge needs the whole of it: a body still arriving (a proxy's caller
-//! may send it after the headers) is recorded as the first attempt sends it, and hedges
-//! go out once it has ended; a body too big to keep is sent once, unhedged.
+//! may send it after the headers) is recorded as the first attempt sends it, and a hedge
+//! due before it has ended goes out when it ends; a body too big to keep is sent once,
+//! unhedged. (The recording advances as the first attempt sends it: a body bigger than
+//! that server's HTTP/2 window, to a server that has stopped reading, is not hedged.)
 
 use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
 
 use futures::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use rand::rngs::SmallRng;
-use tokio::time::Instant;
+use tokio::{sync::Notify, time::Instant};
 use tonic::{Code, Status};
 
 use super::ResponseBody;
@@ -67,6 +69,8 @@ impl Router {
         let mut stopped = false;
         // The next attempt sends again one that no server saw (a transparent retry).
         let mut resend = false;
+        // Told when a request still arriving has ended (or grown too big to keep).
+        let mut awaiting_body: Option<Arc<Notify>> = None;
         // When the next attempt goes out (`None`: when one of the running ones ends).
         let mut next_at: Option<Instant>;
         // The last answer that did not win, returned if none does.
@@ -106,6 +110,11 @@ impl Router {
                                 return Ok(self.answer(response, deadline));
                             }
                             self.budget.on_failure();
+                            if running.is_empty() {
+                                // Its request stops reading the caller's body: the next
+                                // attempt reads on from the recording.
+                                body.abandon_attempt();
+                            }
                             next_at = match pushback(response.headers()) {
                                 Some(Err(())) => {
                                     stopped = true;
@@ -148,39 +157,43 @@ impl Router {
                                 return Err(status);
                             }
                             self.budget.on_failure();
+                            if running.is_empty() {
+                                body.abandon_attempt();
+                            }
                             next_at = Some(Instant::now());
                             last = Some(Err(status));
                         }
                     }
                     let more = sent < policy.max_attempts && !stopped;
                     if running.is_empty() && !(more && (resend || self.budget.allows_retry())) {
-                        return match last {
-                            Some(Ok(response)) => Ok(with_call_extensions(response, &extensions).map(|b| b.until(deadline))),
-                            Some(Err(status)) => Err(status),
-                            None => Err(Status::unavailable("every hedged attempt failed")),
-                        };
+                        body.commit();
+                        return given_up(last, &extensions, deadline, "every hedged attempt failed");
                     }
                 }
+                () = notified(awaiting_body.clone()) => {
+                    // The request has ended (or outgrown what is kept): the attempt
+                    // that waited for it is looked at again now.
+                    awaiting_body = None;
+                    next_at = Some(Instant::now());
+                }
                 () = sleep_until(wake) => {
-                    if !running.is_empty() && !body.settle() {
-                        // The request is still arriving: an attempt beside the running
-                        // one would need the rest of it too. Looked at again later.
-                        next_at = Some(Instant::now() + policy.hedging_delay);
-                        continue;
-                    }
                     if !body.is_replayable() {
-                        // Too big to keep after all: no other attempt can send it.
+                        // Too big to keep: no other attempt can send it.
                         stopped = true;
+                    } else if !running.is_empty() && !body.settle() {
+                        // The request is still arriving: an attempt beside the running
+                        // one would need the rest of it too. It goes once the request
+                        // has ended.
+                        awaiting_body = body.on_settled();
+                        next_at = None;
+                        continue;
                     }
                     if stopped || (!resend && !self.budget.allows_retry()) {
                         // Throttled: no more hedges; the running attempts decide.
                         stopped = true;
                         if running.is_empty() {
-                            return match last {
-                                Some(Ok(response)) => Ok(with_call_extensions(response, &extensions).map(|b| b.until(deadline))),
-                                Some(Err(status)) => Err(status),
-                                None => Err(Status::unavailable("hedging throttled")),
-                            };
+                            body.commit();
+                            return given_up(last, &extensions, deadline, "hedging throttled");
                         }
                         continue;
                     }
@@ -203,6 +216,7 @@ impl Router {
                     }
                     self.launch(&mut parts, &mut body, route, &mut sent, deadline, timeout, &mut busy, &running)?;
                     resend = false;
+                    awaiting_body = None;
                     next_at = Some(Instant::now() + policy.hedging_delay);
                 }
             }
@@ -247,16 +261,32 @@ impl Router {
     }
 }
 
-/// A response that did not win, returned all the same: with the call's extensions, as
-/// the winner's would have been.
-fn with_call_extensions(
-    mut response: http::Response<ResponseBody>,
+/// No attempt won and no more go out: the last answer, returned all the same (with the
+/// call's extensions, as the winner's would have been), or the last failure.
+fn given_up(
+    last: Option<Result<http::Response<ResponseBody>, Status>>,
     extensions: &http::Extensions,
-) -> http::Response<ResponseBody> {
-    let mut call = extensions.clone();
-    call.extend(std::mem::take(response.extensions_mut()));
-    *response.extensions_mut() = call;
-    response
+    deadline: Option<Instant>,
+    none: &str,
+) -> Result<http::Response<ResponseBody>, Status> {
+    match last {
+        Some(Ok(mut response)) => {
+            let mut call = extensions.clone();
+            call.extend(std::mem::take(response.extensions_mut()));
+            *response.extensions_mut() = call;
+            Ok(response.map(|b| b.until(deadline)))
+        }
+        Some(Err(status)) => Err(status),
+        None => Err(Status::unavailable(none.to_owned())),
+    }
+}
+
+/// Resolves when `settled` is told, or never without one.
+async fn notified(settled: Option<Arc<Notify>>) {
+    match settled {
+        Some(settled) => settled.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Sleeps until `at`, or forever.

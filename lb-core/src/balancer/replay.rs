@@ -17,6 +17,7 @@ use std::{
 
 use bytes::Bytes;
 use http_body::{Body as _, Frame};
+use tokio::sync::Notify;
 use tonic::{Status, body::Body};
 
 use super::wire::AttemptBody;
@@ -88,6 +89,7 @@ impl RequestBody {
                         kept: true,
                         attempt: 0,
                         reader: None,
+                        settled: Arc::new(Notify::new()),
                     }))));
                 }
             }
@@ -148,6 +150,15 @@ impl RequestBody {
         self.is_complete()
     }
 
+    /// For a recording, what is told when it has ended or stopped being kept (then
+    /// [`Self::settle`] or [`Self::is_replayable`] say which).
+    pub(crate) fn on_settled(&self) -> Option<Arc<Notify>> {
+        match self {
+            Self::Recording(recording) => Some(lock(recording).settled.clone()),
+            _ => None,
+        }
+    }
+
     pub(crate) fn is_replayable(&self) -> bool {
         match self {
             Self::One(_) | Self::Replayable(..) => true,
@@ -197,6 +208,9 @@ pub(crate) struct Recording {
     attempt: u64,
     /// The waker of the attempt last waiting on the source, to wake when superseded.
     reader: Option<Waker>,
+    /// Told when the source has ended or the recording stopped being kept: a hedge
+    /// waiting for the whole body learns that it may go, or never will.
+    settled: Arc<Notify>,
 }
 
 fn lock(recording: &Mutex<Recording>) -> std::sync::MutexGuard<'_, Recording> {
@@ -256,10 +270,12 @@ impl http_body::Body for Replay {
             }
             Poll::Ready(None) => {
                 r.ended = true;
+                r.settled.notify_one();
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(status))) => {
                 r.kept = false;
+                r.settled.notify_one();
                 Poll::Ready(Some(Err(status)))
             }
             Poll::Ready(Some(Ok(frame))) => {
@@ -275,11 +291,13 @@ impl http_body::Body for Replay {
                         r.kept = false;
                         r.chunks = Vec::new();
                         this.next = 0;
+                        r.settled.notify_one();
                     }
                 } else if let Some(trailers) = frame.trailers_ref() {
                     r.trailers = Some(trailers.clone());
                     r.ended = true;
                     this.trailers_sent = true;
+                    r.settled.notify_one();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

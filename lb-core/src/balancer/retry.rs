@@ -14,8 +14,9 @@
 //!   spending budget, up to 5 times, since nothing was done and nothing can be done
 //!   twice.
 //! - **A retry budget** shared by all calls (gRFC A6 "retry throttling"): a token
-//!   bucket of `max_tokens` (default 100). Each failed attempt takes a token, each
-//!   success gives back `token_ratio` (default 0.1); retries are allowed only while
+//!   bucket of `max_tokens` (default 100). Each failed attempt takes a token (one that
+//!   failed on its connection, or with a status that is retried), each call that ends
+//!   OK gives back `token_ratio` (default 0.1); retries are allowed only while
 //!   more than half the tokens are left. A server dying under load fails a burst of
 //!   calls at once (all those in flight to it), which the 50 spare tokens absorb; when
 //!   most calls keep failing, retries stop, so a struggling fleet sees at most about
@@ -327,6 +328,7 @@ impl Router {
                     let retry_code = answered.filter(|code| plan.codes.contains(code));
                     let Some(code) = retry_code else {
                         if plan.backoff.is_some()
+                            && answered.is_some_and(|code| code != Code::Ok)
                             && matches!(pushback(response.headers()), Some(Err(())))
                         {
                             // A server that says "do not retry" counts as a failure
