@@ -8,6 +8,7 @@
 //! - [`wait_until`] waits for the balancer's endpoints to reach a state, woken by the
 //!   balancer's changes (no polling, no sleeps), and fails naming what did not happen.
 //! - [`calls_to`] reads how many calls the balancer sent to an endpoint.
+//! - [`channel_to`] connects a plain tonic channel to an address (an lb-proxy's).
 
 use std::time::Duration;
 
@@ -81,4 +82,13 @@ pub fn calls_to(balancer: &Balancer, endpoint: &Endpoint) -> u64 {
         .iter()
         .find(|s| &s.endpoint == endpoint)
         .map_or(0, |s| s.calls)
+}
+
+/// A plain tonic channel to `addr` (an lb-proxy's, say), connected.
+pub async fn channel_to(addr: std::net::SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("a valid uri")
+        .connect()
+        .await
+        .expect("connects")
 }

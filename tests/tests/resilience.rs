@@ -533,11 +533,7 @@ async fn a_backend_killed_behind_the_proxy_costs_no_call() {
     let proxy = lb_proxy::spawn("127.0.0.1:0".parse().expect("addr"), balancer.clone())
         .await
         .expect("the proxy starts");
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", proxy.addr()))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connects");
+    let channel = e2e_tests::channel_to(proxy.addr()).await;
 
     let start = Instant::now();
     let failures = Arc::new(AtomicU64::new(0));

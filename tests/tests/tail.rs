@@ -555,11 +555,7 @@ async fn hedging_works_behind_the_proxy() {
     let proxy = lb_proxy::spawn("127.0.0.1:0".parse().expect("addr"), balancer.clone())
         .await
         .expect("the proxy starts");
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", proxy.addr()))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connects");
+    let channel = e2e_tests::channel_to(proxy.addr()).await;
     let calls = 6;
     for late in [false, true] {
         let (hedges_before, slow_before) = (
