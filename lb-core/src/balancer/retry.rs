@@ -331,8 +331,9 @@ impl Router {
                             && answered.is_some_and(|code| code != Code::Ok)
                             && matches!(pushback(response.headers()), Some(Err(())))
                         {
-                            // A server that says "do not retry" counts as a failure
-                            // to the throttle, whatever its status (as grpc-go).
+                            // An error answer that says "do not retry" counts as a
+                            // failure to the throttle, retryable status or not (as
+                            // grpc-go).
                             self.budget.on_failure();
                         }
                         body.commit();

@@ -2,9 +2,9 @@
 //!
 //! An HTTP/2 server says how many streams (calls) one connection may have open at once,
 //! in its `SETTINGS_MAX_CONCURRENT_STREAMS` (tonic and grpc-go: unlimited unless set;
-//! servers and proxies often set 100). A call beyond it waits inside the connection until another
-//! ends: with 100 long-running streams open, the 101st waits silently however idle the
-//! server is (grpc-java #8252, grpc #21386).
+//! servers and proxies often set 100). A call beyond it waits inside the connection
+//! until another ends: with 100 long-running streams open, the 101st waits silently
+//! however idle the server is (grpc-java #8252, grpc #21386).
 //!
 //! So each connection counts its open streams, and reads the server's limit from the
 //! server's own SETTINGS frames as they pass (hyper does not tell
