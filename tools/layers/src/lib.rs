@@ -514,8 +514,10 @@ impl Reader {
         let code = without_tests(&strip(raw));
         let tokens = tokenize(&code);
         let path_attrs = path_attributes(raw);
-        let mut declared = Declared::default();
-        declared.test_only = test_only_modules(raw);
+        let mut declared = Declared {
+            test_only: test_only_modules(raw),
+            ..Declared::default()
+        };
         {
             let module = self.modules.entry(path.clone()).or_default();
             module.node.clone_from(path);
@@ -826,9 +828,12 @@ fn parse_path(tokens: &[Token], at: usize) -> (Vec<String>, usize) {
     (segments, i)
 }
 
+/// One leaf of a use tree: its path, and the name it binds (`None` for a glob).
+type Leaf = (Vec<String>, Option<String>);
+
 /// A use tree from `at` to its `;`: each leaf as (segments, the name it binds, or
 /// `None` for a glob), and where it ends.
-fn parse_use_tree(tokens: &[Token], at: usize) -> (Vec<(Vec<String>, Option<String>)>, usize) {
+fn parse_use_tree(tokens: &[Token], at: usize) -> (Vec<Leaf>, usize) {
     let mut out = Vec::new();
     let end = use_tree(tokens, at, &[], &mut out);
     let mut i = end;
@@ -838,12 +843,7 @@ fn parse_use_tree(tokens: &[Token], at: usize) -> (Vec<(Vec<String>, Option<Stri
     (out, i + 1)
 }
 
-fn use_tree(
-    tokens: &[Token],
-    mut i: usize,
-    prefix: &[String],
-    out: &mut Vec<(Vec<String>, Option<String>)>,
-) -> usize {
+fn use_tree(tokens: &[Token], mut i: usize, prefix: &[String], out: &mut Vec<Leaf>) -> usize {
     let mut segments = prefix.to_vec();
     if matches!(tokens.get(i).map(|t| &t.kind), Some(Kind::PathSep)) {
         i += 1; // `use ::std::x`
