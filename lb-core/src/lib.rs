@@ -97,6 +97,7 @@ pub mod clock;
 pub mod endpoint;
 pub mod error;
 pub mod histogram;
+pub mod json;
 pub mod latency;
 #[cfg(feature = "metrics")]
 pub mod metrics;

@@ -73,7 +73,7 @@ use serde::{Deserialize, Deserializer, de};
 use serde_json::{Map, Value};
 use tonic::Code;
 
-use crate::{Error, Policy, policy::config::duration_text};
+use crate::{Error, Policy, json::duration_text};
 
 /// The most attempts a retry or hedging policy may ask for (gRFC A6: more are read as
 /// 5).

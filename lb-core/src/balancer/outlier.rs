@@ -195,7 +195,7 @@ mod json {
 
     use serde::Deserialize;
 
-    use crate::policy::config::duration_text;
+    use crate::json::duration_text;
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -1,8 +1,13 @@
 //! Steps several policies share: drawing distinct endpoints, the best of a sample,
 //! the key of a hashing policy, and how explanations name an endpoint.
 
-use super::{PickContext, PickError, SlowStart, least_request, random};
+use super::picker::{PickContext, PickError};
+use super::slow_start::SlowStart;
 use crate::EndpointState;
+
+/// The largest `k` of the power-of-k-choices policies (gRFC A48 clamps larger values
+/// to it).
+pub const MAX_CHOICES: usize = 10;
 
 /// Up to `k` distinct indices below `n`, drawn uniformly; all of `0..n` when `k >= n`.
 ///
@@ -12,7 +17,7 @@ pub(crate) fn sample_distinct<'s>(
     n: usize,
     k: usize,
     ctx: &mut PickContext<'_>,
-    out: &'s mut [usize; least_request::MAX_CHOICES],
+    out: &'s mut [usize; MAX_CHOICES],
 ) -> &'s [usize] {
     let k = k.min(out.len());
     if k >= n {
@@ -50,7 +55,7 @@ pub(crate) fn best_of_sample(
     if endpoints.is_empty() {
         return Err(PickError::NoEndpoints);
     }
-    let mut buffer = [0; least_request::MAX_CHOICES];
+    let mut buffer = [0; MAX_CHOICES];
     let sample = sample_distinct(endpoints.len(), k, ctx, &mut buffer);
     let cheapest = |except: Option<usize>| {
         sample
@@ -67,7 +72,7 @@ pub(crate) fn best_of_sample(
     }
     let i = match best {
         Some(i) => i,
-        None => random::random_ready(endpoints, ctx)?,
+        None => random_ready(endpoints, ctx)?,
     };
     if ctx.explaining() {
         let sampled: Vec<String> = sample.iter().map(|&s| describe(&endpoints[s])).collect();
@@ -100,7 +105,7 @@ pub(crate) fn key_or_random<'a>(
     if let Some(key) = ctx.header(header) {
         return Ok(Keyed::Key(key));
     }
-    let i = random::random_ready(endpoints, ctx)?;
+    let i = random_ready(endpoints, ctx)?;
     ctx.explain(|| {
         format!(
             "{name}: no `{header}` header, random -> {}",
@@ -125,4 +130,32 @@ pub(crate) fn first_ready(
 /// A short name for an endpoint in explanations: its address.
 pub(crate) fn label(endpoint: &EndpointState) -> String {
     endpoint.endpoint().to_string()
+}
+
+/// A uniformly random ready endpoint: also the fallback of the hashing policies for
+/// calls without a key.
+pub(crate) fn random_ready(
+    endpoints: &[EndpointState],
+    ctx: &mut PickContext<'_>,
+) -> Result<usize, PickError> {
+    if endpoints.is_empty() {
+        return Err(PickError::NoEndpoints);
+    }
+    // Fast path: in a healthy fleet every endpoint is ready and one draw suffices.
+    let i = ctx.index(endpoints.len());
+    if endpoints[i].is_ready() {
+        return Ok(i);
+    }
+    let ready = endpoints.iter().filter(|e| e.is_ready()).count();
+    if ready == 0 {
+        return Err(PickError::none_ready(endpoints));
+    }
+    let k = ctx.index(ready);
+    endpoints
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.is_ready())
+        .nth(k)
+        .map(|(i, _)| i)
+        .ok_or_else(|| PickError::none_ready(endpoints))
 }

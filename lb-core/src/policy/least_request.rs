@@ -91,8 +91,7 @@ impl PolicyConfig for LeastRequestConfig {
     }
 }
 
-/// The largest `k` (gRFC A48 clamps larger values to it).
-pub const MAX_CHOICES: usize = 10;
+pub use super::helpers::MAX_CHOICES;
 
 /// Picks the endpoint with the fewest calls in flight among `k` random ones.
 #[derive(Debug, Clone, Copy)]

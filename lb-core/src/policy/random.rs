@@ -12,6 +12,7 @@ use std::sync::Arc;
 use rand::RngCore;
 use serde::Deserialize;
 
+use super::helpers::random_ready;
 use super::{PickContext, PickError, Picker, PolicyConfig, label};
 use crate::EndpointState;
 
@@ -55,33 +56,6 @@ impl Picker for Random {
     }
 }
 
-/// A uniformly random ready endpoint: also the fallback of the hashing policies for
-/// calls without a key.
-pub(crate) fn random_ready(
-    endpoints: &[EndpointState],
-    ctx: &mut PickContext<'_>,
-) -> Result<usize, PickError> {
-    if endpoints.is_empty() {
-        return Err(PickError::NoEndpoints);
-    }
-    // Fast path: in a healthy fleet every endpoint is ready and one draw suffices.
-    let i = ctx.index(endpoints.len());
-    if endpoints[i].is_ready() {
-        return Ok(i);
-    }
-    let ready = endpoints.iter().filter(|e| e.is_ready()).count();
-    if ready == 0 {
-        return Err(PickError::none_ready(endpoints));
-    }
-    let k = ctx.index(ready);
-    endpoints
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.is_ready())
-        .nth(k)
-        .map(|(i, _)| i)
-        .ok_or_else(|| PickError::none_ready(endpoints))
-}
 
 #[cfg(test)]
 mod tests {

@@ -46,103 +46,17 @@
 //! ```
 
 use std::{
-    any::{Any, TypeId},
-    fmt,
-    sync::{Arc, PoisonError, RwLock},
-    time::Duration,
+    any::TypeId,
+    sync::{PoisonError, RwLock},
 };
 
-use rand::RngCore;
-use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::{Map, Value};
 
-use super::{BuildPicker, Picker};
-use crate::{EndpointState, Error};
-
-/// Everything about one policy: implemented by its settings type, in its own file.
-///
-/// The type is what gRPC service-config JSON holds under the policy's name
-/// (`{"least_request": {"choiceCount": 3}}` is a `LeastRequestConfig` with
-/// `choice_count: 3`). Derive `Deserialize` with `#[serde(deny_unknown_fields)]` (and
-/// `rename_all = "camelCase", default` for settings with defaults); a policy without
-/// settings is an empty struct, `struct PickFirstConfig {}`, which reads `{}`.
-pub trait PolicyConfig:
-    DeserializeOwned + Default + Clone + fmt::Debug + PartialEq + Send + Sync + 'static
-{
-    /// The name users type, in gRPC's snake_case spelling (`round_robin`).
-    const NAME: &'static str;
-
-    /// One line on what the policy picks, for help texts and tables.
-    const SUMMARY: &'static str;
-
-    /// Checks settings read from JSON, and may normalise them (gRPC clamps some
-    /// values). The error says which field is wrong and why; the policy's name is
-    /// added in front.
-    fn validate(&mut self) -> Result<(), String> {
-        Ok(())
-    }
-
-    /// A picker for `endpoints` (the usable ones), built again whenever they change.
-    /// `rng` seeds anything random in the picker itself, such as a starting point.
-    fn build(&self, endpoints: &[EndpointState], rng: &mut dyn RngCore) -> Arc<dyn Picker>;
-
-    /// The request header whose value the policy hashes, if it hashes one (the load
-    /// generator then sends keys in it).
-    fn hash_header(&self) -> Option<&str> {
-        None
-    }
-
-    /// The decay time of the endpoints' latency estimate (see [`crate::latency`]), for
-    /// a policy that reads it.
-    fn latency_decay(&self) -> Duration {
-        crate::latency::DEFAULT_DECAY
-    }
-
-    /// The slow-start settings, for a policy that ramps up new endpoints (see
-    /// [`slow_start`](super::slow_start)); tables label the policy with them.
-    fn slow_start(&self) -> Option<&super::SlowStartConfig> {
-        None
-    }
-
-    /// How often to ask for out-of-band load reports, for a policy that reads them
-    /// (see [`BuildPicker::oob_load_reports`]).
-    fn oob_load_reports(&self) -> Option<Duration> {
-        None
-    }
-}
-
-/// A policy with its settings: what [`BalancerBuilder::policy`](crate::BalancerBuilder::policy)
-/// takes, and what `--policy` and service-config JSON are parsed into.
-///
-/// ```
-/// use lb_core::policy::{Policy, least_request::LeastRequestConfig};
-///
-/// let three = Policy::new(LeastRequestConfig { choice_count: 3, ..Default::default() });
-/// assert_eq!(three.name(), "least_request");
-/// assert_eq!(three.settings::<LeastRequestConfig>().unwrap().choice_count, 3);
-/// assert_eq!("least_request".parse::<Policy>().unwrap(), Policy::new(LeastRequestConfig::default()));
-/// ```
-#[derive(Clone)]
-pub struct Policy(Arc<dyn AnyPolicy>);
+use super::config::{Policy, PolicyConfig, Registration};
+use crate::Error;
 
 impl Policy {
-    /// The policy these settings configure, as they are: [`PolicyConfig::validate`]
-    /// runs on settings read from JSON, not here (see [`Policy::checked`]).
-    pub fn new<P: PolicyConfig>(settings: P) -> Self {
-        Self(Arc::new(settings))
-    }
-
-    /// The same, after the policy's own check (which may also normalise them, as
-    /// `least_request` clamps `choiceCount` to 10).
-    pub fn checked<P: PolicyConfig>(mut settings: P) -> Result<Self, Error> {
-        settings
-            .validate()
-            .map_err(|reason| Error::InvalidServiceConfig {
-                reason: format!("{}: {reason}", P::NAME),
-            })?;
-        Ok(Self::new(settings))
-    }
-
     /// The policy called `name`, with its default settings.
     pub fn named(name: &str) -> Result<Self, Error> {
         find(name)
@@ -176,87 +90,12 @@ impl Policy {
             .collect::<Vec<_>>()
             .join("\n")
     }
-
-    /// The name users type.
-    pub fn name(&self) -> &'static str {
-        self.0.name()
-    }
-
-    /// One line on what the policy does.
-    pub fn summary(&self) -> &'static str {
-        self.0.summary()
-    }
-
-    /// The settings, if they are a `P` (`None` for another policy).
-    pub fn settings<P: PolicyConfig>(&self) -> Option<&P> {
-        self.0.as_any().downcast_ref()
-    }
-
-    /// The request header a hashing policy keys on, `None` for the others.
-    pub fn hash_header(&self) -> Option<&str> {
-        self.0.hash_header()
-    }
-
-    /// The latency decay time the endpoints should use (see [`crate::latency`]).
-    pub fn latency_decay(&self) -> Duration {
-        self.0.latency_decay()
-    }
-
-    /// The policy's slow-start settings, if it has them on.
-    pub fn slow_start(&self) -> Option<&super::SlowStartConfig> {
-        self.0.slow_start()
-    }
-
-    /// The name, and what sets it apart from the same policy's defaults where a table
-    /// needs it: `round_robin+slow_start(10s)`.
-    pub fn label(&self) -> String {
-        match self.slow_start() {
-            Some(config) => format!(
-                "{}+slow_start({})",
-                self.name(),
-                humantime::format_duration(config.slow_start_window)
-            ),
-            None => self.name().to_string(),
-        }
-    }
 }
 
 /// `round_robin`, gRPC's usual choice beside pick_first, and this crate's default.
 impl Default for Policy {
     fn default() -> Self {
         Self::new(super::round_robin::RoundRobinConfig::default())
-    }
-}
-
-impl BuildPicker for Policy {
-    fn name(&self) -> &'static str {
-        self.0.name()
-    }
-
-    fn build(&self, endpoints: &[EndpointState], rng: &mut dyn RngCore) -> Arc<dyn Picker> {
-        self.0.build(endpoints, rng)
-    }
-
-    fn oob_load_reports(&self) -> Option<Duration> {
-        self.0.oob_load_reports()
-    }
-}
-
-impl PartialEq for Policy {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.equals(other.0.as_any())
-    }
-}
-
-impl fmt::Debug for Policy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.debug(f)
-    }
-}
-
-impl fmt::Display for Policy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -267,114 +106,61 @@ impl std::str::FromStr for Policy {
     fn from_str(text: &str) -> Result<Self, Error> {
         let text = text.trim();
         if text.starts_with('{') {
-            return super::config::parse_service_config(text);
+            return parse_service_config(text);
         }
         Self::named(text)
     }
 }
 
-/// [`PolicyConfig`] without its generic parts, so that any policy fits in a `Policy`.
-trait AnyPolicy: Send + Sync + 'static {
-    fn name(&self) -> &'static str;
-    fn summary(&self) -> &'static str;
-    fn build(&self, endpoints: &[EndpointState], rng: &mut dyn RngCore) -> Arc<dyn Picker>;
-    fn hash_header(&self) -> Option<&str>;
-    fn latency_decay(&self) -> Duration;
-    fn slow_start(&self) -> Option<&super::SlowStartConfig>;
-    fn oob_load_reports(&self) -> Option<Duration>;
-    fn as_any(&self) -> &dyn Any;
-    fn equals(&self, other: &dyn Any) -> bool;
-    fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ServiceConfig {
+    load_balancing_config: Vec<Map<String, Value>>,
 }
 
-impl<P: PolicyConfig> AnyPolicy for P {
-    fn name(&self) -> &'static str {
-        P::NAME
-    }
-    fn summary(&self) -> &'static str {
-        P::SUMMARY
-    }
-    fn build(&self, endpoints: &[EndpointState], rng: &mut dyn RngCore) -> Arc<dyn Picker> {
-        PolicyConfig::build(self, endpoints, rng)
-    }
-    fn hash_header(&self) -> Option<&str> {
-        PolicyConfig::hash_header(self)
-    }
-    fn latency_decay(&self) -> Duration {
-        PolicyConfig::latency_decay(self)
-    }
-    fn slow_start(&self) -> Option<&super::SlowStartConfig> {
-        PolicyConfig::slow_start(self)
-    }
-    fn oob_load_reports(&self) -> Option<Duration> {
-        PolicyConfig::oob_load_reports(self)
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn equals(&self, other: &dyn Any) -> bool {
-        other.downcast_ref::<P>() == Some(self)
-    }
-    fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
-}
+/// The header the hashing policies key on unless told otherwise.
+pub const DEFAULT_HASH_HEADER: &str = "x-lb-key";
 
-/// One entry of the registry: a policy's name and how to make it.
-#[derive(Clone, Copy)]
-pub struct Registration {
-    name: &'static str,
-    summary: &'static str,
-    type_id: fn() -> TypeId,
-    from_json: fn(Value) -> Result<Policy, String>,
-    default_policy: fn() -> Policy,
-}
+/// Reads service-config JSON (see the module docs).
+pub fn parse_service_config(text: &str) -> Result<Policy, Error> {
+    let invalid = |reason: String| Error::InvalidServiceConfig { reason };
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+    let Value::Object(object) = value else {
+        return Err(invalid("expected a JSON object".into()));
+    };
+    let candidates = if object.contains_key("loadBalancingConfig") {
+        serde_json::from_value::<ServiceConfig>(Value::Object(object))
+            .map_err(|e| invalid(e.to_string()))?
+            .load_balancing_config
+    } else {
+        vec![object]
+    };
 
-impl Registration {
-    /// The entry for policy `P`.
-    pub const fn of<P: PolicyConfig>() -> Self {
-        Self {
-            name: P::NAME,
-            summary: P::SUMMARY,
-            type_id: TypeId::of::<P>,
-            from_json: from_json::<P>,
-            default_policy: || Policy::new(P::default()),
+    let mut seen = Vec::new();
+    for entry in candidates {
+        let mut fields = entry.into_iter();
+        let (Some((name, settings)), None) = (fields.next(), fields.next()) else {
+            return Err(invalid(
+                "each loadBalancingConfig entry has exactly one policy name, \
+                 e.g. {\"round_robin\": {}}"
+                    .into(),
+            ));
+        };
+        match find(&name) {
+            Some(policy) => {
+                return policy
+                    .from_json(settings)
+                    .map_err(|reason| invalid(format!("{name}: {reason}")));
+            }
+            None => seen.push(name), // Not one we know: gRPC moves on to the next entry.
         }
     }
-
-    /// The policy's name.
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
-    /// One line on what it does.
-    pub fn summary(&self) -> &'static str {
-        self.summary
-    }
-
-    /// The policy with its default settings.
-    pub fn default_policy(&self) -> Policy {
-        (self.default_policy)()
-    }
-
-    /// The policy with `settings` (the JSON object under its name), checked.
-    pub fn from_json(&self, settings: Value) -> Result<Policy, String> {
-        (self.from_json)(settings)
-    }
-}
-
-impl fmt::Debug for Registration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Registration")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
-    }
-}
-
-fn from_json<P: PolicyConfig>(settings: Value) -> Result<Policy, String> {
-    let mut settings: P = serde_json::from_value(settings).map_err(|e| e.to_string())?;
-    settings.validate()?;
-    Ok(Policy::new(settings))
+    Err(invalid(format!(
+        "no supported policy in [{}]; supported: {}",
+        seen.join(", "),
+        Policy::names().join(", ")
+    )))
 }
 
 /// The policies registered by code outside this crate, after the built-ins.
@@ -432,7 +218,13 @@ fn is_policy_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use rand::RngCore;
+
     use super::*;
+    use crate::EndpointState;
+    use crate::policy::Picker;
     use crate::policy::round_robin::RoundRobinConfig;
 
     /// A second type that claims a built-in's name.
@@ -513,5 +305,109 @@ mod tests {
             err.to_string().contains("least_request: choiceCount 1"),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::*;
+    use crate::policy::{
+        least_request::LeastRequestConfig, maglev::MaglevConfig, peak_ewma::PeakEwmaConfig,
+        ring_hash::RingHashConfig, round_robin::RoundRobinConfig,
+    };
+    use std::time::Duration;
+
+    fn parse(text: &str) -> Result<Policy, String> {
+        text.parse::<Policy>().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn reads_grpc_service_configs() {
+        assert_eq!(
+            parse(r#"{"loadBalancingConfig":[{"round_robin":{}}]}"#),
+            Ok(Policy::new(RoundRobinConfig::default()))
+        );
+        assert_eq!(
+            parse(r#"{"least_request":{"choiceCount":3}}"#),
+            Ok(Policy::new(LeastRequestConfig {
+                choice_count: 3,
+                ..Default::default()
+            }))
+        );
+        assert_eq!(
+            parse(r#"{"least_request":{"choiceCount":50}}"#),
+            Ok(Policy::new(LeastRequestConfig {
+                choice_count: 10,
+                ..Default::default()
+            })),
+            "clamped as gRFC A48 says"
+        );
+        let ring = parse(r#"{"ring_hash":{"minRingSize":2048,"requestHashHeader":"user"}}"#);
+        let ring = ring.unwrap();
+        let ring = ring.settings::<RingHashConfig>().unwrap();
+        assert_eq!(ring.min_ring_size, 2048);
+        assert_eq!(ring.request_hash_header, "user");
+        let ewma = parse(r#"{"peak_ewma":{"decay":"5s","defaultLatency":"0.020s"}}"#);
+        assert_eq!(
+            ewma,
+            Ok(Policy::new(PeakEwmaConfig {
+                decay: Duration::from_secs(5),
+                default_latency: Duration::from_millis(20),
+                ..Default::default()
+            }))
+        );
+    }
+
+    #[test]
+    fn the_first_known_policy_wins() {
+        let text =
+            r#"{"loadBalancingConfig":[{"xds_cluster_manager":{}},{"maglev":{}},{"random":{}}]}"#;
+        assert_eq!(parse(text), Ok(Policy::new(MaglevConfig::default())));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let cases = [
+            (
+                r#"{"least_request":{"choices":3}}"#,
+                "unknown field `choices`",
+            ),
+            (r#"{"least_request":{"choiceCount":1}}"#, "below 2"),
+            (
+                r#"{"round_robin":{"x":1}}"#,
+                "round_robin: unknown field `x`",
+            ),
+            (r#"{"maglev":{"tableSize":65536}}"#, "not a prime"),
+            (
+                r#"{"ring_hash":{"minRingSize":10,"maxRingSize":5}}"#,
+                "minRingSize",
+            ),
+            (
+                r#"{"ring_hash":{"requestHashHeader":"User Id"}}"#,
+                "not a lower-case header",
+            ),
+            (
+                r#"{"peak_ewma":{"decay":"soon"}}"#,
+                "`soon` is not a duration",
+            ),
+            (
+                r#"{"loadBalancingConfig":[{"grpclb":{}}]}"#,
+                "no supported policy in [grpclb]",
+            ),
+            (
+                r#"{"loadBalancingConfig":[{"a":{},"b":{}}]}"#,
+                "exactly one policy name",
+            ),
+            (r#"{"loadBalancingConfig":[]}"#, "no supported policy"),
+            (
+                r#"{"loadBalancingConfig":[{"random":{}}],"x":1}"#,
+                "unknown field `x`",
+            ),
+            ("{oops", "not valid JSON"),
+        ];
+        for (text, expected) in cases {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
     }
 }

@@ -56,8 +56,9 @@ use std::time::Duration;
 use rand::Rng;
 use serde::Deserialize;
 
-use super::{PickContext, config};
+use super::PickContext;
 use crate::EndpointState;
+use crate::json;
 
 /// Slow-start settings (Envoy's `slow_start_config`), in a policy's settings as
 /// `slowStartConfig`.
@@ -65,7 +66,7 @@ use crate::EndpointState;
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SlowStartConfig {
     /// How long the ramp lasts (required; above 0).
-    #[serde(with = "config::duration_text")]
+    #[serde(with = "json::duration_text")]
     pub slow_start_window: Duration,
     /// How the ramp bends: 1 is linear, above 1 faster at first, below 1 slower (above
     /// 0; default 1).

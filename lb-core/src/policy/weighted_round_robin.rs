@@ -701,7 +701,7 @@ mod tests {
 
     #[test]
     fn settings_are_read_with_grpc_names_and_checked() {
-        use crate::policy::config::parse_service_config;
+        use crate::policy::registry::parse_service_config;
         let policy = parse_service_config(
             r#"{"weighted_round_robin":{"blackoutPeriod":"1s","weightUpdatePeriod":"10ms","errorUtilizationPenalty":2.5}}"#,
         )
