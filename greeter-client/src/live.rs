@@ -7,14 +7,24 @@
 use std::{
     collections::HashMap,
     io::{IsTerminal, Write},
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use lb_core::{Balancer, Endpoint};
 use tokio::time::Instant;
 
-use crate::load::Progress;
+/// Calls finished so far, for the live view.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Calls answered OK.
+    pub ok: AtomicU64,
+    /// Calls that failed.
+    pub failed: AtomicU64,
+}
 
 /// Prints the view every second until `done` resolves (the run is over), and then once
 /// more for the run's last second if its tick had not come yet: a 14 s run shows

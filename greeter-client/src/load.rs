@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tonic::{Code, Request};
 use tower::Layer;
 
+use crate::live::Progress;
 use crate::report::{Backend, ErrorCount, Latency, Report, latency_histogram};
 
 /// The response metadata key greeter-server stamps with its own address.
@@ -280,15 +281,6 @@ pub async fn run(spec: &LoadSpec) -> Result<Report, lb_core::Error> {
     Ok(build_report(spec, total, elapsed, &states)
         .with_retries(balancer.retries())
         .with_attempts(attempts, balancer.hedges()))
-}
-
-/// Calls finished so far, for the live view.
-#[derive(Debug, Default)]
-pub struct Progress {
-    /// Calls answered OK.
-    pub ok: AtomicU64,
-    /// Calls that failed.
-    pub failed: AtomicU64,
 }
 
 /// What every call of a worker looks like.

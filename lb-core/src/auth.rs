@@ -34,6 +34,8 @@
 //! # std::fs::remove_dir_all(dir).unwrap();
 //! # Ok(()) }
 //! ```
+//!
+//! A side module: a tower layer over any client or server. May import: `error`.
 
 use std::{
     path::Path,

@@ -7,6 +7,8 @@
 //!
 //! With the defaults (1 s, ×1.6, ±20 %, at most 120 s) the waits are about
 //! 1 s, 1.6 s, 2.56 s, 4.1 s, ... reaching the 120 s cap after 11 failures.
+//!
+//! The ground floor. May import: nothing of this crate.
 
 use std::time::Duration;
 

@@ -4,6 +4,8 @@
 //! The simulator does not use it at all: it hands its virtual time to
 //! [`PickContext::at`](crate::PickContext::at) and
 //! [`InFlightGuard::finish_at`](crate::InFlightGuard::finish_at).
+//!
+//! The ground floor. May import: nothing of this crate.
 
 use std::sync::OnceLock;
 

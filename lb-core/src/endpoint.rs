@@ -17,6 +17,8 @@
 //! let err = "127.0.0.1".parse::<Endpoint>().unwrap_err();
 //! assert!(err.to_string().contains("missing port"));
 //! ```
+//!
+//! The ground floor. May import: `error`.
 
 use std::{fmt, net::Ipv6Addr, str::FromStr};
 

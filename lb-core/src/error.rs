@@ -1,4 +1,6 @@
 //! The library's typed errors. Each names the thing that failed.
+//!
+//! The ground floor. May import: nothing of this crate.
 
 /// Errors from parsing configuration and building a [`Balancer`](crate::Balancer).
 ///

@@ -5,6 +5,8 @@
 //! A worked example: after 2 calls, one answered in 3 ms and one in 40 ms, the
 //! snapshot's `counts` hold 1 in the bucket up to 5 ms and 1 in the one up to 50 ms
 //! (not cumulative), `count` is 2 and `sum_seconds` 0.043.
+//!
+//! The ground floor. May import: nothing of this crate.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -18,6 +18,8 @@
 //! From Finagle's `PeakEwma` load metric, also used by linkerd and tower's
 //! `load::PeakEwma`. Times are nanoseconds on the [`clock`](crate::clock), so a
 //! simulation can supply its own virtual time.
+//!
+//! The ground floor. May import: nothing of this crate.
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},

@@ -6,14 +6,28 @@
 //! balancing at all). This crate is that machinery, small enough to read in an evening.
 //!
 //! # Layout
-//! A call flows through three layers, as in gRPC itself:
+//! A call flows through three roles, as in gRPC itself: a *resolver* says which
+//! endpoints there are, the *balancer* keeps them connected, and a *picker* chooses one
+//! for each call. In the code, those roles are floors of one house, each a folder that
+//! imports only the floors below it (each module's docs say which, after "May
+//! import:", and `cargo run -p layers` checks that every import keeps to it):
 //!
 //! ```text
-//!  resolver ──────▶ Balancer ──(snapshot of usable endpoints)──▶ Picker
-//!  (resolver.rs)     (balancer/)                                 (policy/*.rs)
-//!  list, file, DNS,  one connection per endpoint, health,        pure and synchronous:
-//!  etcd              in-flight counts, retries, ejection         pick(&endpoints, ctx) -> index
+//!  6  balancer/     the Balancer (a tower::Service) and its builder          ◀── resolver/
+//!  5  call/         pick, attempt, response body, retry, hedge, replay            metrics/ (on top)
+//!  4  subchannels/  each endpoint's connections and health; the pool; ejection
+//!  3  transport/    connect (TCP, TLS), one HTTP/2 connection, liveness pings
+//!  2  service_config  gRPC's service-config JSON into plain types
+//!  1  policy/       pure pickers, leaf and parent: pick(&endpoints, ctx) -> index
+//!  0  the ground    endpoint, state, clock, error, latency, histogram, backoff,
+//!                   json, sync, orca (load-report messages)
 //! ```
+//!
+//! Following one call down: `balancer/handle.rs` takes it, `call/pick.rs` asks the
+//! snapshot's picker (`policy/`) for an endpoint, `call/attempt.rs` sends it on that
+//! endpoint's connection (`subchannels/` → `transport/wire.rs`), `call/response.rs`
+//! counts it in flight until its body ends, and `call/retry.rs` sends it elsewhere if
+//! it never reached a server. docs/ARCHITECTURE.md follows it file by file.
 //!
 //! - [`endpoint`]: `host:port` addresses and `--servers` lists, with clear errors.
 //! - [`state`]: the live, lock-free state of one endpoint ([`EndpointState`]): its
@@ -24,17 +38,20 @@
 //!   [`policy::PolicyConfig`], [`policy::register`]) and one file per policy, with
 //!   [`policy::slow_start`] for the policies that ramp new endpoints up. Pickers do no
 //!   I/O, so they are unit-tested with hand-made endpoint states and a seeded RNG.
+//! - [`service_config`]: gRPC's service config: the policy, and per method deadlines,
+//!   retries and hedging.
+//! - [`transport`]: one HTTP/2 connection to one address: [`tls`], and
+//!   [`transport::liveness`] pings for connections whose calls get no answer.
+//! - [`subchannels`]: every endpoint kept connected and health-checked, the pool that
+//!   applies endpoint changes in one step, and outlier detection.
+//! - [`call`]: one call's way through: picked, sent, counted in flight until its body
+//!   ends, retried or hedged, its errors naming the endpoint.
 //! - [`balancer`]: the [`Balancer`], a `tower::Service` that any tonic-generated client
-//!   runs on. It connects to every endpoint and watches its health, asks the picker for
-//!   each call, counts the call in flight until its response body ends, retries calls
-//!   that never reached a server, pings connections whose calls get no answer
-//!   ([`balancer::liveness`]), ejects endpoints that keep failing, applies endpoint
-//!   changes in one step, and names the endpoint in errors.
+//!   runs on, and its [`BalancerBuilder`].
 //! - [`backoff`]: gRPC's connection backoff, used when reconnecting.
 //! - [`resolver`]: target URIs (`host:port` lists, watched files, DNS, etcd) and the
 //!   endpoint changes they produce, which the balancer follows.
 //! - [`auth`]: a bearer token on every call, as a tower layer; token files.
-//! - [`tls`]: TLS and mutual TLS for the balancer's connections (and servers' settings).
 //! - [`metrics`]: Prometheus metrics per endpoint, and a `/metrics` endpoint to serve them.
 //! - [`orca`]: ORCA load reports (gRFC A51), which `weighted_round_robin` turns into
 //!   weights; with `server`, the layer and service that send them from any tonic server.
@@ -93,6 +110,7 @@
 pub mod auth;
 pub mod backoff;
 pub mod balancer;
+pub mod call;
 pub mod clock;
 pub mod endpoint;
 pub mod error;
@@ -108,11 +126,9 @@ pub mod resolver;
 pub mod server;
 pub mod service_config;
 pub mod state;
-#[cfg(feature = "tls")]
-pub mod tls;
-#[cfg(not(feature = "tls"))]
-#[path = "tls_off.rs"]
-pub mod tls;
+pub mod subchannels;
+mod sync;
+pub mod transport;
 
 pub use backoff::Backoff;
 pub use balancer::{
@@ -123,3 +139,4 @@ pub use endpoint::{Endpoint, parse_endpoint_list};
 pub use error::Error;
 pub use policy::{BuildPicker, PickContext, PickCounters, PickError, Picker, Policy, PolicyConfig};
 pub use state::{Connectivity, EndpointState, FAILURE_MEMORY, InFlightGuard, ReportedLoad};
+pub use transport::tls;

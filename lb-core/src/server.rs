@@ -32,6 +32,9 @@
 //! //     .serve_with_incoming_shutdown(incoming, shutdown)
 //! # drop(incoming); Ok(()) }
 //! ```
+//!
+//! A side module for servers: it shares the transport's TLS settings. May import:
+//! `transport`, `error`.
 
 use std::{
     io,

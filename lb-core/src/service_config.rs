@@ -44,7 +44,7 @@
 //!
 //! `connectionScaling.maxConnectionsPerSubchannel` (gRFC A105) lets an endpoint open
 //! more connections when one has as many calls open as its server allows (see
-//! [`crate::balancer::streams`]).
+//! [`crate::subchannels`]'s `scaling.rs`).
 //!
 //! `retryThrottling` replaces the balancer's retry budget: a bucket of `maxTokens`,
 //! one taken per failed attempt, `tokenRatio` given back per success; retries and
@@ -66,6 +66,9 @@
 //!     .unwrap_err();
 //! assert!(err.to_string().contains("methodConfig[0].retryPolicy: unknown field `maxAttempt`"));
 //! ```
+//!
+//! Layer 2, the config: gRPC's service-config JSON parsed into plain types; it never
+//! imports the layers that use them. May import: `policy`, `json`, `error`.
 
 use std::{collections::HashMap, io::Read, path::Path, str::FromStr, sync::Arc, time::Duration};
 
@@ -78,6 +81,10 @@ use crate::{Error, Policy, json::duration_text};
 /// The most attempts a retry or hedging policy may ask for (gRFC A6: more are read as
 /// 5).
 pub const MAX_ATTEMPTS: u32 = 5;
+
+/// The most connections one endpoint may have (gRFC A105's
+/// `maxConnectionsPerSubchannel`; a service config may not ask for more).
+pub const MAX_CONNECTIONS_PER_ENDPOINT: u32 = 100;
 
 /// The largest service config read from a file.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
@@ -403,10 +410,10 @@ impl FromStr for ServiceConfig {
             let scaling: Scaling = serde_json::from_value(scaling)
                 .map_err(|e| invalid(format!("connectionScaling: {e}")))?;
             let max = scaling.max_connections_per_subchannel;
-            if !(1..=crate::balancer::streams::MAX_CONNECTIONS_PER_ENDPOINT).contains(&max) {
+            if !(1..=MAX_CONNECTIONS_PER_ENDPOINT).contains(&max) {
                 return Err(invalid(format!(
                     "connectionScaling.maxConnectionsPerSubchannel must be 1 to {}, not {max}",
-                    crate::balancer::streams::MAX_CONNECTIONS_PER_ENDPOINT
+                    MAX_CONNECTIONS_PER_ENDPOINT
                 )));
             }
             config.max_connections_per_subchannel = Some(max);

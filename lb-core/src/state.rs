@@ -3,6 +3,9 @@
 //! An [`EndpointState`] is a cheap handle (an `Arc`) shared by the balancer, which
 //! updates it, and the pickers, which read it. Every field is an atomic, so reading the
 //! state of a hundred endpoints during a pick takes no lock and never waits.
+//!
+//! The ground floor, with what pickers read. May import: `endpoint`, `clock`,
+//! `latency`, `histogram`, `orca`, `sync`.
 
 use std::{
     fmt,
@@ -167,7 +170,7 @@ impl EndpointState {
         if !(utilization > 0.0 && qps > 0.0 && utilization.is_finite() && qps.is_finite()) {
             return;
         }
-        let mut load = crate::balancer::lock(&self.inner.load);
+        let mut load = crate::sync::lock(&self.inner.load);
         if load.non_empty_since == 0 {
             load.non_empty_since = now;
         }
@@ -183,18 +186,18 @@ impl EndpointState {
 
     /// What the load reports last said.
     pub fn reported_load(&self) -> ReportedLoad {
-        *crate::balancer::lock(&self.inner.load)
+        *crate::sync::lock(&self.inner.load)
     }
 
     /// The reports stopped coming for too long: the next one starts a new blackout.
     pub fn expire_load(&self) {
-        crate::balancer::lock(&self.inner.load).non_empty_since = 0;
+        crate::sync::lock(&self.inner.load).non_empty_since = 0;
     }
 
     /// Forgets the load reports (the balancer does this when it reconnects: a new
     /// connection starts with a blackout, as in gRPC).
     pub fn reset_load(&self) {
-        *crate::balancer::lock(&self.inner.load) = ReportedLoad::default();
+        *crate::sync::lock(&self.inner.load) = ReportedLoad::default();
     }
 
     /// Calls sent to this endpoint whose response has not finished yet.

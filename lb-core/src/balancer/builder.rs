@@ -5,15 +5,17 @@ use std::{sync::Arc, sync::atomic::AtomicU64, time::Duration};
 use rand::{RngCore, SeedableRng, rngs::SmallRng};
 use tokio::sync::watch;
 
-use super::ejection;
-use super::handle::Router;
-use super::pool::Pool;
-use super::retry::RetryBudget;
-use super::subchannel::Settings;
-use super::{Balancer, Liveness, OutlierDetection, RetryPolicy};
+use super::Balancer;
+use crate::call::budget::{RetryBudget, RetryPolicy};
+use crate::call::router::Router;
 use crate::policy::{BuildPicker, Picker, Policy};
 use crate::resolver::Resolution;
+use crate::service_config::MAX_CONNECTIONS_PER_ENDPOINT;
 use crate::service_config::ServiceConfig;
+use crate::subchannels::outlier::OutlierDetection;
+use crate::subchannels::pool::Pool;
+use crate::subchannels::{ejection, subchannel::Settings};
+use crate::transport::liveness::Liveness;
 use crate::{Backoff, Endpoint, Error};
 
 /// Configures and builds a [`Balancer`]. Start with [`Balancer::builder`].
@@ -69,7 +71,7 @@ impl BalancerBuilder {
     /// Connects to every endpoint over TLS (default: plaintext HTTP/2), verifying each
     /// server's certificate and, for mutual TLS, showing the client's own. See
     /// [`crate::tls`].
-    pub fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
+    pub fn tls(mut self, tls: crate::transport::tls::ClientTls) -> Self {
         self.settings.tls = Some(tls);
         self
     }
@@ -103,7 +105,7 @@ impl BalancerBuilder {
     /// Pings an endpoint's connection when its calls get no answer, and takes the
     /// endpoint out of the rotation if the ping is not answered either (default: ping
     /// after 500 ms of silence, dead after 1 s more; `None` turns it off). See
-    /// [`liveness`](super::liveness).
+    /// [`liveness`](crate::transport::liveness).
     pub fn liveness(mut self, liveness: Option<Liveness>) -> Self {
         self.settings.liveness = liveness;
         self
@@ -122,13 +124,13 @@ impl BalancerBuilder {
     }
 
     /// How many connections for calls each endpoint may have at most (default 1; at
-    /// most [`MAX_CONNECTIONS_PER_ENDPOINT`](super::streams::MAX_CONNECTIONS_PER_ENDPOINT)).
+    /// most [`MAX_CONNECTIONS_PER_ENDPOINT`](MAX_CONNECTIONS_PER_ENDPOINT)).
     /// Above 1, an endpoint whose every connection has as many calls open as its server's
     /// `MAX_CONCURRENT_STREAMS` allows opens another (gRFC A105; see
-    /// [`streams`](super::streams)), instead of keeping calls waiting. The service
+    /// `subchannels/scaling.rs`), instead of keeping calls waiting. The service
     /// config's `connectionScaling.maxConnectionsPerSubchannel` sets the same.
     pub fn max_connections_per_endpoint(mut self, max: u32) -> Self {
-        self.settings.max_connections = max.clamp(1, super::streams::MAX_CONNECTIONS_PER_ENDPOINT);
+        self.settings.max_connections = max.clamp(1, MAX_CONNECTIONS_PER_ENDPOINT);
         self
     }
 

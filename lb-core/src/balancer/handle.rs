@@ -3,10 +3,7 @@
 
 use std::{
     fmt,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     task::{Context, Poll},
     time::Duration,
 };
@@ -17,12 +14,12 @@ use tokio::sync::watch;
 use tonic::{Status, body::Body};
 use tower::Service;
 
-use super::headers::{deadline_after, grpc_timeout};
-use super::pool::Pool;
-use super::retry::{RetryBudget, RetryPolicy};
-use super::wire::AttemptBody;
-use super::{EndpointStatus, ResponseBody};
+use crate::call::headers::{deadline_after, grpc_timeout};
+use crate::call::response::ResponseBody;
+use crate::call::router::Router;
 use crate::resolver::Resolution;
+use crate::subchannels::subchannel::EndpointStatus;
+use crate::transport::wire::AttemptBody;
 use crate::{Endpoint, Error, Policy};
 
 /// A client-side load balancer for gRPC, usable under any tonic-generated client.
@@ -41,7 +38,7 @@ use crate::{Endpoint, Error, Policy};
 /// clone draws its random numbers from its own generator, seeded from the builder's
 /// seed, so no lock is shared between clones on the call path.
 pub struct Balancer {
-    pub(super) router: Arc<Router>,
+    pub(crate) router: Arc<Router>,
     rng: SmallRng,
 }
 
@@ -176,27 +173,11 @@ impl Balancer {
     }
 
     /// A balancer over `router`, with the next clone's generator.
-    pub(super) fn from_router(router: Arc<Router>) -> Self {
+    pub(crate) fn from_router(router: Arc<Router>) -> Self {
         Self {
             rng: router.next_rng(),
             router,
         }
-    }
-}
-
-#[cfg(feature = "metrics")]
-impl Router {
-    /// The policy's name and every endpoint's state (no RNG drawn: reading metrics
-    /// must not change a seeded run's picks).
-    pub(crate) fn report(&self) -> (&'static str, Vec<EndpointStatus>, [u64; 3]) {
-        let counters = &self.pick_counters;
-        let counts = [
-            &counters.rr_fallback,
-            &counters.endpoint_weight_not_yet_usable,
-            &counters.endpoint_weight_stale,
-        ]
-        .map(|c| c.load(Ordering::Relaxed));
-        (self.pool.policy_name(), self.pool.statuses(), counts)
     }
 }
 
@@ -264,39 +245,5 @@ impl Service<http::Request<Body>> for Balancer {
         }
         let rng = SmallRng::seed_from_u64(self.rng.next_u64());
         Box::pin(async move { router.call(request, first, rng).await })
-    }
-}
-
-/// What every clone of a balancer shares: the endpoint pool, and how calls are routed
-/// to it (picks explained, waiting, retries and their budget).
-pub(crate) struct Router {
-    pub(super) pool: Arc<Pool>,
-    /// How many more picks to explain.
-    pub(super) explain: AtomicU64,
-    pub(super) queue_timeout: Duration,
-    pub(super) retry: RetryPolicy,
-    /// Per-method deadlines, retries and hedging (`BalancerBuilder::service_config`).
-    pub(super) service_config: crate::service_config::ServiceConfig,
-    pub(super) budget: Arc<RetryBudget>,
-    pub(super) retries: AtomicU64,
-    /// Hedged attempts sent (beyond each call's first).
-    pub(super) hedges: AtomicU64,
-    /// What the pickers count (gRFC A78's `weighted_round_robin` counters).
-    pub(super) pick_counters: crate::policy::PickCounters,
-    pub(super) seed: u64,
-    pub(super) clones: AtomicU64,
-    /// Dropped with the last balancer clone, which tells the tasks to end.
-    pub(super) _stop: watch::Sender<()>,
-}
-
-impl Router {
-    /// A generator for a new clone: seeded from the balancer's seed and the clone's
-    /// number, so a seeded program gets the same streams every run.
-    fn next_rng(&self) -> SmallRng {
-        let n = self.clones.fetch_add(1, Ordering::Relaxed);
-        SmallRng::seed_from_u64(
-            self.seed
-                .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-        )
     }
 }

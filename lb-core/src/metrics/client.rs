@@ -14,14 +14,14 @@ use prometheus_client::{
 };
 
 use super::Registry;
-use crate::{Balancer, Connectivity, balancer::Health};
+use crate::{Balancer, Connectivity, subchannels::Health};
 
 /// Per-endpoint metrics of the balancers it [watches](BalancerMetrics::watch), read
 /// at scrape time from the counters the balancer keeps anyway.
 #[derive(Clone, Debug)]
 pub struct BalancerMetrics {
     target: Arc<str>,
-    watched: Arc<Mutex<Vec<Weak<crate::balancer::Router>>>>,
+    watched: Arc<Mutex<Vec<Weak<crate::call::router::Router>>>>,
 }
 
 impl BalancerMetrics {

@@ -49,6 +49,9 @@
 //! [OpenMetrics]: https://prometheus.io/docs/specs/om/open_metrics_spec/
 //! [gRFC A66]: https://github.com/grpc/proposal/blob/master/A66-otel-stats.md
 //! [A94]: https://github.com/grpc/proposal/blob/master/A94-subchannel-otel-metrics.md
+//!
+//! A side module on top: it reads the balancer, and nothing below reads it. May import:
+//! `balancer`, `call`, `subchannels`, `policy`, `state`, `histogram`, `error`.
 
 mod client;
 #[cfg(feature = "server")]

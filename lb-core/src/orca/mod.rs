@@ -23,6 +23,9 @@
 //! derive macros, so that this crate needs no `protoc` at all; the `.proto` files are
 //! in the repository's `proto/xds/` (compiled there, and a test checks both encode the
 //! same bytes). The server side, `orca::server`, is behind the `server` feature.
+//!
+//! On the ground floor (the messages are plain data;
+//! [`EndpointState`](crate::EndpointState) takes them in). May import: `sync`.
 
 use base64::Engine as _;
 use std::collections::HashMap;

@@ -43,7 +43,7 @@ use futures::future::BoxFuture;
 use tonic::{Status, body::Body};
 
 use super::{OrcaLoadReport, OrcaLoadReportRequest, TRAILER};
-use crate::balancer::lock;
+use crate::sync::lock;
 
 /// How long a measuring window lasts at least.
 pub const WINDOW: Duration = Duration::from_millis(500);

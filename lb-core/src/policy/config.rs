@@ -3,8 +3,8 @@
 //!
 //! A policy is a settings type (what gRPC service-config JSON holds under the policy's
 //! name) that knows its name, checks itself and builds a [`Picker`]. [`Policy`] holds
-//! any of them, so that `--policy`, service-config JSON and [`BalancerBuilder::policy`]
-//! (crate::BalancerBuilder::policy) take one type; a [`Registration`] is how the
+//! any of them, so that `--policy`, service-config JSON and
+//! [`BalancerBuilder::policy`](crate::BalancerBuilder::policy) take one type; a [`Registration`] is how the
 //! [registry](super::registry) makes one from a name or from JSON.
 
 use std::{

@@ -45,6 +45,9 @@
 //!
 //! A policy that needs no per-set tables and no settings can also skip all of that:
 //! hand a [`Picker`] to [`BalancerBuilder::picker`](crate::BalancerBuilder::picker).
+//!
+//! Layer 1, the policies: pure, synchronous pickers, leaf and parent, with no I/O. May
+//! import: `state`, `endpoint`, `clock`, `latency`, `error`, `json`.
 
 pub mod config;
 mod helpers;

@@ -4,7 +4,7 @@
 //! what it does, its settings as gRPC service-config JSON spells them (parsed with
 //! serde; with `#[serde(deny_unknown_fields, default)]`, as every built-in has, missing
 //! fields take their defaults and unknown ones are refused), a check of those
-//! settings, and how it builds a [`Picker`]. The built-in policies are listed once, in
+//! settings, and how it builds a [`Picker`](super::Picker). The built-in policies are listed once, in
 //! [`super`]; code outside this crate adds its own with [`register`], as grpc-go's
 //! `balancer.Register` does. From then on the name works everywhere a built-in's does:
 //! `"least_loaded".parse::<Policy>()`, service-config JSON, [`Policy::all`] (and so

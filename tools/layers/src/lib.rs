@@ -10,8 +10,8 @@
 //! - **circles**: modules that import each other, directly or round a loop
 //!   ([`Graph::cycles`], Tarjan's strongly connected components);
 //! - **layers**: for lb-core, whether each top-level module imports only the modules
-//!   its documentation allows. Each one says so in a paragraph of its module docs that
-//!   starts with `May import:`, naming the modules in backticks (or `nothing`).
+//!   its documentation allows. Each one says so in a paragraph of its module docs,
+//!   after the words `May import:`, naming the modules in backticks (or `nothing`).
 //!
 //! What it leaves out: unit tests (`#[cfg(test)]` items and modules, which may use
 //! anything), comments and strings, and `pub use` re-exports themselves (a module that
@@ -230,15 +230,17 @@ impl Graph {
             .collect()
     }
 
-    /// What a top-level module's docs say it may import: the backticked names of the
-    /// paragraph that starts `May import:`; `None` if it has no such paragraph.
+    /// What a top-level module's docs say it may import: the backticked names after
+    /// `May import:` in its docs' paragraph; `None` if it has no such paragraph.
     pub fn allowed_imports(&self, module: &str) -> Option<Vec<String>> {
         let doc = self.docs.get(&vec![module.to_string()])?;
+        // A paragraph, its lines joined: the words may wrap anywhere.
         let paragraph = doc
             .split("\n\n")
-            .map(|p| p.trim().trim_start_matches('*').trim_start_matches('_'))
-            .find(|p| p.starts_with("May import"))?;
-        Some(backticked(paragraph))
+            .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
+            .find(|p| p.contains("May import:"))?;
+        let (_, rule) = paragraph.split_once("May import:")?;
+        Some(backticked(rule))
     }
 
     /// Every import of one top-level module by another that the importer's `May

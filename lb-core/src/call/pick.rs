@@ -11,16 +11,16 @@ use tonic::Status;
 use tracing::info;
 
 use super::attempt::Route;
-use super::handle::Router;
 use super::headers::deadline_after;
-use super::pool::Snapshot;
-use super::subchannel::Subchannel;
+use super::router::Router;
 use crate::policy::{PickContext, PickError};
+use crate::subchannels::pool::Snapshot;
+use crate::subchannels::subchannel::Subchannel;
 
 impl Router {
     /// Picks a route, avoiding endpoints in `tried` (another endpoint for a retry) as
     /// long as some other is usable.
-    pub(super) fn try_pick(
+    pub(crate) fn try_pick(
         &self,
         rng: &mut SmallRng,
         headers: &http::HeaderMap,
@@ -104,7 +104,7 @@ impl Router {
     /// at most the queue timeout, or what is left of the call's deadline if sooner. With
     /// `wait_for_ready` (a method's `waitForReady`), it waits even when every endpoint
     /// has failed: for the rest of the call's deadline, or the queue timeout.
-    pub(super) async fn pick_when_ready(
+    pub(crate) async fn pick_when_ready(
         &self,
         rng: &mut SmallRng,
         headers: &http::HeaderMap,

@@ -10,17 +10,34 @@ use tonic_health::pb::{
 };
 use tracing::{info, warn};
 
-use super::describe;
-use super::lock;
-use super::pool::Pool;
+use super::load_reports::LoadReports;
 use super::subchannel::{Health, Settings, Subchannel};
-use super::wire::{Closed, ConnectError, End, Wire};
 use crate::Connectivity;
+use crate::sync::lock;
+use crate::transport::errors::describe;
+use crate::transport::wire::{Closed, ConnectError, End, Wire};
+
+/// What a connection task needs of the pool its endpoint belongs to: the settings, when
+/// to stop, and whom to tell when something changed. The pool (`pool.rs`) is the one
+/// implementation; the trait keeps the imports one way (the pool starts the tasks, and
+/// a task does not know the pool).
+pub(crate) trait Fleet: Send + Sync + 'static {
+    /// The settings every endpoint shares.
+    fn settings(&self) -> &Settings;
+    /// Changes when the balancer is dropped: every task ends.
+    fn stopped(&self) -> watch::Receiver<()>;
+    /// How often the policy wants out-of-band load reports, in nanoseconds (0: none).
+    fn oob_period(&self) -> u64;
+    /// An endpoint's state changed: publish a new snapshot, and wake the calls waiting.
+    fn changed(&self);
+    /// An endpoint failed (or lost its connection): the resolver is asked to look again.
+    fn failed(&self);
+}
 
 /// Keeps one endpoint connected (and health-checked) until it is removed or the
 /// balancer is dropped.
-pub(super) struct ConnectionTask {
-    pool: Arc<Pool>,
+pub(crate) struct ConnectionTask {
+    pool: Arc<dyn Fleet>,
     sub: Arc<Subchannel>,
     rng: SmallRng,
     stopped: watch::Receiver<()>,
@@ -47,10 +64,10 @@ impl From<End> for Ended {
 }
 
 impl ConnectionTask {
-    pub(super) fn new(pool: Arc<Pool>, sub: Arc<Subchannel>, seed: u64) -> Self {
+    pub(crate) fn new(pool: Arc<dyn Fleet>, sub: Arc<Subchannel>, seed: u64) -> Self {
         use rand::SeedableRng;
         Self {
-            stopped: pool.stopped.clone(),
+            stopped: pool.stopped(),
             removed: sub.removed.subscribe(),
             broken: sub.broken.subscribe(),
             rng: SmallRng::seed_from_u64(seed),
@@ -81,7 +98,7 @@ impl ConnectionTask {
         }
         if previous != state {
             if state == Connectivity::TransientFailure {
-                self.pool.failures.send_modify(|n| *n += 1);
+                self.pool.failed();
             }
             let endpoint = self.sub.state.endpoint();
             match &reason {
@@ -89,13 +106,13 @@ impl ConnectionTask {
                 None => info!(%endpoint, "{previous} -> {state}"),
             }
         }
-        self.pool.publish();
+        self.pool.changed();
     }
 
-    pub(super) async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         let mut failures = 0u32;
         let mut generation = 0u64;
-        let backoff = self.pool.settings.backoff;
+        let backoff = self.pool.settings().backoff;
         loop {
             if *self.removed.borrow() {
                 return;
@@ -103,9 +120,9 @@ impl ConnectionTask {
             self.set(Connectivity::Connecting, None);
             // The whole attempt (TCP, TLS, HTTP/2) is bounded: a peer that accepts and
             // then says nothing must not keep the endpoint CONNECTING.
-            let limit = self.pool.settings.connect_timeout;
+            let limit = self.pool.settings().connect_timeout;
             let attempt = tokio::select! {
-                attempt = tokio::time::timeout(limit, Self::connect(&self.sub, &self.pool.settings)) => attempt,
+                attempt = tokio::time::timeout(limit, Self::connect(&self.sub, self.pool.settings())) => attempt,
                 _ = Self::stop(&mut self.stopped, &mut self.removed) => return,
             };
             let reason = match attempt {
@@ -142,7 +159,7 @@ impl ConnectionTask {
                         // IDLE, not TRANSIENT_FAILURE: calls wait for the new attempt
                         // instead of failing fast. The resolver is asked to look again
                         // all the same.
-                        self.pool.failures.send_modify(|n| *n += 1);
+                        self.pool.failed();
                         self.set(Connectivity::Idle, Some(reason));
                         continue;
                     }
@@ -212,17 +229,7 @@ impl ConnectionTask {
     /// Opens the out-of-band load-report stream on this connection, if the policy asks
     /// for one; it ends with the connection, or when the guard is dropped.
     fn start_load_reports(&self) -> Option<LoadReports> {
-        let period = self.pool.oob_period.load(Ordering::Relaxed);
-        if period == 0 {
-            return None;
-        }
-        let wire = lock(&self.sub.connection).as_ref()?.0.clone();
-        let task = tokio::spawn(stream_load_reports(
-            wire,
-            self.sub.clone(),
-            std::time::Duration::from_nanos(period),
-        ));
-        Some(LoadReports { task })
+        LoadReports::start(&self.sub, self.pool.oob_period())
     }
 
     /// While connected: READY (or as the health check says) until the connection is
@@ -233,7 +240,7 @@ impl ConnectionTask {
         // first report.
         self.sub.state.reset_load();
         let _load_reports = self.start_load_reports();
-        let (Some(service), Some(wire)) = (self.pool.settings.health_service.clone(), health)
+        let (Some(service), Some(wire)) = (self.pool.settings().health_service.clone(), health)
         else {
             self.ready_on_new_connection();
             return tokio::select! {
@@ -246,7 +253,7 @@ impl ConnectionTask {
         let request = HealthCheckRequest { service };
         // A server that accepted the connection but never answers its health check
         // must not keep the endpoint CONNECTING forever.
-        let answer_within = self.pool.settings.connect_timeout;
+        let answer_within = self.pool.settings().connect_timeout;
         let stream = tokio::select! {
             stream = tokio::time::timeout(answer_within, health.watch(request)) => match stream {
                 Ok(stream) => stream,
@@ -272,7 +279,7 @@ impl ConnectionTask {
                 // The cause (a TLS alert, a reset) is in the status's sources. A TLS
                 // refusal is said first and plainly: it is what the user must fix.
                 let source = std::error::Error::source(&status);
-                if let Some(tls) = source.and_then(crate::tls::explain) {
+                if let Some(tls) = source.and_then(crate::transport::tls::explain) {
                     return Ended::Lost(tls);
                 }
                 let cause = source
@@ -325,76 +332,5 @@ impl ConnectionTask {
         lock(&self.sub.last_error)
             .clone()
             .unwrap_or_else(|| "connection broken".into())
-    }
-}
-
-/// The out-of-band load-report stream of one connection; dropping it ends the stream.
-struct LoadReports {
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for LoadReports {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Says that an out-of-band stream is open for as long as it lives. It lives in the
-/// stream's task, so that it is dropped with the task, after the task's last step: an
-/// aborted task cannot raise the flag after it was lowered.
-struct StreamOpen(Arc<Subchannel>);
-
-impl StreamOpen {
-    fn new(sub: Arc<Subchannel>) -> Self {
-        sub.oob_reports.store(true, Ordering::Relaxed);
-        Self(sub)
-    }
-}
-
-impl Drop for StreamOpen {
-    fn drop(&mut self) {
-        self.0.oob_reports.store(false, Ordering::Relaxed);
-    }
-}
-
-/// Asks the server for a load report every `period` on
-/// `xds.service.orca.v3.OpenRcaService/StreamCoreMetrics` (gRFC A51's out-of-band
-/// reporting), and hands each to the endpoint, until the stream or the connection ends.
-/// A server that does not serve the stream (UNIMPLEMENTED) keeps being read from its
-/// answers' trailers.
-async fn stream_load_reports(wire: Wire, sub: Arc<Subchannel>, period: std::time::Duration) {
-    use crate::orca::{self, OrcaLoadReport, OrcaLoadReportRequest, ProtoDuration};
-    let endpoint = sub.state.endpoint().clone();
-    let mut grpc = tonic::client::Grpc::new(wire).max_decoding_message_size(orca::MAX_REPORT_BYTES);
-    if grpc.ready().await.is_err() {
-        return;
-    }
-    let request = OrcaLoadReportRequest {
-        report_interval: Some(ProtoDuration::from_std(period)),
-        request_cost_names: Vec::new(),
-    };
-    let codec = tonic_prost::ProstCodec::<OrcaLoadReportRequest, OrcaLoadReport>::default();
-    let path = http::uri::PathAndQuery::from_static(orca::STREAM_CORE_METRICS);
-    let mut stream = match grpc
-        .server_streaming(tonic::Request::new(request), path, codec)
-        .await
-    {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
-            info!(%endpoint, code = ?status.code(), message = status.message(),
-                "no out-of-band load reports: reading them from the trailers");
-            return;
-        }
-    };
-    let _open = StreamOpen::new(sub.clone());
-    loop {
-        match stream.message().await {
-            Ok(Some(report)) => sub.state.record_load(&report, crate::clock::now_nanos()),
-            Ok(None) => break,
-            Err(status) => {
-                tracing::debug!(%endpoint, %status, "out-of-band load reports ended");
-                break;
-            }
-        }
     }
 }

@@ -28,14 +28,14 @@ use rand::rngs::SmallRng;
 use tokio::{sync::Notify, time::Instant};
 use tonic::{Code, Status};
 
-use super::ResponseBody;
 use super::attempt::{Failure, FailureKind, Route};
-use super::handle::Router;
 use super::headers::{deadline_after, header_status, stamp_attempt};
 use super::replay::RequestBody;
+use super::response::ResponseBody;
 use super::retry::{MAX_TRANSPARENT_RETRIES, attempt_request, pushback};
-use super::subchannel::Subchannel;
+use super::router::Router;
 use crate::service_config::HedgingPolicy;
+use crate::subchannels::subchannel::Subchannel;
 
 type Attempt = BoxFuture<
     'static,
@@ -48,7 +48,7 @@ type Attempt = BoxFuture<
 impl Router {
     /// One call, hedged as `policy` says. `body` is whole, or recorded as it streams.
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn hedge(
+    pub(crate) async fn hedge(
         &self,
         mut parts: http::request::Parts,
         mut body: RequestBody,

@@ -40,12 +40,12 @@ use std::{
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::connector::Connector;
-use super::liveness::{
+use super::outlier::OutlierDetection;
+use crate::transport::connector::Connector;
+use crate::transport::liveness::{
     HEALTH_KEEPALIVE_INTERVAL, HEALTH_KEEPALIVE_TIMEOUT, Liveness, MAX_INTERVAL,
 };
-use super::outlier::OutlierDetection;
-use super::wire::{KeepAlive, Target, Wire};
+use crate::transport::wire::{KeepAlive, Target, Wire};
 use crate::{Backoff, Connectivity, Endpoint, EndpointState, Error};
 
 /// Settings every subchannel shares.
@@ -59,7 +59,7 @@ pub(crate) struct Settings {
     pub latency_decay: Duration,
     pub seed: u64,
     /// TLS for every connection, or `None`: plaintext HTTP/2.
-    pub tls: Option<crate::tls::ClientTls>,
+    pub tls: Option<crate::transport::tls::ClientTls>,
     /// When to ping a call connection whose calls get no answer (`None`: never).
     pub liveness: Option<Liveness>,
     /// Call connections per endpoint at most (gRFC A105): more than one are opened
@@ -272,7 +272,7 @@ impl Subchannel {
     /// How the connection that carries calls is kept alive: pinged while calls are in
     /// flight and nothing is read (see [`super::liveness`]), or, with liveness off, as
     /// gently as the health connection.
-    pub(super) fn call_keep_alive(&self, liveness: Option<Liveness>) -> KeepAlive {
+    pub(crate) fn call_keep_alive(&self, liveness: Option<Liveness>) -> KeepAlive {
         match liveness {
             Some(liveness) => {
                 let interval = Duration::from_nanos(self.liveness_interval.load(Ordering::Relaxed));
@@ -287,7 +287,7 @@ impl Subchannel {
     }
 
     /// How the connection that carries the health `Watch` stream is kept alive.
-    pub(super) fn health_keep_alive() -> KeepAlive {
+    pub(crate) fn health_keep_alive() -> KeepAlive {
         KeepAlive {
             interval: HEALTH_KEEPALIVE_INTERVAL,
             timeout: HEALTH_KEEPALIVE_TIMEOUT,

@@ -25,10 +25,10 @@ use rand::rngs::SmallRng;
 use tokio::sync::watch;
 use tracing::info;
 
-use super::connection::ConnectionTask;
+use super::connection::{ConnectionTask, Fleet};
 use super::subchannel::{EndpointStatus, Settings, Subchannel};
-use super::wire::Wire;
-use super::{lock, read, write};
+use crate::sync::{lock, read, write};
+use crate::transport::wire::Wire;
 use crate::{
     Connectivity, Endpoint, EndpointState, Error,
     policy::{BuildPicker, Picker},
@@ -209,7 +209,8 @@ impl Pool {
     fn start(self: &Arc<Self>, sub: Arc<Subchannel>) {
         let n = self.made.fetch_add(1, Ordering::Relaxed);
         let jitter_seed = self.settings.seed ^ (n + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        tokio::spawn(ConnectionTask::new(self.clone(), sub, jitter_seed).run());
+        let fleet: Arc<dyn Fleet> = self.clone();
+        tokio::spawn(ConnectionTask::new(fleet, sub, jitter_seed).run());
     }
 
     /// `sub` has left the pool: its task ends, and calls in flight on it finish.
@@ -364,6 +365,28 @@ impl Pool {
             self.failures.send_modify(|n| *n += 1);
             sub.broken.send_replace(generation);
         }
+    }
+}
+
+impl Fleet for Pool {
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn stopped(&self) -> watch::Receiver<()> {
+        self.stopped.clone()
+    }
+
+    fn oob_period(&self) -> u64 {
+        self.oob_period.load(Ordering::Relaxed)
+    }
+
+    fn changed(&self) {
+        self.publish();
+    }
+
+    fn failed(&self) {
+        self.failures.send_modify(|n| *n += 1);
     }
 }
 

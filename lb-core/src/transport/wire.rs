@@ -35,9 +35,8 @@ use hyper::{body::Incoming, client::conn::http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::oneshot;
 
-use super::attempt::any_cause;
 use super::connector::Connector;
-use super::describe;
+use super::errors::{any_cause, describe};
 use super::streams::{SettingsReader, Streams};
 use crate::{Endpoint, Error};
 

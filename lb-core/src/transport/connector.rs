@@ -33,7 +33,8 @@ use std::{
 
 use hyper_util::rt::TokioIo;
 
-use crate::{Endpoint, Error, tls::ClientTls};
+use super::tls::ClientTls;
+use crate::{Endpoint, Error};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -43,7 +44,7 @@ use tokio::{
 #[cfg(feature = "tls")]
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-use crate::tls::TlsFor;
+use super::tls::TlsFor;
 
 /// A `tower::Service<Uri>` for tonic's `connect_with_connector`: a TCP connection
 /// (with `TCP_NODELAY`) to the URI's host and port, with TLS if set.
@@ -114,7 +115,7 @@ pub async fn connect(
     tokio::time::timeout(timeout, target.connect_with_connector(connector))
         .await
         .map_err(|_| failed(format!("cannot connect within {timeout:?}")))?
-        .map_err(|e| failed(super::describe(&e)))
+        .map_err(|e| failed(super::errors::describe(&e)))
 }
 
 impl tower::Service<http::Uri> for Connector {

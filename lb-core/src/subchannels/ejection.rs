@@ -11,13 +11,13 @@ use tracing::{info, warn};
 use super::outlier::OutlierDetection;
 use super::pool::Pool;
 use super::subchannel::Subchannel;
-use super::{lock, read};
 use crate::clock;
+use crate::sync::{lock, read};
 
 impl Pool {
     /// After a removal, fewer endpoints may leave too many ejected: let the
     /// longest-ejected ones return until the limit holds again.
-    pub(super) fn keep_ejections_within_limit(&self) {
+    pub(crate) fn keep_ejections_within_limit(&self) {
         let Some(config) = &self.settings.outlier else {
             return;
         };
@@ -72,7 +72,7 @@ impl Pool {
     }
 
     /// Ejects `sub` if the ejection limit allows; says so in the log.
-    pub(super) fn try_eject(
+    pub(crate) fn try_eject(
         &self,
         sub: &Subchannel,
         config: &OutlierDetection,
@@ -148,7 +148,7 @@ impl Pool {
 }
 
 /// Runs outlier detection's interval until the balancer is dropped.
-pub(super) async fn run(
+pub(crate) async fn run(
     pool: Arc<Pool>,
     config: OutlierDetection,
     mut stopped: watch::Receiver<()>,
@@ -171,8 +171,8 @@ mod tests {
     use tokio::time::advance;
 
     use super::*;
-    use crate::balancer::subchannel::Settings;
-    use crate::balancer::write;
+    use crate::subchannels::subchannel::Settings;
+    use crate::sync::write;
     use crate::{Backoff, Policy};
 
     const BASE: Duration = Duration::from_secs(10);

@@ -1,6 +1,6 @@
-//! One attempt of one call on one endpoint: sending it, reading what a failure means
-//! (never sent, cut off, out of time), and the response body that keeps the call
-//! counted as in flight until it ends.
+//! The response body that keeps a call counted as in flight until it ends, and what
+//! the balancer learns as it passes: how the call ended (for outlier detection), load
+//! reports in its trailers (ORCA), and whether it ended OK (for the retry throttle).
 
 use std::{
     fmt,
@@ -13,16 +13,14 @@ use std::{
 use bytes::Bytes;
 use http_body::Body as _;
 use hyper::body::Incoming;
-use tokio::time::Instant;
 use tonic::{Status, body::Body};
 
+use super::budget::RetryBudget;
 use super::headers::{header_status, is_endpoint_failure};
-use super::pool::Pool;
-use super::retry::RetryBudget;
-use super::streams::StreamSlot;
-use super::subchannel::Subchannel;
-use super::wire::{AttemptBody, Wire};
-use crate::{Endpoint, EndpointState, InFlightGuard};
+use crate::subchannels::pool::Pool;
+use crate::subchannels::subchannel::Subchannel;
+use crate::transport::streams::StreamSlot;
+use crate::{Endpoint, InFlightGuard};
 
 /// Added to every response's extensions: the endpoint the balancer sent the call to.
 ///
@@ -32,177 +30,10 @@ use crate::{Endpoint, EndpointState, InFlightGuard};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PickedEndpoint(pub Endpoint);
 
-/// A picked endpoint, ready to carry one attempt.
-pub(crate) struct Route {
-    pub state: EndpointState,
-    pub guard: InFlightGuard,
-    pub wire: Wire,
-    pub sub: Arc<Subchannel>,
-    pub generation: u64,
-    pub pool: Arc<Pool>,
-}
-
-/// Why an attempt failed, and whether another endpoint may try.
-pub(crate) struct Failure {
-    pub status: Status,
-    pub kind: FailureKind,
-}
-
-/// What a failed attempt means for a retry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FailureKind {
-    /// The request never reached a server (the connection was gone, the stream was
-    /// refused): sending it elsewhere cannot do anything twice.
-    Unsent,
-    /// The connection broke while the call was out (reset, closed, declared dead by
-    /// a liveness ping): a server may have run it. Retried only if the policy says so.
-    Cut,
-    /// The call's own deadline passed: no time is left for another attempt.
-    Deadline,
-}
-
-impl Route {
-    /// Sends one attempt and waits for the response's headers, until `deadline` at
-    /// the latest. An attempt that runs out of time counts against its endpoint if it
-    /// had a `fair_share` of the call's time (not one sent late in the call, after a
-    /// wait for a reconnect or a retry).
-    ///
-    /// The response's extensions are the call's (`extensions`, taken from the request:
-    /// nothing below the balancer reads them), hyper's and a [`PickedEndpoint`]: one
-    /// map, made once per call (making one for the response alone would cost two
-    /// allocations). On a failure, `extensions` are left for the next attempt.
-    pub async fn send(
-        mut self,
-        request: http::Request<AttemptBody>,
-        extensions: &mut http::Extensions,
-        deadline: Option<Instant>,
-        fair_share: bool,
-    ) -> Result<http::Response<ResponseBody>, Failure> {
-        self.sub.calls.fetch_add(1, Ordering::Relaxed);
-        // A stream on the first connection with one free (gRFC A105): usually this
-        // one; when it has as many calls open as its server allows, another. With one
-        // connection per endpoint, nothing is counted.
-        let mut on_extra = false;
-        let scaling = self.pool.settings.max_connections > 1;
-        let stream = match scaling.then(|| self.wire.streams.try_take()) {
-            None => None,
-            Some(Some(stream)) => Some(stream),
-            Some(None) => {
-                // Within the call's deadline: a connection slow to open must not hold
-                // a call past it.
-                let elsewhere =
-                    self.sub
-                        .stream_elsewhere(&self.wire, self.generation, &self.pool.settings);
-                let found = match deadline {
-                    Some(deadline) => tokio::time::timeout_at(deadline, elsewhere).await.ok(),
-                    None => Some(elsewhere.await),
-                };
-                match found {
-                    Some((wire, stream)) => {
-                        on_extra = !Arc::ptr_eq(&wire.streams, &self.wire.streams);
-                        self.wire = wire;
-                        Some(stream)
-                    }
-                    // Out of time: the send below fails with the deadline at once.
-                    None => Some(self.wire.streams.take()),
-                }
-            }
-        };
-        let sent = self.wire.send(request);
-        let result = match deadline {
-            None => sent.await,
-            Some(deadline) => match tokio::time::timeout_at(deadline, sent).await {
-                Ok(result) => result,
-                Err(_) => {
-                    // Dropping the attempt resets its stream: the server sees CANCELLED.
-                    // An endpoint that lets calls run out of time is failing them, as
-                    // Envoy and linkerd count it (and its latency estimate has just
-                    // taken the whole wait, for the load-aware policies).
-                    if fair_share {
-                        self.pool.record_outcome(&self.sub, false);
-                    }
-                    let endpoint = self.state.endpoint();
-                    return Err(Failure {
-                        status: Status::deadline_exceeded(format!(
-                            "endpoint {endpoint}: deadline exceeded"
-                        )),
-                        kind: FailureKind::Deadline,
-                    });
-                }
-            },
-        };
-        let endpoint = self.state.endpoint();
-        match result {
-            Ok(response) => {
-                self.sub.answers.fetch_add(1, Ordering::Relaxed);
-                let (mut parts, body) = response.into_parts();
-                let mut call = std::mem::take(extensions);
-                call.extend(std::mem::take(&mut parts.extensions));
-                call.insert(PickedEndpoint(endpoint.clone()));
-                parts.extensions = call;
-                // A "trailers-only" answer carries its status in the headers: the call
-                // is over, and its outcome known, already.
-                record_load(&self.sub, &parts.headers);
-                let outcome = match header_status(&parts.headers) {
-                    Some(code) => {
-                        self.pool
-                            .record_outcome(&self.sub, !is_endpoint_failure(code));
-                        None
-                    }
-                    None => Some((self.sub.clone(), self.pool.clone())),
-                };
-                let body = ResponseBody {
-                    inner: Inner::Wire(body),
-                    guard: Some(self.guard),
-                    stream,
-                    outcome,
-                    deadline: None,
-                    timer: None,
-                    timed_out: false,
-                    credit: None,
-                };
-                Ok(http::Response::from_parts(parts, body))
-            }
-            Err(err) => {
-                // No response arrived. Say which endpoint, and why, in gRPC's terms.
-                let reason = super::describe(&err);
-                let kind = if never_reached_a_server(&err) {
-                    FailureKind::Unsent
-                } else {
-                    FailureKind::Cut
-                };
-                if asked_to_calm_down(&err) {
-                    self.sub.calm_down(self.generation);
-                }
-                if connection_lost(&err) || going_away(&err) {
-                    // The connection under the call is gone (closed, reset, or declared
-                    // dead by a liveness ping), or going (the server sent GOAWAY): out of
-                    // the rotation until reconnected and healthy. Connectivity deals with
-                    // this; it is not held against the endpoint by outlier detection, so
-                    // a server that hung and recovered is back as soon as it answers, and
-                    // a server recycling its connections (as nginx does after every
-                    // 1,000 calls on one) is not a bad server.
-                    // (An extra connection, gRFC A105, leaves its set when it closes:
-                    // the endpoint's first connection may be fine.)
-                    if !on_extra {
-                        self.pool.report_broken(&self.sub, self.generation, &reason);
-                    }
-                } else if kind == FailureKind::Cut {
-                    // The server reset the call itself: its own failure.
-                    self.pool.record_outcome(&self.sub, false);
-                }
-                let mut status = Status::unavailable(format!("endpoint {endpoint}: {reason}"));
-                status.set_source(Arc::new(err));
-                Err(Failure { status, kind })
-            }
-        }
-    }
-}
-
 /// Hands a load report in `headers` (ORCA's `endpoint-load-metrics-bin`), if there is
 /// one, to the endpoint, for weights that follow load. A report that cannot be read is
 /// ignored: it was the server's to send, and the call is fine.
-fn record_load(sub: &Subchannel, headers: &http::HeaderMap) {
+pub(crate) fn record_load(sub: &Subchannel, headers: &http::HeaderMap) {
     if sub.oob_reports.load(Ordering::Relaxed) {
         return; // The out-of-band stream reports for this endpoint (gRFC A58).
     }
@@ -213,58 +44,6 @@ fn record_load(sub: &Subchannel, headers: &http::HeaderMap) {
         }
         None => {}
     }
-}
-
-/// Whether a transport error proves that no server saw the request: the connection
-/// was gone before the request was handed to it, or the server refused the stream or
-/// announced with a GOAWAY that it would not process it.
-fn never_reached_a_server(err: &(dyn std::error::Error + 'static)) -> bool {
-    any_cause(err, never_handed_over)
-        || any_cause(err, |e: &h2::Error| {
-            // Refused outright, or beyond the last stream a GOAWAY said the server
-            // would process: h2 fails only those streams with the GOAWAY itself,
-            // whatever its reason (graceful, as nginx after every 1,000 calls on a
-            // connection, or not, as a server that thinks it is abused); the streams
-            // it did take end with the connection, as calls cut off.
-            e.reason() == Some(h2::Reason::REFUSED_STREAM) || going_away(e)
-        })
-}
-
-/// Whether hyper gave the request back unsent: its connection was closed before the
-/// request reached it ("canceled"), or ended while the request still waited in its
-/// queue, or for a stream the server's limit did not allow yet ("dispatch task is
-/// gone").
-fn never_handed_over(err: &hyper::Error) -> bool {
-    err.is_canceled() || (err.is_user() && err.to_string().starts_with("dispatch task is gone"))
-}
-
-/// Whether a transport error says the connection itself is gone, not only this call:
-/// gone before the call was handed to it, closed or reset under it (h2 fails every open
-/// stream with an I/O error then), or not answering a liveness ping (hyper's
-/// keep-alive timeout).
-fn connection_lost(err: &(dyn std::error::Error + 'static)) -> bool {
-    any_cause(err, never_handed_over)
-        || any_cause(err, hyper::Error::is_timeout)
-        || any_cause(err, h2::Error::is_io)
-}
-
-/// Whether the server said, with a GOAWAY, that this connection takes no new calls.
-fn going_away(err: &(dyn std::error::Error + 'static)) -> bool {
-    any_cause(err, |e: &h2::Error| e.is_go_away() && e.is_remote())
-}
-
-/// Whether the server closed the connection with `ENHANCE_YOUR_CALM` and the debug
-/// data `too_many_pings`, as gRPC servers do to a client that pings too often. (Only
-/// the calls above the GOAWAY's last stream get that error; the others end with the
-/// connection. Other `ENHANCE_YOUR_CALM`s, such as h2's `too_many_resets`, are not
-/// about pings.)
-fn asked_to_calm_down(err: &(dyn std::error::Error + 'static)) -> bool {
-    any_cause(err, |e: &h2::Error| {
-        e.is_go_away()
-            && e.is_remote()
-            && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
-            && e.to_string().contains("too_many_pings")
-    })
 }
 
 pin_project_lite::pin_project! {
@@ -293,7 +72,7 @@ pin_project_lite::pin_project! {
 
 /// The body under a [`ResponseBody`]: hyper's own, as it came off the connection, or
 /// any other.
-enum Inner {
+pub(crate) enum Inner {
     Wire(Incoming),
     Body(Body),
 }
@@ -336,6 +115,27 @@ impl ResponseBody {
             guard: Some(guard),
             stream: None,
             outcome: None,
+            deadline: None,
+            timer: None,
+            timed_out: false,
+            credit: None,
+        }
+    }
+
+    /// The body of an answer off the wire, counted in flight until it ends by `guard`
+    /// (and its `stream` on the connection), and telling `outcome`'s pool how the call
+    /// ended, if its headers did not say already.
+    pub(crate) fn from_wire(
+        body: Incoming,
+        guard: InFlightGuard,
+        stream: Option<StreamSlot>,
+        outcome: Option<(Arc<Subchannel>, Arc<Pool>)>,
+    ) -> Self {
+        Self {
+            inner: Inner::Wire(body),
+            guard: Some(guard),
+            stream,
+            outcome,
             deadline: None,
             timer: None,
             timed_out: false,
@@ -440,32 +240,10 @@ impl fmt::Debug for ResponseBody {
     }
 }
 
-/// Whether `err` or one of its causes is an `E` for which `test` holds.
-pub(crate) fn any_cause<E: std::error::Error + 'static>(
-    err: &(dyn std::error::Error + 'static),
-    test: impl Fn(&E) -> bool + Copy,
-) -> bool {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if e.downcast_ref::<E>().is_some_and(test) {
-            return true;
-        }
-        // An io::Error's `source()` skips the error it wraps: look at that one too.
-        if let Some(inner) = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            && any_cause(inner, test)
-        {
-            return true;
-        }
-        current = e.source();
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::EndpointState;
     use bytes::Bytes;
     use http_body::Frame;
     use std::collections::VecDeque;
@@ -552,14 +330,6 @@ mod tests {
         assert_eq!(state.in_flight(), 1);
         drop(body);
         assert_eq!(state.in_flight(), 0);
-    }
-
-    #[test]
-    fn causes_are_found_anywhere_in_the_chain() {
-        let inner = std::io::Error::other(Status::unavailable("inner"));
-        let outer = Status::from_error(Box::new(inner));
-        assert!(any_cause(&outer, |s: &Status| s.message() == "inner"));
-        assert!(!any_cause(&outer, h2::Error::is_io));
     }
 
     /// A body whose server went quiet after the headers.

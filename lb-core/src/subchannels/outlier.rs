@@ -199,7 +199,7 @@ mod json {
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields, rename_all = "camelCase")]
-    pub(super) struct Config {
+    pub(crate) struct Config {
         #[serde(default, with = "optional_duration")]
         interval: Option<Duration>,
         #[serde(default, with = "optional_duration")]
@@ -248,7 +248,7 @@ mod json {
     }
 
     impl Config {
-        pub(super) fn into_config(self) -> Result<super::OutlierDetection, String> {
+        pub(crate) fn into_config(self) -> Result<super::OutlierDetection, String> {
             let defaults = super::OutlierDetection::default();
             let interval = self.interval.unwrap_or(defaults.interval);
             if interval.is_zero() {

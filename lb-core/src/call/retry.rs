@@ -25,14 +25,11 @@
 //!   left as its `grpc-timeout`.
 //!
 //!
-//! This file holds the policy, the budget and the attempt loop; the request body kept
-//! for a retry is in `replay.rs`, one attempt in `attempt.rs`.
+//! This file holds the attempt loop; the policy and the budget are in `budget.rs`, the
+//! request body kept for a retry in `replay.rs`, one attempt in `attempt.rs`.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -42,123 +39,24 @@ use tokio::time::Instant;
 use tonic::{Code, Status, body::Body};
 use tracing::debug;
 
-use super::ResponseBody;
 use super::attempt::{Failure, FailureKind, Route};
-use super::handle::Router;
 use super::headers::{deadline_after, grpc_timeout, header_status, stamp_attempt};
 use super::replay::RequestBody;
-use super::subchannel::Subchannel;
+use super::response::ResponseBody;
+use super::router::Router;
 use crate::service_config::{MethodConfig, RetryConfig};
-
-/// When and how often calls are retried.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RetryPolicy {
-    /// Attempts per call in all, first one included (1 = no retries).
-    pub max_attempts: u32,
-    /// Status codes answered *by a server* that are retried too (default none: an
-    /// application's error is its answer). Calls that never reached a server are always
-    /// retried.
-    pub retryable_codes: Vec<Code>,
-    /// Whether calls cut off by a broken connection are retried (default `true`). Such a
-    /// call may have run on the server: turn this off for methods that are not safe to
-    /// repeat.
-    pub retry_cut_calls: bool,
-    /// The budget's size, in tokens.
-    pub max_tokens: u32,
-    /// Tokens given back per success.
-    pub token_ratio: f64,
-    /// The largest request body that is kept for replay.
-    pub max_replay_bytes: usize,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            retryable_codes: Vec::new(),
-            retry_cut_calls: true,
-            max_tokens: 100,
-            token_ratio: 0.1,
-            max_replay_bytes: 4 * 1024 * 1024,
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// No retries at all.
-    pub fn disabled() -> Self {
-        Self {
-            max_attempts: 1,
-            ..Self::default()
-        }
-    }
-}
-
-/// gRFC A6's token bucket, in thousandths of a token.
-#[derive(Debug)]
-pub(crate) struct RetryBudget {
-    tokens: AtomicU64,
-    max: u64,
-    ratio: u64,
-}
-
-impl RetryBudget {
-    pub(crate) fn new(policy: &RetryPolicy) -> Self {
-        let max = u64::from(policy.max_tokens) * 1000;
-        Self {
-            tokens: AtomicU64::new(max),
-            max,
-            ratio: thousandths(policy.token_ratio),
-        }
-    }
-
-    /// gRPC's own bucket, from a service config's `retryThrottling`.
-    pub(crate) fn throttling(throttling: crate::service_config::RetryThrottling) -> Self {
-        let max = u64::from(throttling.max_tokens) * 1000;
-        Self {
-            tokens: AtomicU64::new(max),
-            max,
-            ratio: thousandths(throttling.token_ratio),
-        }
-    }
-
-    pub(crate) fn on_success(&self) {
-        let _ = self
-            .tokens
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                Some((t + self.ratio).min(self.max))
-            });
-    }
-
-    pub(crate) fn on_failure(&self) {
-        let _ = self
-            .tokens
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                Some(t.saturating_sub(1000))
-            });
-    }
-
-    /// Whether a retry may go out now.
-    pub(crate) fn allows_retry(&self) -> bool {
-        self.tokens.load(Ordering::Relaxed) * 2 > self.max
-    }
-}
-
-/// A token ratio in thousandths of a token, rounded: 0.57 is 570 (not 569, as
-/// `0.57 * 1000.0` truncated would be).
-fn thousandths(ratio: f64) -> u64 {
-    (ratio.clamp(0.0, 1.0) * 1000.0).round() as u64
-}
+use crate::subchannels::subchannel::Subchannel;
+use crate::transport::wire::AttemptBody;
 
 /// Transparent retries per call (of calls that never reached a server), on top of
 /// `RetryPolicy::max_attempts`.
-pub(super) const MAX_TRANSPARENT_RETRIES: u32 = 5;
+pub(crate) const MAX_TRANSPARENT_RETRIES: u32 = 5;
 
 /// The header in which a server says how long to wait before a retry (gRFC A6).
 const PUSHBACK: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
 
 /// How one call is retried: from its method's `retryPolicy`, or the balancer's own.
-pub(super) struct Plan<'a> {
+pub(crate) struct Plan<'a> {
     max_attempts: u32,
     codes: &'a [Code],
     retry_cut_calls: bool,
@@ -169,7 +67,7 @@ pub(super) struct Plan<'a> {
 }
 
 impl<'a> Plan<'a> {
-    pub(super) fn new(router: &'a Router, method: Option<&'a MethodConfig>) -> Self {
+    pub(crate) fn new(router: &'a Router, method: Option<&'a MethodConfig>) -> Self {
         let wait_for_ready = method.and_then(|m| m.wait_for_ready).unwrap_or(false);
         match method.and_then(|m| m.retry_policy.as_ref()) {
             Some(config) => Self {
@@ -193,14 +91,14 @@ impl<'a> Plan<'a> {
     }
 
     /// Whether the request body must be kept for another attempt.
-    pub(super) fn replays(&self) -> bool {
+    pub(crate) fn replays(&self) -> bool {
         self.max_attempts > 1
     }
 }
 
 /// What a server said about retrying, in `grpc-retry-pushback-ms`: wait this long
 /// (`Some(Ok)`), do not retry (`Some(Err)`: a negative or unreadable value), or nothing.
-pub(super) fn pushback(headers: &http::HeaderMap) -> Option<Result<Duration, ()>> {
+pub(crate) fn pushback(headers: &http::HeaderMap) -> Option<Result<Duration, ()>> {
     let value = headers.get(PUSHBACK)?;
     Some(
         value
@@ -215,7 +113,7 @@ pub(super) fn pushback(headers: &http::HeaderMap) -> Option<Result<Duration, ()>
 
 impl Router {
     /// One call: pick, send, and retry elsewhere while the policy allows.
-    pub(super) async fn call(
+    pub(crate) async fn call(
         &self,
         request: http::Request<Body>,
         route: Option<Route>,
@@ -421,7 +319,7 @@ impl Router {
     /// counted a success by the throttle if it ends OK (an application's error is
     /// neither a success nor a failure to it, gRFC A6). The status of most answers is
     /// in their trailers, so the token comes back when they arrive.
-    pub(super) fn answer(
+    pub(crate) fn answer(
         &self,
         response: http::Response<ResponseBody>,
         deadline: Option<Instant>,
@@ -456,10 +354,10 @@ impl Router {
 }
 
 /// A copy of the request's head with `body`: the call may need the head again.
-pub(super) fn attempt_request(
+pub(crate) fn attempt_request(
     parts: &http::request::Parts,
-    body: super::wire::AttemptBody,
-) -> http::Request<super::wire::AttemptBody> {
+    body: AttemptBody,
+) -> http::Request<AttemptBody> {
     let mut request = http::Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();
@@ -471,48 +369,4 @@ pub(super) fn attempt_request(
 /// Whether a retry after `wait` still starts before the call's deadline.
 fn fits(deadline: Option<Instant>, wait: Duration) -> bool {
     deadline.is_none_or(|d| Instant::now() + wait < d)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_budget_stops_retries_when_most_calls_fail() {
-        let policy = RetryPolicy {
-            max_tokens: 10,
-            ..RetryPolicy::default()
-        };
-        let budget = RetryBudget::new(&policy);
-        assert!(budget.allows_retry());
-        for _ in 0..4 {
-            budget.on_failure();
-        }
-        assert!(budget.allows_retry(), "6 tokens left is more than half");
-        budget.on_failure();
-        assert!(
-            !budget.allows_retry(),
-            "5 tokens left is not more than half"
-        );
-        // Ten successes give one token back.
-        for _ in 0..10 {
-            budget.on_success();
-        }
-        assert!(budget.allows_retry());
-        for _ in 0..1000 {
-            budget.on_success();
-        }
-        assert_eq!(
-            budget.tokens.load(Ordering::Relaxed),
-            10_000,
-            "capped at the size"
-        );
-    }
-
-    #[test]
-    fn token_ratios_are_read_to_three_decimal_places() {
-        assert_eq!(thousandths(0.57), 570);
-        assert_eq!(thousandths(0.001), 1);
-        assert_eq!(thousandths(1.0), 1000);
-    }
 }

@@ -20,7 +20,7 @@ use http_body::{Body as _, Frame};
 use tokio::sync::Notify;
 use tonic::{Status, body::Body};
 
-use super::wire::AttemptBody;
+use crate::transport::wire::AttemptBody;
 
 /// A request body, kept for replay or passed through once.
 pub(crate) enum RequestBody {
