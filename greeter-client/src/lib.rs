@@ -3,25 +3,19 @@
 //!
 //! - [`load`]: runs a closed-loop load (N workers, each sending its next call as soon as
 //!   the last one returns) and collects what happened.
-//! - [`report`]: the result, as a table with bars for people or JSON for scripts, and
-//!   the side-by-side table of several policies (`compare`, `simulate`).
-//! - [`simulate`]: a seeded discrete-event simulation in virtual time, with the same
-//!   pickers as the real balancer.
-//! - [`svg`]: the comparison table as an SVG picture (`--svg FILE`).
 //! - [`live`]: a view refreshed every second while a run goes on (`--live`).
-//! - [`playground`]: a fleet, a balancer and steady load, watched and driven from a
-//!   web page (`greeter-client playground`).
 //! - [`health`]: asks servers' `grpc.health.v1.Health` whether they are SERVING (the
 //!   scripts use it to wait for servers to come up).
+//!
+//! What a run produces is an [`lb_sim::Report`], the same type the simulator makes, so
+//! real and simulated runs print the same tables. The simulator is the `lb-sim` crate,
+//! the web playground `lb-playground`; the binary's subcommands are one file each
+//! under `src/cli/`.
 #![forbid(unsafe_code)]
 
 pub mod health;
 pub mod live;
 pub mod load;
-pub mod playground;
-pub mod report;
-pub mod simulate;
-pub mod svg;
 
+pub use lb_sim::Report;
 pub use load::{LoadSpec, run};
-pub use report::Report;

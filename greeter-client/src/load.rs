@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use greeter_proto::{HelloRequest, MyServiceClient};
+use greeter_proto::{HelloRequest, MyServiceClient, SERVED_BY};
 use hdrhistogram::Histogram;
 use lb_core::auth::{BearerToken, BearerTokenLayer};
 use lb_core::{
@@ -25,10 +25,7 @@ use tonic::{Code, Request};
 use tower::Layer;
 
 use crate::live::Progress;
-use crate::report::{Backend, ErrorCount, Latency, Report, latency_histogram};
-
-/// The response metadata key greeter-server stamps with its own address.
-pub const SERVED_BY: &str = "x-served-by";
+use lb_sim::report::{Backend, ErrorCount, Latency, Report, latency_histogram};
 
 /// What load to send, and how.
 #[derive(Clone, Debug)]
@@ -114,32 +111,6 @@ impl LoadSpec {
             .hash_header()
             .unwrap_or(lb_core::policy::config::DEFAULT_HASH_HEADER)
             .to_string()
-    }
-}
-
-/// Outlier detection tuned for a demo (`--outlier-detection` of `run` and `simulate`):
-/// gRFC A50's logic, with times in seconds rather than minutes (ejected 5 s, then
-/// 10 s, ... at most 30 s; reviewed every second), judging from 3 servers up, by
-/// success rate and by failure percentage (above 85 %).
-pub fn demo_outlier_detection() -> OutlierDetection {
-    OutlierDetection {
-        interval: Duration::from_secs(1),
-        base_ejection_time: Duration::from_secs(5),
-        max_ejection_time: Duration::from_secs(30),
-        max_ejection_percent: 50,
-        consecutive_failures: Some(5),
-        success_rate: Some(lb_core::balancer::SuccessRate {
-            stdev_factor: 1900,
-            request_volume: 20,
-            minimum_hosts: 3,
-            enforcement_percentage: 100,
-        }),
-        failure_percentage: Some(lb_core::balancer::FailurePercentage {
-            threshold: 85,
-            request_volume: 20,
-            minimum_hosts: 3,
-            enforcement_percentage: 100,
-        }),
     }
 }
 

@@ -2,9 +2,9 @@
 
 use std::process::Command;
 
-use greeter_client::simulate::{Scenario, simulate};
 use lb_core::Policy;
 use lb_core::policy::RoundRobinConfig;
+use lb_sim::{Scenario, simulate};
 
 /// Runs the greeter-client binary with `args`.
 fn client(args: &[&str]) -> std::process::Output {

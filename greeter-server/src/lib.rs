@@ -52,7 +52,7 @@ pub use lb_core::resolver::EtcdTarget;
 use lb_core::{Endpoint, resolver::etcd::Registration};
 
 /// The response metadata key that names the instance that answered.
-pub const SERVED_BY: &str = "x-served-by";
+pub use greeter_proto::SERVED_BY;
 
 pub mod certs;
 pub mod control;

@@ -19,7 +19,7 @@ use std::{
     process::Command,
 };
 
-use greeter_client::playground::api::slug;
+use lb_playground::docs::slug;
 use pulldown_cmark::{CodeBlockKind, Event, HeadingLevel, Parser, Tag, TagEnd};
 
 /// The pairs: English, Chinese.

@@ -4,12 +4,9 @@
 
 use std::time::Duration;
 
-use greeter_client::{
-    LoadSpec,
-    report::comparison_table,
-    simulate::{Scenario, simulate},
-};
+use greeter_client::LoadSpec;
 use lb_core::Policy;
+use lb_sim::{Scenario, report::comparison_table, simulate};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -4,9 +4,9 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use greeter_client::simulate::{Scenario, simulate};
 use greeter_proto::{HelloRequest, MyServiceClient};
 use lb_core::{Balancer, PickedEndpoint, Policy};
+use lb_sim::{Scenario, simulate};
 use least_loaded::LeastLoadedConfig;
 
 #[test]

@@ -147,12 +147,28 @@ impl Graph {
     pub fn of_crate(name: &str, src: &Path) -> std::io::Result<Self> {
         let mut reader = Reader::default();
         let root = if src.join("lib.rs").exists() {
+            // The modules a main.rs beside it declares are the binary's, not the
+            // library's (see `of_binary`).
+            if let Ok(main) = std::fs::read_to_string(src.join("main.rs")) {
+                reader.binary_only = declared_modules(&main);
+            }
             src.join("lib.rs")
         } else {
             src.join("main.rs")
         };
         reader.read_tree(Vec::new(), &root, src)?;
         Ok(reader.finish(name))
+    }
+
+    /// Reads the binary of a package that has a library too: its `main.rs` and the
+    /// modules it declares. `None` if the package has no such binary.
+    pub fn of_binary(name: &str, src: &Path) -> std::io::Result<Option<Self>> {
+        if !(src.join("lib.rs").exists() && src.join("main.rs").exists()) {
+            return Ok(None);
+        }
+        let mut reader = Reader::default();
+        reader.read_tree(Vec::new(), &src.join("main.rs"), src)?;
+        Ok(Some(reader.finish(&format!("{name} (binary)"))))
     }
 
     /// Every circle of modules (each strongly connected set of two or more), with one
@@ -418,6 +434,8 @@ struct Module {
 struct Reader {
     modules: BTreeMap<ModPath, Module>,
     docs: BTreeMap<ModPath, String>,
+    /// Files beside lib.rs that belong to main.rs.
+    binary_only: BTreeSet<String>,
 }
 
 impl Reader {
@@ -478,6 +496,7 @@ impl Reader {
                 };
                 let Some(name) = name else { continue };
                 if ["lib", "main", "mod"].contains(&name.as_str())
+                    || (is_crate_root && self.binary_only.contains(&name))
                     || declared.test_only.contains(&name)
                     || children.contains_key(&name)
                     || children.values().any(|c| c == &p)
@@ -1155,6 +1174,20 @@ fn test_only_modules(raw: &str) -> BTreeSet<String> {
         }
     }
     names
+}
+
+/// The modules a file declares with `mod name;` (at any visibility, under any `cfg`).
+fn declared_modules(raw: &str) -> BTreeSet<String> {
+    raw.lines()
+        .map(str::trim)
+        .filter_map(|line| {
+            line.trim_start_matches("pub(crate) ")
+                .trim_start_matches("pub ")
+                .strip_prefix("mod ")?
+                .strip_suffix(';')
+                .map(|name| name.trim().to_string())
+        })
+        .collect()
 }
 
 /// `#[path = "file.rs"]` before a `mod name;`: name → file.

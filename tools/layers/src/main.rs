@@ -46,6 +46,12 @@ fn main() -> ExitCode {
             problems += 1;
             print!("{name}: {cycle}");
         }
+        if let Ok(Some(binary)) = Graph::of_binary(&name, &dir.join("src")) {
+            for cycle in binary.cycles() {
+                problems += 1;
+                print!("{}: {cycle}", binary.name);
+            }
+        }
     }
     if problems == 0 {
         println!(

@@ -26,6 +26,11 @@ fn no_crate_of_the_workspace_has_a_circle_of_imports() {
         for cycle in graph.cycles() {
             report.push_str(&format!("{name}: {cycle}"));
         }
+        if let Some(binary) = Graph::of_binary(&name, &dir.join("src")).expect("readable sources") {
+            for cycle in binary.cycles() {
+                report.push_str(&format!("{}: {cycle}", binary.name));
+            }
+        }
     }
     assert!(report.is_empty(), "circles of imports:\n{report}");
 }

@@ -3,8 +3,8 @@
 //! backend's share drawn as a bar.
 //!
 //! ```
-//! use greeter_client::{report::Report, svg::comparison_svg};
-//! use greeter_client::report::{Backend, Latency};
+//! use lb_sim::{report::Report, svg::comparison_svg};
+//! use lb_sim::report::{Backend, Latency};
 //!
 //! let latency = Latency { p50: 1.0, p90: 2.0, p99: 3.0, p999: 4.0, max: 5.0 };
 //! let report = Report::new("round_robin", 2, 1, 1.0,

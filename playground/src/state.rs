@@ -1,29 +1,5 @@
-//! `greeter-client playground`: a fleet, a balancer and steady load, watched and
-//! driven from a web page.
-//!
-//! ```text
-//! greeter-client playground                 # 3 servers, http://127.0.0.1:8080/
-//! greeter-client playground --fleet 5 --policy least_request --rate 500
-//! ```
-//!
-//! What runs:
-//!
-//! - [`fleet`]: real `greeter-server` processes on 127.0.0.1, killed with SIGKILL,
-//!   restarted on their port, slowed down and drained through their standard input;
-//! - one [`Balancer`] over them, whose policy the page switches while calls go on;
-//! - [`traffic`]: calls at a steady rate (or from N callers in closed loop);
-//! - once a second, a [`Snapshot`] of it all: per server its calls per second, share,
-//!   calls in flight, connectivity, health and ejection; the latency percentiles,
-//!   failures and retries of that second; sent to the page as a server-sent event;
-//! - [`api`]: the page (HTML, CSS and script, built into the binary), the events, and
-//!   a small JSON API for the page's buttons, which answers its own page only.
-//!
-//! Ctrl-C (or SIGTERM, or closing the terminal) stops every server it started; and
-//! each server exits by itself when the playground's end of its pipe closes.
-
-pub mod api;
-pub mod fleet;
-pub mod traffic;
+//! What the playground holds while it runs, and what it shows the page once a second:
+//! the fleet as last seen, the balancer, the load, the events, and the snapshots.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -33,13 +9,12 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context;
 use lb_core::{Balancer, EndpointStatus, Policy};
 use serde::Serialize;
 use tokio::{sync::watch, time::Instant};
 
-use fleet::{Fleet, ServerView};
-use traffic::{Load, Second, Traffic};
+use crate::fleet::{Fleet, ServerView};
+use crate::traffic::{Load, Second, Traffic};
 
 /// What `greeter-client playground` was asked for.
 #[derive(Clone, Debug)]
@@ -61,14 +36,6 @@ pub struct Options {
     /// Seeds the balancer's random choices.
     pub seed: u64,
 }
-
-/// How long the playground's balancer waits between attempts to reconnect.
-const RECONNECT: lb_core::Backoff = lb_core::Backoff {
-    initial: Duration::from_millis(200),
-    multiplier: 1.6,
-    jitter: 0.2,
-    max: Duration::from_secs(1),
-};
 
 /// How many snapshots (seconds) a page opened late is given.
 const HISTORY: usize = 60;
@@ -125,7 +92,7 @@ impl PolicyView {
         Self {
             name,
             summary: lb_core::policy::registry::find(name).map_or("", |r| r.summary()),
-            doc: api::policy_doc(name),
+            doc: crate::docs::policy_doc(name),
             uses_weights: name.starts_with("weighted_"),
         }
     }
@@ -170,19 +137,19 @@ pub struct Event {
 
 /// Everything the page's requests reach.
 pub struct Playground {
-    balancer: Balancer,
-    fleet: tokio::sync::Mutex<Fleet>,
+    pub(crate) balancer: Balancer,
+    pub(crate) fleet: tokio::sync::Mutex<Fleet>,
     /// The fleet as last seen, for the snapshot (the fleet's lock can be held by a
     /// restart for seconds).
-    views: Mutex<Vec<ServerView>>,
-    traffic: Traffic,
+    pub(crate) views: Mutex<Vec<ServerView>>,
+    pub(crate) traffic: Traffic,
     events: Mutex<Events>,
-    snapshot: watch::Sender<Arc<String>>,
+    pub(crate) snapshot: watch::Sender<Arc<String>>,
     /// The last minute of snapshots, for a page opened (or reloaded) late.
-    history: Mutex<VecDeque<Arc<String>>>,
-    started: Instant,
-    timeout: Duration,
-    simulating: Arc<tokio::sync::Semaphore>,
+    pub(crate) history: Mutex<VecDeque<Arc<String>>>,
+    pub(crate) started: Instant,
+    pub(crate) timeout: Duration,
+    pub(crate) simulating: Arc<tokio::sync::Semaphore>,
 }
 
 struct Events {
@@ -191,8 +158,34 @@ struct Events {
 }
 
 impl Playground {
+    /// The playground over `fleet` (whose servers' views are `views`), `balancer` and
+    /// the load `traffic` sends, each call with deadline `timeout`.
+    pub fn new(
+        balancer: Balancer,
+        fleet: Fleet,
+        views: Vec<ServerView>,
+        traffic: Traffic,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            traffic,
+            balancer,
+            fleet: tokio::sync::Mutex::new(fleet),
+            views: Mutex::new(views),
+            events: Mutex::new(Events {
+                next: 0,
+                kept: VecDeque::new(),
+            }),
+            snapshot: watch::Sender::new(Arc::new("{}".into())),
+            history: Mutex::new(VecDeque::new()),
+            started: Instant::now(),
+            timeout,
+            simulating: Arc::new(tokio::sync::Semaphore::new(1)),
+        }
+    }
+
     /// Records an event for the page (and prints it, for the terminal).
-    fn event(&self, kind: &'static str, text: String) {
+    pub(crate) fn event(&self, kind: &'static str, text: String) {
         let t = self.started.elapsed().as_secs_f64();
         say(&format!("t={t:.1}s {kind}: {text}"));
         let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
@@ -216,113 +209,15 @@ impl Playground {
         format!("[{}]", items.join(","))
     }
 
-    async fn refresh_views(&self) {
+    pub(crate) async fn refresh_views(&self) {
         let views = self.fleet.lock().await.views();
         *self.views.lock().unwrap_or_else(PoisonError::into_inner) = views;
     }
 }
 
-/// Starts the fleet, the balancer, the load and the page, and runs until Ctrl-C.
-pub async fn run(options: Options) -> anyhow::Result<()> {
-    // The page's port first: if it is taken, nothing else has started.
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|err| api::bind_error(options.listen, err))?;
-    let listen = listener.local_addr().context("the page's address")?;
-    let mut signals = Signals::listen()?;
-
-    let mut fleet = Fleet::new(options.server_binary.clone());
-    // Ctrl-C while the servers start stops the ones already running.
-    let started = tokio::select! {
-        started = start(&mut fleet, &options) => Some(started),
-        why = signals.next() => {
-            say(&format!("{why}: stopping the servers"));
-            None
-        }
-    };
-    let balancer = match started {
-        Some(Ok(balancer)) => balancer,
-        Some(Err(err)) => {
-            fleet.stop_all().await;
-            return Err(err);
-        }
-        None => {
-            fleet.stop_all().await;
-            return Ok(());
-        }
-    };
-    let views = fleet.views();
-    let playground = Arc::new(Playground {
-        traffic: Traffic::start(balancer.clone(), options.load, options.timeout),
-        balancer,
-        fleet: tokio::sync::Mutex::new(fleet),
-        views: Mutex::new(views),
-        events: Mutex::new(Events {
-            next: 0,
-            kept: VecDeque::new(),
-        }),
-        snapshot: watch::Sender::new(Arc::new("{}".into())),
-        history: Mutex::new(VecDeque::new()),
-        started: Instant::now(),
-        timeout: options.timeout,
-        simulating: Arc::new(tokio::sync::Semaphore::new(1)),
-    });
-    playground.event(
-        "action",
-        format!(
-            "started {} servers; {} with {}",
-            options.servers,
-            options.load,
-            options.policy.name()
-        ),
-    );
-    let mut first = playground.snapshot.subscribe();
-    let ticker = tokio::spawn(tick(playground.clone()));
-    // The page is offered once there is something to show on it.
-    let _ = first.changed().await;
-    let page = tokio::spawn(api::serve(listener, listen, playground.clone()));
-    say(&format!(
-        "playground: open http://{listen}/ (Ctrl-C stops it and the servers it started)"
-    ));
-
-    let why = signals.next().await;
-    say(&format!("{why}: stopping the servers"));
-    ticker.abort();
-    page.abort();
-    // An action may hold the fleet for a few seconds (a server that is slow to
-    // start); a second signal does not wait for it. The servers still stop then: each
-    // exits when its standard input, the playground's end of the pipe, closes.
-    tokio::select! {
-        () = async { playground.fleet.lock().await.stop_all().await } => say("stopped"),
-        why = signals.next() => say(&format!("{why} again: exiting at once")),
-    }
-    Ok(())
-}
-
-/// The servers, then a balancer over them once they have connected.
-async fn start(fleet: &mut Fleet, options: &Options) -> anyhow::Result<Balancer> {
-    for index in 0..options.servers {
-        let weight = options.weights.get(index).copied().unwrap_or(1);
-        fleet.add(weight).await?;
-    }
-    let balancer = Balancer::builder(fleet.endpoints())
-        .policy(options.policy.clone())
-        .seed(options.seed)
-        .health_check(Some(""))
-        // Reconnect within a second, so that a restarted server is seen at once
-        // (the default waits up to 120 s between attempts, which spares a real fleet
-        // but would leave a learner waiting).
-        .backoff(RECONNECT)
-        // Eject a server whose calls keep failing, as `run --outlier-detection` does.
-        .outlier_detection(Some(crate::load::demo_outlier_detection()))
-        .build()?;
-    balancer.wait_settled(Duration::from_secs(5)).await;
-    Ok(balancer)
-}
-
 /// A line on the terminal; a terminal that went away (SIGHUP, a closed pipe) is not a
 /// reason to fail.
-fn say(line: &str) {
+pub fn say(line: &str) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}");
@@ -330,7 +225,7 @@ fn say(line: &str) {
 }
 
 /// Once a second: what the last second looked like, for the page.
-async fn tick(playground: Arc<Playground>) {
+pub async fn tick(playground: Arc<Playground>) {
     let mut last = Last {
         calls: HashMap::new(),
         event: 0,
@@ -482,49 +377,5 @@ fn snapshot(
         second,
         servers,
         events,
-    }
-}
-
-/// SIGINT (Ctrl-C), SIGTERM and SIGHUP (the terminal closed): all mean "stop".
-struct Signals {
-    #[cfg(unix)]
-    signals: Vec<(tokio::signal::unix::Signal, &'static str)>,
-}
-
-impl Signals {
-    fn listen() -> anyhow::Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let mut signals = Vec::new();
-            for (kind, name) in [
-                (SignalKind::interrupt(), "SIGINT"),
-                (SignalKind::terminate(), "SIGTERM"),
-                (SignalKind::hangup(), "SIGHUP"),
-            ] {
-                signals.push((signal(kind).context("cannot listen for signals")?, name));
-            }
-            Ok(Self { signals })
-        }
-        #[cfg(not(unix))]
-        Ok(Self {})
-    }
-
-    async fn next(&mut self) -> &'static str {
-        #[cfg(unix)]
-        {
-            let waits = self.signals.iter_mut().map(|(signal, name)| {
-                Box::pin(async move {
-                    signal.recv().await;
-                    *name
-                })
-            });
-            futures::future::select_all(waits).await.0
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-            "Ctrl-C"
-        }
     }
 }

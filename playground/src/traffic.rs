@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use tokio::{sync::watch, time::Instant};
 use tonic::Request;
 
-use crate::load::SERVED_BY;
-use crate::report::latency_histogram;
+use greeter_proto::SERVED_BY;
+use lb_sim::report::latency_histogram;
 
 /// The most calls per second the playground sends.
 pub const MAX_RATE: u32 = 20_000;
