@@ -26,23 +26,24 @@
 //! reports. Every call's trailer carries the report of the last closed window, encoded
 //! once per window, so a call pays a reference count, not an encoding.
 
+mod layer;
+mod oob;
+
+pub use layer::{LoadReportLayer, LoadReportService};
+pub use oob::OpenRcaService;
+
 use std::{
     collections::BTreeMap,
-    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use futures::future::BoxFuture;
-use tonic::{Status, body::Body};
 
-use super::{OrcaLoadReport, OrcaLoadReportRequest, TRAILER};
+use crate::orca::OrcaLoadReport;
 use crate::sync::lock;
 
 /// How long a measuring window lasts at least.
@@ -236,28 +237,12 @@ impl LoadReporter {
         current
     }
 
-    /// A tower layer for a tonic server: counts every call and adds the current report
-    /// to its trailers (or, for a trailers-only answer, to its headers).
-    pub fn layer(&self) -> LoadReportLayer {
-        LoadReportLayer {
-            reporter: Some(self.clone()),
-        }
-    }
-
     /// Ends every open out-of-band stream (with status OK) and every one opened later,
     /// which gets its first report and then ends. Call it when the server shuts down:
     /// the streams never end by themselves, and a graceful shutdown waits for every
     /// open stream. Per-call trailers are not affected.
     pub fn close(&self) {
         self.state.closed.send_replace(true);
-    }
-
-    /// The out-of-band service, `xds.service.orca.v3.OpenRcaService`, for
-    /// `Server::add_service`.
-    pub fn service(&self) -> OpenRcaService {
-        OpenRcaService {
-            reporter: self.clone(),
-        }
     }
 }
 
@@ -269,217 +254,6 @@ fn process_cpu() -> Option<Duration> {
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     // Linux counts in clock ticks of 1/100 s (USER_HZ) on every common platform.
     Some(Duration::from_millis(ticks.saturating_mul(10)))
-}
-
-/// See [`LoadReporter::layer`].
-#[derive(Clone, Debug, Default)]
-pub struct LoadReportLayer {
-    reporter: Option<LoadReporter>,
-}
-
-impl LoadReportLayer {
-    /// A layer that reports nothing (for a server without load reports): responses
-    /// pass through unchanged.
-    pub fn off() -> Self {
-        Self::default()
-    }
-}
-
-impl<S> tower::Layer<S> for LoadReportLayer {
-    type Service = LoadReportService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        LoadReportService {
-            inner,
-            reporter: self.reporter.clone(),
-        }
-    }
-}
-
-/// See [`LoadReporter::layer`].
-#[derive(Clone, Debug)]
-pub struct LoadReportService<S> {
-    inner: S,
-    reporter: Option<LoadReporter>,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for LoadReportService<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = futures::future::Either<
-        S::Future,
-        BoxFuture<'static, Result<http::Response<Body>, S::Error>>,
-    >;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let Some(reporter) = self.reporter.clone() else {
-            return futures::future::Either::Left(self.inner.call(request));
-        };
-        // The out-of-band stream is not a call to count.
-        if request.uri().path() == super::STREAM_CORE_METRICS {
-            return futures::future::Either::Left(self.inner.call(request));
-        }
-        let response = self.inner.call(request);
-        futures::future::Either::Right(Box::pin(async move {
-            let response = response.await?;
-            let (mut parts, body) = response.into_parts();
-            if let Some(code) = grpc_status(&parts.headers) {
-                // Trailers-only: the call is over, its report goes in the headers.
-                reporter.record(code == 0);
-                parts
-                    .headers
-                    .insert(TRAILER, reporter.current().trailer.clone());
-                return Ok(http::Response::from_parts(parts, body));
-            }
-            let body = Body::new(ReportBody {
-                inner: body,
-                reporter: Some(reporter),
-            });
-            Ok(http::Response::from_parts(parts, body))
-        }))
-    }
-}
-
-fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
-}
-
-pin_project_lite::pin_project! {
-    /// A response body whose trailers get the server's load report.
-    pub struct ReportBody<B> {
-        #[pin]
-        inner: B,
-        reporter: Option<LoadReporter>,
-    }
-}
-
-impl<B> http_body::Body for ReportBody<B>
-where
-    B: http_body::Body<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let frame = std::task::ready!(this.inner.poll_frame(cx));
-        Poll::Ready(match frame {
-            Some(Ok(frame)) if frame.is_trailers() => {
-                let Ok(mut trailers) = frame.into_trailers() else {
-                    unreachable!("checked: trailers")
-                };
-                if let Some(reporter) = this.reporter.take() {
-                    reporter.record(grpc_status(&trailers).is_none_or(|code| code == 0));
-                    trailers.insert(TRAILER, reporter.current().trailer.clone());
-                }
-                Some(Ok(http_body::Frame::trailers(trailers)))
-            }
-            other => other,
-        })
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// `xds.service.orca.v3.OpenRcaService`: `StreamCoreMetrics` sends the current report
-/// every interval the client asks for (at least [`MIN_REPORT_INTERVAL`], or the
-/// reporter's minimum), until the client goes away.
-#[derive(Clone, Debug)]
-pub struct OpenRcaService {
-    reporter: LoadReporter,
-}
-
-impl tonic::server::NamedService for OpenRcaService {
-    const NAME: &'static str = super::SERVICE;
-}
-
-impl tower::Service<http::Request<Body>> for OpenRcaService {
-    type Response = http::Response<Body>;
-    type Error = std::convert::Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if request.uri().path() != super::STREAM_CORE_METRICS {
-            let status = Status::unimplemented(format!(
-                "{}: only StreamCoreMetrics is served",
-                request.uri().path()
-            ));
-            return Box::pin(async move { Ok(status.into_http()) });
-        }
-        let stream = StreamCoreMetrics {
-            reporter: self.reporter.clone(),
-        };
-        Box::pin(async move {
-            let codec = tonic_prost::ProstCodec::<OrcaLoadReport, OrcaLoadReportRequest>::default();
-            let mut grpc =
-                tonic::server::Grpc::new(codec).max_decoding_message_size(super::MAX_REPORT_BYTES);
-            Ok(grpc.server_streaming(stream, request).await)
-        })
-    }
-}
-
-struct StreamCoreMetrics {
-    reporter: LoadReporter,
-}
-
-type ReportStream = Pin<Box<dyn futures::Stream<Item = Result<OrcaLoadReport, Status>> + Send>>;
-
-impl tonic::server::ServerStreamingService<OrcaLoadReportRequest> for StreamCoreMetrics {
-    type Response = OrcaLoadReport;
-    type ResponseStream = ReportStream;
-    type Future = BoxFuture<'static, Result<tonic::Response<ReportStream>, Status>>;
-
-    fn call(&mut self, request: tonic::Request<OrcaLoadReportRequest>) -> Self::Future {
-        let reporter = self.reporter.clone();
-        Box::pin(async move {
-            let asked = request
-                .into_inner()
-                .report_interval
-                .map_or(Duration::ZERO, super::ProtoDuration::to_std);
-            // Within bounds whatever the client asks: tokio's interval panics on 0 and
-            // on a period that overflows its clock.
-            let every = asked
-                .max(*lock(&reporter.state.min_interval))
-                .clamp(Duration::from_millis(1), MAX_REPORT_INTERVAL);
-            let closed = reporter.state.closed.subscribe();
-            let stream = futures::stream::unfold(
-                (reporter, tokio::time::interval(every), closed),
-                |(reporter, mut ticks, mut closed)| async move {
-                    // The first tick is at once: a new stream always gets one report.
-                    tokio::select! {
-                        biased;
-                        _ = ticks.tick() => {}
-                        // Closed, or the reporter is gone: the stream ends.
-                        _ = closed.wait_for(|&closed| closed) => return None,
-                    }
-                    let report = reporter.report();
-                    Some((Ok(report), (reporter, ticks, closed)))
-                },
-            );
-            Ok(tonic::Response::new(Box::pin(stream) as ReportStream))
-        })
-    }
 }
 
 #[cfg(test)]
