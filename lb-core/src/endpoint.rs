@@ -2,8 +2,15 @@
 //!
 //! An [`Endpoint`] is one backend a call can be sent to, written `host:port`. The host
 //! may be an IPv4 address, a bracketed IPv6 address (`[::1]:50051`) or a DNS name
-//! (`localhost:50051`); the port is required, since gRPC has no default port. A weight
-//! for the weighted policies may follow: `127.0.0.1:50051=3` (default 1).
+//! (`localhost:50051`); the port is required, since gRPC has no default port. After the
+//! address, in any order, may come:
+//!
+//! - `=W`: a weight for the weighted policies, 1 to 10,000 (default 1);
+//! - `@LOCALITY`: where it runs, `zone`, `region/zone` or `region/zone/sub_zone`
+//!   ([`Locality`]), which `weighted_target_experimental` hands endpoints to its
+//!   targets by;
+//! - `#P`: its priority, 0 (the highest, the default) to 99, which
+//!   `priority_experimental` hands endpoints to its children by.
 //!
 //! ```
 //! use lb_core::{Endpoint, parse_endpoint_list};
@@ -14,26 +21,35 @@
 //! assert_eq!(list[1].port(), 50052);
 //! assert_eq!(list[1].weight(), 1);
 //!
+//! let backup: Endpoint = "127.0.0.1:50053@us-east/zone-c#1".parse().unwrap();
+//! assert_eq!(backup.locality().unwrap().zone(), "zone-c");
+//! assert_eq!(backup.priority(), 1);
+//! assert_eq!(backup.to_string(), "127.0.0.1:50053", "attributes are not the address");
+//!
 //! let err = "127.0.0.1".parse::<Endpoint>().unwrap_err();
 //! assert!(err.to_string().contains("missing port"));
 //! ```
 //!
-//! The ground floor. May import: `error`.
+//! The ground floor. May import: `error`, `locality`.
 
-use std::{fmt, net::Ipv6Addr, str::FromStr};
+use std::{fmt, net::Ipv6Addr, str::FromStr, sync::Arc};
 
 use crate::Error;
+use crate::locality::{Locality, MAX_PRIORITY};
 
 /// The largest weight an endpoint may have.
 pub const MAX_WEIGHT: u32 = 10_000;
 
-/// One backend address, `host:port`, with a weight.
+/// One backend address, `host:port`, with a weight, and where it runs: a locality and a
+/// priority. Two endpoints are the same only if all of these are.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
     // Shared, not copied: an endpoint is cloned into every response (`PickedEndpoint`).
-    host: std::sync::Arc<str>,
+    host: Arc<str>,
     port: u16,
     weight: u32,
+    locality: Option<Arc<Locality>>,
+    priority: u32,
 }
 
 impl Endpoint {
@@ -56,6 +72,44 @@ impl Endpoint {
     pub fn with_weight(mut self, weight: u32) -> Self {
         self.weight = weight.clamp(1, MAX_WEIGHT);
         self
+    }
+
+    /// Where it runs, if the list or the resolver said.
+    pub fn locality(&self) -> Option<&Locality> {
+        self.locality.as_deref()
+    }
+
+    /// The same address in `locality`.
+    pub fn with_locality(mut self, locality: Locality) -> Self {
+        self.locality = Some(Arc::new(locality));
+        self
+    }
+
+    /// Its priority: 0, the highest and the default, to [`MAX_PRIORITY`].
+    pub fn priority(&self) -> u32 {
+        self.priority
+    }
+
+    /// The same address at priority `priority` (at most [`MAX_PRIORITY`]).
+    pub fn with_priority(mut self, priority: u32) -> Self {
+        self.priority = priority.min(MAX_PRIORITY);
+        self
+    }
+
+    /// The address with its attributes, as a list takes it back:
+    /// `127.0.0.1:50051=3@zone-a#1` (only those that are not the defaults).
+    pub fn to_spec(&self) -> String {
+        let mut spec = self.to_string();
+        if self.weight != 1 {
+            spec.push_str(&format!("={}", self.weight));
+        }
+        if let Some(locality) = &self.locality {
+            spec.push_str(&format!("@{locality}"));
+        }
+        if self.priority != 0 {
+            spec.push_str(&format!("#{}", self.priority));
+        }
+        spec
     }
 
     /// The URI tonic connects to (`http://host:port`; plaintext HTTP/2).
@@ -82,20 +136,54 @@ impl FromStr for Endpoint {
             input: input.to_string(),
             reason,
         };
-        let (text, weight) = match input.trim().split_once('=') {
-            None => (input.trim(), 1),
-            Some((address, weight)) => {
-                let weight = match weight.trim().parse::<u32>() {
-                    Ok(w) if (1..=MAX_WEIGHT).contains(&w) => w,
-                    _ => {
-                        return Err(invalid(format!(
-                            "weight `{weight}` is not a whole number from 1 to {MAX_WEIGHT}"
-                        )));
+        let trimmed = input.trim();
+        // The address ends where the first attribute begins: `=W`, `@LOCALITY`, `#P`.
+        let end = trimmed.find(['=', '@', '#']).unwrap_or(trimmed.len());
+        let (text, mut rest) = (trimmed[..end].trim(), &trimmed[end..]);
+        let (mut weight, mut locality, mut priority) = (None, None, None);
+        while let Some(mark) = rest.chars().next() {
+            let value_end = rest[1..]
+                .find(['=', '@', '#'])
+                .map_or(rest.len(), |i| i + 1);
+            let value = rest[1..value_end].trim();
+            rest = &rest[value_end..];
+            let twice = |what: &str| invalid(format!("{what} given twice"));
+            match mark {
+                '=' => {
+                    let w = match value.parse::<u32>() {
+                        Ok(w) if (1..=MAX_WEIGHT).contains(&w) => w,
+                        _ => {
+                            return Err(invalid(format!(
+                                "weight `{value}` is not a whole number from 1 to {MAX_WEIGHT}"
+                            )));
+                        }
+                    };
+                    if weight.replace(w).is_some() {
+                        return Err(twice("a weight (=W)"));
                     }
-                };
-                (address.trim(), weight)
+                }
+                '@' => {
+                    let l: Locality = value.parse().map_err(invalid)?;
+                    if locality.replace(l).is_some() {
+                        return Err(twice("a locality (@LOCALITY)"));
+                    }
+                }
+                _ => {
+                    let p = match value.parse::<u32>() {
+                        Ok(p) if p <= MAX_PRIORITY => p,
+                        _ => {
+                            return Err(invalid(format!(
+                                "priority `{value}` is not a whole number from 0 to {MAX_PRIORITY}"
+                            )));
+                        }
+                    };
+                    if priority.replace(p).is_some() {
+                        return Err(twice("a priority (#P)"));
+                    }
+                }
             }
-        };
+        }
+        let weight = weight.unwrap_or(1);
         if text.is_empty() {
             return Err(invalid("empty address (expected host:port)".into()));
         }
@@ -152,6 +240,8 @@ impl FromStr for Endpoint {
             host: host.into(),
             port,
             weight,
+            locality: locality.map(Arc::new),
+            priority: priority.unwrap_or(0),
         })
     }
 }
@@ -222,6 +312,28 @@ mod tests {
         assert!(reason("127.0.0.1:1=0").contains("weight `0`"));
         assert!(reason("127.0.0.1:1=x").contains("weight `x`"));
         assert!(reason("127.0.0.1:1=10001").contains("1 to 10000"));
+    }
+
+    #[test]
+    fn localities_and_priorities_follow_in_any_order() {
+        let ep: Endpoint = "127.0.0.1:50051#2@zone-a=3".parse().unwrap();
+        assert_eq!((ep.weight(), ep.priority()), (3, 2));
+        assert_eq!(ep.locality().map(Locality::name), Some("zone-a"));
+        assert_eq!(ep.to_spec(), "127.0.0.1:50051=3@zone-a#2");
+        assert_eq!(ep.to_spec().parse::<Endpoint>().unwrap(), ep);
+        let plain: Endpoint = "[::1]:1".parse().unwrap();
+        assert_eq!((plain.locality(), plain.priority()), (None, 0));
+        assert_ne!(
+            "127.0.0.1:1@zone-a".parse::<Endpoint>().unwrap(),
+            "127.0.0.1:1@zone-b".parse::<Endpoint>().unwrap(),
+            "another locality is another endpoint"
+        );
+        assert!(reason("127.0.0.1:1#100").contains("priority `100`"));
+        assert!(reason("127.0.0.1:1#x").contains("priority `x`"));
+        assert!(reason("127.0.0.1:1@").contains("empty locality"));
+        assert!(reason("127.0.0.1:1@a@b").contains("locality (@LOCALITY) given twice"));
+        assert!(reason("127.0.0.1:1=2=3").contains("weight (=W) given twice"));
+        assert!(reason("127.0.0.1:1@zone a").contains("zone `zone a`"));
     }
 
     #[test]

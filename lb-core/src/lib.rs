@@ -19,7 +19,7 @@
 //!  3  transport/    connect (TCP, TLS), one HTTP/2 connection, liveness pings
 //!  2  service_config  gRPC's service-config JSON into plain types
 //!  1  policy/       pure pickers, leaf and parent: pick(&endpoints, ctx) -> index
-//!  0  the ground    endpoint, state, clock, error, latency, histogram, backoff,
+//!  0  the ground    endpoint, locality, state, clock, error, latency, histogram, backoff,
 //!                   json, sync, orca (load-report messages)
 //! ```
 //!
@@ -29,7 +29,8 @@
 //! counts it in flight until its body ends, and `call/retry.rs` sends it elsewhere if
 //! it never reached a server. docs/ARCHITECTURE.md follows it file by file.
 //!
-//! - [`endpoint`]: `host:port` addresses and `--servers` lists, with clear errors.
+//! - [`endpoint`]: `host:port` addresses and `--servers` lists, with clear errors;
+//!   [`locality`]: where an endpoint runs (region, zone, sub-zone) and its priority.
 //! - [`state`]: the live, lock-free state of one endpoint ([`EndpointState`]): its
 //!   connectivity (IDLE, CONNECTING, READY, TRANSIENT_FAILURE) and since when it is
 //!   READY, calls in flight, its latency ([`latency`], on the [`clock`]), durations
@@ -117,6 +118,7 @@ pub mod error;
 pub mod histogram;
 pub mod json;
 pub mod latency;
+pub mod locality;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod orca;

@@ -11,7 +11,7 @@ use std::{
     fmt,
     sync::{
         Arc,
-        atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -83,6 +83,12 @@ struct Inner {
     failures: FailureEstimate,
     /// When it last became READY (clock nanoseconds; 0: never), for slow start.
     ready_since: AtomicU64,
+    /// When it joined (clock nanoseconds), and whether it has been in
+    /// TRANSIENT_FAILURE since it was last READY: what tells an endpoint still
+    /// connecting for the first time from one that failed (`priority_experimental`'s
+    /// failover timeout).
+    created_at: AtomicU64,
+    failed: AtomicBool,
     /// Every call's duration, for metrics.
     durations: DurationHistogram,
     /// What the server's load reports said (ORCA), for weights that follow load.
@@ -123,6 +129,8 @@ impl EndpointState {
                 latency: LatencyEstimate::new(decay),
                 failures: FailureEstimate::new(decay),
                 ready_since: AtomicU64::new(0),
+                created_at: AtomicU64::new(clock::now_nanos()),
+                failed: AtomicBool::new(false),
                 durations: DurationHistogram::default(),
                 load: std::sync::Mutex::new(ReportedLoad::default()),
             }),
@@ -220,10 +228,39 @@ impl EndpointState {
     pub fn set_connectivity(&self, state: Connectivity) -> Connectivity {
         let previous =
             Connectivity::from_u8(self.inner.connectivity.swap(state as u8, Ordering::AcqRel));
+        self.note_failure(state);
         if state == Connectivity::Ready && previous != Connectivity::Ready {
             self.set_ready_since(clock::now_nanos());
         }
         previous
+    }
+
+    /// TRANSIENT_FAILURE marks the endpoint failed until it is READY again.
+    fn note_failure(&self, state: Connectivity) {
+        match state {
+            Connectivity::TransientFailure => self.inner.failed.store(true, Ordering::Relaxed),
+            Connectivity::Ready => self.inner.failed.store(false, Ordering::Relaxed),
+            Connectivity::Idle | Connectivity::Connecting => {}
+        }
+    }
+
+    /// Whether the endpoint is still connecting for the first time: never READY yet,
+    /// and no attempt failed. (One that was READY and reconnects, or that failed and
+    /// tries again, is not.)
+    pub fn is_starting(&self) -> bool {
+        !self.is_ready()
+            && self.ready_since().is_none()
+            && !self.inner.failed.load(Ordering::Relaxed)
+    }
+
+    /// Since when the endpoint has been in the balancer (clock nanoseconds).
+    pub fn created_at(&self) -> u64 {
+        self.inner.created_at.load(Ordering::Relaxed)
+    }
+
+    /// Sets when the endpoint joined, on a clock of the caller's (the simulator's).
+    pub fn set_created_at(&self, at: u64) {
+        self.inner.created_at.store(at, Ordering::Relaxed);
     }
 
     /// Moves the endpoint from `from` to `to` if it is in `from` now; returns whether it
@@ -234,6 +271,9 @@ impl EndpointState {
             .connectivity
             .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
+        if moved {
+            self.note_failure(to);
+        }
         if moved && to == Connectivity::Ready && from != Connectivity::Ready {
             self.set_ready_since(clock::now_nanos());
         }
@@ -478,6 +518,26 @@ mod tests {
         assert!(state.transition(Connectivity::Idle, Connectivity::Ready));
         let again = state.ready_since().unwrap();
         assert!(again != 5 && again >= first, "a new READY starts it again");
+    }
+
+    #[test]
+    fn an_endpoint_is_starting_until_it_is_ready_or_fails() {
+        let state = EndpointState::new("127.0.0.1:1".parse().unwrap());
+        assert!(state.is_starting());
+        state.set_connectivity(Connectivity::Connecting);
+        assert!(state.is_starting());
+        state.set_connectivity(Connectivity::TransientFailure);
+        state.set_connectivity(Connectivity::Connecting);
+        assert!(
+            !state.is_starting(),
+            "it failed once: a retry is not a start"
+        );
+        state.set_connectivity(Connectivity::Ready);
+        state.set_connectivity(Connectivity::Idle);
+        assert!(
+            !state.is_starting(),
+            "it was READY: reconnecting is not starting"
+        );
     }
 
     #[test]

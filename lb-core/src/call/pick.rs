@@ -135,10 +135,25 @@ impl Router {
                 tokio::task::coop::consume_budget().await;
                 return Err(self.no_ready_endpoint("all endpoints failed"));
             }
-            if tokio::time::timeout_at(deadline, changes.changed())
-                .await
-                .is_err()
-            {
+            // A policy whose choice changes with time (a priority that stops waiting
+            // for a child still starting, at its failover timeout) wakes the call then.
+            let now = crate::clock::now_nanos();
+            let wake = self
+                .pool
+                .snapshot
+                .load()
+                .picker
+                .next_change(now)
+                .map(|at| crate::clock::instant_at(at).min(deadline));
+            let woke = tokio::time::timeout_at(wake.unwrap_or(deadline), changes.changed()).await;
+            if woke.is_err() && wake.is_some_and(|at| at < deadline) {
+                continue; // The picker's time: look again.
+            }
+            if woke.is_err() {
+                // Out of time: one last look (a change that came with the deadline).
+                if let Ok(route) = self.try_pick(rng, headers, tried) {
+                    return Ok(route);
+                }
                 let why = format!("none became ready within {wait:?}");
                 return Err(match call_left {
                     Some(t) if t <= wait => {

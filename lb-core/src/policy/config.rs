@@ -18,7 +18,7 @@ use rand::RngCore;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::picker::{BuildPicker, Picker};
+use super::picker::{BuildPicker, EndpointSet, Picker};
 use crate::{EndpointState, Error};
 
 pub use crate::json::duration_text;
@@ -75,6 +75,21 @@ pub trait PolicyConfig:
     /// (see [`BuildPicker::oob_load_reports`]).
     fn oob_load_reports(&self) -> Option<Duration> {
         None
+    }
+
+    /// A picker for `set.usable`, seeing every endpoint (`set.all`): what the balancer
+    /// calls. The default is [`build`](Self::build) over the usable ones; a parent
+    /// policy overrides it to see its children's endpoints that are not usable (see
+    /// [`EndpointSet`]), and returns `true` from
+    /// [`watches_membership`](Self::watches_membership).
+    fn build_set(&self, set: EndpointSet<'_>, rng: &mut dyn RngCore) -> Arc<dyn Picker> {
+        self.build(set.usable, rng)
+    }
+
+    /// Whether pickers must be rebuilt when an endpoint joins or leaves, usable or not
+    /// (see [`BuildPicker::watches_membership`]).
+    fn watches_membership(&self) -> bool {
+        false
     }
 }
 
@@ -166,6 +181,14 @@ impl BuildPicker for Policy {
     fn oob_load_reports(&self) -> Option<Duration> {
         self.0.oob_load_reports()
     }
+
+    fn build_set(&self, set: EndpointSet<'_>, rng: &mut dyn RngCore) -> Arc<dyn Picker> {
+        self.0.build_set(set, rng)
+    }
+
+    fn watches_membership(&self) -> bool {
+        self.0.watches_membership()
+    }
 }
 
 impl PartialEq for Policy {
@@ -195,6 +218,8 @@ trait AnyPolicy: Send + Sync + 'static {
     fn latency_decay(&self) -> Duration;
     fn slow_start(&self) -> Option<&super::slow_start::SlowStartConfig>;
     fn oob_load_reports(&self) -> Option<Duration>;
+    fn build_set(&self, set: EndpointSet<'_>, rng: &mut dyn RngCore) -> Arc<dyn Picker>;
+    fn watches_membership(&self) -> bool;
     fn as_any(&self) -> &dyn Any;
     fn equals(&self, other: &dyn Any) -> bool;
     fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
@@ -221,6 +246,12 @@ impl<P: PolicyConfig> AnyPolicy for P {
     }
     fn oob_load_reports(&self) -> Option<Duration> {
         PolicyConfig::oob_load_reports(self)
+    }
+    fn build_set(&self, set: EndpointSet<'_>, rng: &mut dyn RngCore) -> Arc<dyn Picker> {
+        PolicyConfig::build_set(self, set, rng)
+    }
+    fn watches_membership(&self) -> bool {
+        PolicyConfig::watches_membership(self)
     }
     fn as_any(&self) -> &dyn Any {
         self

@@ -49,6 +49,7 @@
 //! Layer 1, the policies: pure, synchronous pickers, leaf and parent, with no I/O. May
 //! import: `state`, `endpoint`, `clock`, `latency`, `error`, `json`.
 
+pub mod children;
 pub mod config;
 mod helpers;
 pub mod picker;
@@ -60,7 +61,7 @@ mod testing;
 pub use config::{Policy, PolicyConfig, Registration};
 pub(crate) use helpers::{Keyed, best_of_sample, first_ready, key_or_random, label};
 pub(crate) use picker::LazyNow;
-pub use picker::{BuildPicker, PickContext, PickCounters, PickError, Picker};
+pub use picker::{BuildPicker, EndpointSet, PickContext, PickCounters, PickError, Picker};
 pub use registry::register;
 pub use slow_start::{SlowStart, SlowStartConfig};
 
@@ -88,6 +89,8 @@ built_in_policies! {
     weighted_round_robin::WeightedRoundRobinConfig,
     ring_hash::RingHashConfig,
     maglev::MaglevConfig,
+    priority::PriorityConfig,
+    weighted_target::WeightedTargetConfig,
 }
 
 #[cfg(test)]

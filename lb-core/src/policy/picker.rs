@@ -43,6 +43,41 @@ pub trait Picker: Send + Sync + 'static {
     fn weights(&self) -> Option<Vec<f64>> {
         None
     }
+
+    /// The next time after `now` (clock nanoseconds) at which this picker's choices
+    /// change by themselves, with no endpoint changing: `priority_experimental` holds
+    /// calls for a priority still connecting for the first time, until its failover
+    /// timeout. A call waiting for an endpoint looks again then. `None`, the default:
+    /// only when something changes.
+    fn next_change(&self, now: u64) -> Option<u64> {
+        let _ = now;
+        None
+    }
+}
+
+/// What a policy builds a picker for: the endpoints calls may go to now, and every
+/// endpoint the balancer has.
+///
+/// A leaf policy needs the first alone ([`BuildPicker::build`] is handed just those). A
+/// parent policy needs the second too: to tell a child whose endpoints are still
+/// connecting for the first time from one whose endpoints failed, it has to see the
+/// endpoints that are not usable.
+#[derive(Clone, Copy, Debug)]
+pub struct EndpointSet<'a> {
+    /// READY and not ejected: what [`Picker::pick`] is handed, and indexes.
+    pub usable: &'a [EndpointState],
+    /// Every endpoint the balancer has, usable or not, in the order they were added.
+    pub all: &'a [EndpointState],
+}
+
+impl<'a> EndpointSet<'a> {
+    /// A set in which every endpoint is usable (a unit test, a picker built by hand).
+    pub fn usable(endpoints: &'a [EndpointState]) -> Self {
+        Self {
+            usable: endpoints,
+            all: endpoints,
+        }
+    }
 }
 
 /// Builds a [`Picker`] for a set of endpoints; called again whenever the set changes.
@@ -60,6 +95,20 @@ pub trait BuildPicker: Send + Sync + 'static {
     /// per-call reports in the trailers are read instead.
     fn oob_load_reports(&self) -> Option<std::time::Duration> {
         None
+    }
+
+    /// A picker for `set.usable`, seeing `set.all` too: what the balancer calls. The
+    /// default builds from the usable endpoints alone, as a leaf policy does; a parent
+    /// policy overrides it (and [`watches_membership`](Self::watches_membership)).
+    fn build_set(&self, set: EndpointSet<'_>, rng: &mut dyn RngCore) -> Arc<dyn Picker> {
+        self.build(set.usable, rng)
+    }
+
+    /// Whether a new picker is needed when the endpoints change, not only the usable
+    /// ones (an endpoint added that is still connecting): `true` for the parent
+    /// policies. `false`, the default.
+    fn watches_membership(&self) -> bool {
+        false
     }
 }
 

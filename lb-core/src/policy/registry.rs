@@ -118,9 +118,6 @@ struct ServiceConfig {
     load_balancing_config: Vec<Map<String, Value>>,
 }
 
-/// The header the hashing policies key on unless told otherwise.
-pub const DEFAULT_HASH_HEADER: &str = "x-lb-key";
-
 /// Reads service-config JSON (see the module docs).
 pub fn parse_service_config(text: &str) -> Result<Policy, Error> {
     let invalid = |reason: String| Error::InvalidServiceConfig { reason };
@@ -137,30 +134,54 @@ pub fn parse_service_config(text: &str) -> Result<Policy, Error> {
         vec![object]
     };
 
+    choose(candidates).map_err(invalid)
+}
+
+/// The policy a child's config names, for a parent policy's settings: a
+/// `loadBalancingConfig`-style list (`[{"round_robin": {}}]`, the first supported
+/// entry winning) or a single `{"round_robin": {}}`. The error says what is wrong, for
+/// the caller to prefix with where it is (`children.p0.config: ...`).
+pub fn policy_from_json(value: &Value) -> Result<Policy, String> {
+    let entry = |value: &Value| match value {
+        Value::Object(object) => Ok(object.clone()),
+        other => Err(format!(
+            "expected {{\"policy_name\": {{settings}}}}, not {other}"
+        )),
+    };
+    let candidates = match value {
+        Value::Array(list) => list.iter().map(entry).collect::<Result<Vec<_>, _>>()?,
+        other => vec![entry(other)?],
+    };
+    choose(candidates)
+}
+
+/// The first entry of a `loadBalancingConfig` list whose policy is registered, with
+/// its settings read and checked (gRPC skips the names it does not know).
+fn choose(candidates: Vec<Map<String, Value>>) -> Result<Policy, String> {
     let mut seen = Vec::new();
     for entry in candidates {
         let mut fields = entry.into_iter();
         let (Some((name, settings)), None) = (fields.next(), fields.next()) else {
-            return Err(invalid(
+            return Err(
                 "each loadBalancingConfig entry has exactly one policy name, \
                  e.g. {\"round_robin\": {}}"
                     .into(),
-            ));
+            );
         };
         match find(&name) {
             Some(policy) => {
                 return policy
                     .from_json(settings)
-                    .map_err(|reason| invalid(format!("{name}: {reason}")));
+                    .map_err(|reason| format!("{name}: {reason}"));
             }
             None => seen.push(name), // Not one we know: gRPC moves on to the next entry.
         }
     }
-    Err(invalid(format!(
+    Err(format!(
         "no supported policy in [{}]; supported: {}",
         seen.join(", "),
         Policy::names().join(", ")
-    )))
+    ))
 }
 
 /// The policies registered by code outside this crate, after the built-ins.

@@ -85,3 +85,53 @@ pub fn assert_keys_stick(picker: &dyn Picker, endpoints: &[EndpointState]) {
         );
     }
 }
+
+/// Endpoints from specs such as `10.0.0.1:80@zone-a#1`, in the given states.
+pub fn endpoints(specs: &[(&str, Connectivity)]) -> Vec<EndpointState> {
+    specs
+        .iter()
+        .map(|(spec, connectivity)| {
+            let state = EndpointState::new(spec.parse().unwrap());
+            state.set_created_at(1);
+            state.set_connectivity(*connectivity);
+            state
+        })
+        .collect()
+}
+
+/// A picker of `policy` for `all`, built as the balancer builds it: over the READY ones,
+/// seeing all; and those READY ones, which its picks index.
+pub fn build_over(
+    policy: &super::Policy,
+    all: &[EndpointState],
+) -> (std::sync::Arc<dyn Picker>, Vec<EndpointState>) {
+    use super::BuildPicker;
+    let usable: Vec<EndpointState> = all.iter().filter(|e| e.is_ready()).cloned().collect();
+    let mut rng = SmallRng::seed_from_u64(7);
+    let picker = policy.build_set(
+        super::EndpointSet {
+            usable: &usable,
+            all,
+        },
+        &mut rng,
+    );
+    (picker, usable)
+}
+
+/// The addresses `picks` picks at clock time `now` went to, counted by address.
+pub fn picks_at(
+    picker: &dyn Picker,
+    usable: &[EndpointState],
+    now: u64,
+    picks: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut rng = SmallRng::seed_from_u64(11);
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..picks {
+        let mut ctx = PickContext::new(&mut rng).at(now);
+        if let Ok(i) = picker.pick(usable, &mut ctx) {
+            *counts.entry(usable[i].endpoint().to_string()).or_insert(0) += 1;
+        }
+    }
+    counts
+}

@@ -31,7 +31,7 @@ use crate::sync::{lock, read, write};
 use crate::transport::wire::Wire;
 use crate::{
     Connectivity, Endpoint, EndpointState, Error,
-    policy::{BuildPicker, Picker},
+    policy::{BuildPicker, EndpointSet, Picker},
 };
 
 /// The endpoints and their connections, shared by all balancer clones and tasks.
@@ -82,6 +82,10 @@ pub(crate) struct Snapshot {
     pub picker: Arc<dyn Picker>,
     pub ready: Vec<EndpointState>,
     pub routes: Vec<SnapshotRoute>,
+    /// Every endpoint in the pool when the picker was built, for the policies that
+    /// watch membership (the parents: see `BuildPicker::watches_membership`); empty
+    /// for the others.
+    pub members: Vec<EndpointState>,
 }
 
 pub(crate) struct SnapshotRoute {
@@ -104,6 +108,7 @@ impl Pool {
             picker: policy.build(&[], &mut rng),
             ready: Vec::new(),
             routes: Vec::new(),
+            members: Vec::new(),
         };
         Arc::new(Self {
             subchannels: RwLock::new(Vec::new()),
@@ -250,7 +255,14 @@ impl Pool {
         let mut publishing = lock(&self.publishing);
         let mut ready = Vec::new();
         let mut routes = Vec::new();
+        // Every member too, but only for a policy that wants to see them (a parent:
+        // a child whose endpoints are all still connecting is not one that failed).
+        let watches = publishing.policy.watches_membership();
+        let mut members = Vec::new();
         for sub in read(&self.subchannels).iter() {
+            if watches {
+                members.push(sub.state.clone());
+            }
             if !sub.state.is_ready() || sub.is_ejected() {
                 continue;
             }
@@ -263,24 +275,32 @@ impl Pool {
                 });
             }
         }
-        // A new picker only when the usable set changed: that keeps policies with
-        // tables (rings, Maglev, weights) in step with the set, and round robin's turn
-        // where it was when something unrelated changed.
+        // A new picker only when the usable set changed (or, for a policy that watches
+        // them, the members): that keeps policies with tables (rings, Maglev, weights)
+        // in step with the set, and round robin's turn where it was when something
+        // unrelated changed.
         let current = self.snapshot.load();
-        let same_set = current.ready.len() == ready.len()
-            && current.ready.iter().zip(&ready).all(|(a, b)| a.same_as(b));
+        let same = |a: &[EndpointState], b: &[EndpointState]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.same_as(b))
+        };
+        let same_set = same(&current.ready, &ready) && same(&current.members, &members);
         let publishing = &mut *publishing;
         let picker = if same_set && !publishing.policy_changed {
             current.picker.clone()
         } else {
             publishing.policy_changed = false;
-            publishing.policy.build(&ready, &mut publishing.rng)
+            let set = EndpointSet {
+                usable: &ready,
+                all: &members,
+            };
+            publishing.policy.build_set(set, &mut publishing.rng)
         };
         self.snapshot.store(Arc::new(Snapshot {
             policy: publishing.policy.name(),
             picker,
             ready,
             routes,
+            members,
         }));
         self.changes.send_modify(|version| *version += 1);
     }
