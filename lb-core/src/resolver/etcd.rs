@@ -132,20 +132,16 @@ fn parse_registration(key: &str, value: &[u8]) -> Result<Endpoint, String> {
     if text.starts_with('{') {
         let naming: NamingValue =
             serde_json::from_str(text).map_err(|e| format!("the value is not naming JSON: {e}"))?;
-        let mut endpoint: Endpoint = naming.addr.parse().map_err(|e: Error| e.to_string())?;
-        if let Some(weight) = naming
-            .metadata
-            .as_ref()
-            .and_then(|m| m.get("weight"))
-            .and_then(serde_json::Value::as_u64)
-        {
-            let weight = u32::try_from(weight)
-                .ok()
-                .filter(|&w| w > 0)
-                .ok_or_else(|| format!("weight {weight} is not a positive 32-bit number"))?;
-            endpoint = endpoint.with_weight(weight);
-        }
-        return Ok(endpoint);
+        let endpoint: Endpoint = naming.addr.parse().map_err(|e: Error| e.to_string())?;
+        // The metadata may say more (Go services put anything there): its weight,
+        // priority and locality are read, the rest left alone.
+        return match naming.metadata {
+            Some(serde_json::Value::Object(metadata)) => {
+                super::attributes::with_attributes(endpoint, &metadata)
+                    .map_err(|e| format!("Metadata.{e}"))
+            }
+            _ => Ok(endpoint),
+        };
     }
     let text = if text.is_empty() {
         key.rsplit('/').next().unwrap_or_default()
@@ -160,9 +156,27 @@ fn parse_registration(key: &str, value: &[u8]) -> Result<Endpoint, String> {
 fn registration_value(endpoint: &Endpoint) -> String {
     let value = NamingValue {
         addr: endpoint.to_string(),
-        metadata: Some(serde_json::json!({ "weight": endpoint.weight() })),
+        metadata: Some(metadata(endpoint)),
     };
     serde_json::to_string(&value).unwrap_or_default()
+}
+
+/// The metadata of a registration: the weight always, the priority and the locality
+/// when they are not the defaults.
+#[cfg_attr(not(all(feature = "etcd", feature = "server")), allow(dead_code))]
+fn metadata(endpoint: &Endpoint) -> serde_json::Value {
+    let mut metadata = serde_json::json!({ "weight": endpoint.weight() });
+    if endpoint.priority() != 0 {
+        metadata["priority"] = endpoint.priority().into();
+    }
+    if let Some(locality) = endpoint.locality() {
+        metadata["locality"] = serde_json::json!({
+            "region": locality.region(),
+            "zone": locality.zone(),
+            "subZone": locality.sub_zone(),
+        });
+    }
+    metadata
 }
 
 #[cfg(test)]
@@ -212,6 +226,19 @@ mod tests {
         assert_eq!(parse_registration(key, b"").unwrap().port(), 50051);
         assert!(parse_registration(key, b"{oops").is_err());
         assert!(parse_registration(key, b"nope").is_err());
+        let zoned = br#"{"Addr":"127.0.0.1:50051","Metadata":{"weight":2,"priority":1,"locality":"zone-b"}}"#;
+        let zoned = parse_registration(key, zoned).unwrap();
+        assert_eq!(zoned.to_spec(), "127.0.0.1:50051=2@zone-b#1");
+        let bad = br#"{"Addr":"127.0.0.1:50051","Metadata":{"priority":"high"}}"#;
+        assert!(
+            parse_registration(key, bad)
+                .unwrap_err()
+                .contains("Metadata.priority"),
+            "the field is named"
+        );
+        let located: Endpoint = "127.0.0.1:50054@us-east/zone-c#2".parse().unwrap();
+        let value = registration_value(&located);
+        assert_eq!(parse_registration(key, value.as_bytes()).unwrap(), located);
         // What a server writes, a client reads.
         let endpoint: Endpoint = "127.0.0.1:50053=5".parse().unwrap();
         let value = registration_value(&endpoint);

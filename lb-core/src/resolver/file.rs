@@ -8,6 +8,9 @@ use std::{
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use serde_json::Value;
+
+use super::attributes::with_attributes;
 use crate::{Endpoint, Error};
 
 /// How often a watched file is checked for changes.
@@ -48,8 +51,8 @@ pub fn read_endpoints_file(path: &Path) -> Result<Vec<Endpoint>, Error> {
 #[derive(serde::Deserialize)]
 #[serde(untagged)]
 enum File {
-    Object { endpoints: Vec<String> },
-    List(Vec<String>),
+    Object { endpoints: Vec<Value> },
+    List(Vec<Value>),
 }
 
 /// The endpoints in the text of an endpoints file (`{"endpoints": ["host:port", ...]}`
@@ -65,15 +68,55 @@ pub fn parse_endpoints_json(text: &str) -> Result<Vec<Endpoint>, String> {
     let (File::Object { endpoints } | File::List(endpoints)) = file;
     endpoints
         .iter()
-        .map(|entry| {
-            entry.parse::<Endpoint>().map_err(|e| {
-                let line = text
-                    .find(&format!("\"{entry}\""))
+        .enumerate()
+        .map(|(i, entry)| {
+            read_entry(entry).map_err(|e| {
+                // The line the entry's address is on, for the one who edits the file.
+                let address = match entry {
+                    Value::Object(fields) => fields.get("address").and_then(Value::as_str),
+                    other => other.as_str(),
+                };
+                let line = address
+                    .and_then(|a| text.find(&format!("\"{a}\"")))
                     .map_or(0, |at| text[..at].lines().count().max(1));
-                format!("line {line}: {e}")
+                match entry {
+                    Value::String(_) => format!("line {line}: {e}"),
+                    _ => format!("line {line}: endpoints[{i}]: {e}"),
+                }
             })
         })
         .collect()
+}
+
+/// One entry: `"host:port[=W][@LOCALITY][#P]"`, or the same as an object,
+/// `{"address": "host:port", "weight": 3, "locality": "zone-a", "priority": 1}`, whose
+/// locality may also be `{"region": ..., "zone": ..., "subZone": ...}`.
+fn read_entry(entry: &Value) -> Result<Endpoint, String> {
+    let fields = match entry {
+        Value::String(text) => return text.parse::<Endpoint>().map_err(|e| e.to_string()),
+        Value::Object(fields) => fields,
+        other => {
+            return Err(format!(
+                "expected \"host:port\" or {{\"address\": ...}}, not {other}"
+            ));
+        }
+    };
+    if let Some(field) = fields
+        .keys()
+        .find(|k| !["address", "weight", "locality", "priority"].contains(&k.as_str()))
+    {
+        return Err(format!(
+            "unknown field `{field}` (known: address, weight, locality, priority)"
+        ));
+    }
+    let address = fields
+        .get("address")
+        .and_then(Value::as_str)
+        .ok_or("address: missing (\"host:port\")")?;
+    let endpoint: Endpoint = address
+        .parse()
+        .map_err(|e: Error| format!("address: {e}"))?;
+    with_attributes(endpoint, fields)
 }
 
 /// Re-reads `path` whenever its size or modification time changes, until nobody
@@ -136,6 +179,42 @@ mod tests {
         let text = "{\n  \"endpoints\": [\n    \"127.0.0.1:1\",\n    \"nope\"\n  ]\n}";
         let err = parse_endpoints_json(text).unwrap_err();
         assert!(err.starts_with("line 4: invalid endpoint `nope`"), "{err}");
+    }
+
+    #[test]
+    fn entries_carry_localities_and_priorities() {
+        let text = r#"{"endpoints": [
+            "127.0.0.1:1@zone-a",
+            {"address": "127.0.0.1:2", "weight": 2, "locality": {"region": "us-east", "zone": "zone-b"}, "priority": 1},
+            {"address": "127.0.0.1:3", "locality": "zone-c"}
+        ]}"#;
+        let endpoints = parse_endpoints_json(text).unwrap();
+        let names: Vec<_> = endpoints
+            .iter()
+            .map(|e| e.locality().unwrap().name().to_string())
+            .collect();
+        assert_eq!(names, ["zone-a", "us-east/zone-b", "zone-c"]);
+        assert_eq!((endpoints[1].weight(), endpoints[1].priority()), (2, 1));
+        let bad = [
+            (
+                r#"[{"address": "127.0.0.1:2", "zone": "a"}]"#,
+                "line 1: endpoints[0]: unknown field `zone`",
+            ),
+            (r#"[{"weight": 2}]"#, "endpoints[0]: address: missing"),
+            (
+                r#"[{"address": "127.0.0.1:2", "priority": 100}]"#,
+                "priority: 100 is not",
+            ),
+            (
+                r#"[{"address": "127.0.0.1:2", "locality": {"zone": "a b"}}]"#,
+                "locality: zone `a b`",
+            ),
+            (r#"[3]"#, "endpoints[0]: expected \"host:port\""),
+        ];
+        for (text, expected) in bad {
+            let err = parse_endpoints_json(text).unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -41,9 +41,10 @@
 //! ```
 
 //!
-//! May import: `endpoint`, `error`, `backoff`.
+//! May import: `endpoint`, `locality`, `error`, `backoff`.
 
 #[cfg_attr(not(feature = "dns"), path = "no_dns.rs")]
+mod attributes;
 mod dns;
 pub mod etcd;
 mod file;
