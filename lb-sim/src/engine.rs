@@ -9,7 +9,7 @@ use std::{
 
 use lb_core::{
     BuildPicker, Connectivity, Endpoint, EndpointState, InFlightGuard, PickContext, Picker, Policy,
-    policy::config::DEFAULT_HASH_HEADER,
+    policy::EndpointSet, policy::config::DEFAULT_HASH_HEADER,
 };
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
@@ -143,6 +143,8 @@ struct Simulation<'s> {
     calls: u64,
     unpicked: u64,
     timeouts: u64,
+    /// Calls that failed with their backend (a `down` event).
+    cut: u64,
     /// Calls not yet answered, failed or cancelled, by id.
     live: std::collections::HashMap<u64, Call>,
     latency: hdrhistogram::Histogram<u64>,
@@ -170,6 +172,7 @@ impl<'s> Simulation<'s> {
             calls: 0,
             unpicked: 0,
             timeouts: 0,
+            cut: 0,
             live: std::collections::HashMap::new(),
             latency: latency_histogram(),
             explanations: Vec::new(),
@@ -211,16 +214,26 @@ impl<'s> Simulation<'s> {
             Ok(endpoint) => endpoint,
             Err(_) => return, // Only past 15,000 backends; check() forbids that many.
         };
-        let state = EndpointState::with_decay(
-            endpoint.with_weight(spec.weight),
-            self.policy.latency_decay(),
-        );
+        let mut endpoint = endpoint
+            .with_weight(spec.weight)
+            .with_priority(spec.priority);
+        if let Some(locality) = &spec.locality {
+            endpoint = endpoint.with_locality(locality.clone());
+        }
+        let state = EndpointState::with_decay(endpoint, self.policy.latency_decay());
+        state.set_created_at(now);
         state.set_connectivity(Connectivity::Ready);
         state.set_ready_since(now);
+        let place = match (&spec.locality, spec.priority) {
+            (None, 0) => String::new(),
+            (Some(l), 0) => format!(", {l}"),
+            (None, p) => format!(", priority {p}"),
+            (Some(l), p) => format!(", {l}, priority {p}"),
+        };
         let mean_ns = spec.latency.as_nanos() as f64;
         self.backends.push(SimBackend {
             label: format!(
-                "{address} ({}, {capacity} at once)",
+                "{address} ({}, {capacity} at once{place})",
                 humantime::format_duration(spec.latency)
             ),
             state: state.clone(),
@@ -253,14 +266,23 @@ impl<'s> Simulation<'s> {
             .active
             .iter()
             .copied()
-            .filter(|&b| !self.backends[b].ejected)
+            .filter(|&b| !self.backends[b].ejected && self.backends[b].state.is_ready())
             .collect();
         self.states = self
             .view
             .iter()
             .map(|&b| self.backends[b].state.clone())
             .collect();
-        self.picker = self.policy.build(&self.states, &mut self.picks);
+        let all: Vec<EndpointState> = self
+            .active
+            .iter()
+            .map(|&b| self.backends[b].state.clone())
+            .collect();
+        let set = EndpointSet {
+            usable: &self.states,
+            all: &all,
+        };
+        self.picker = self.policy.build_set(set, &mut self.picks);
     }
 
     /// Ejects `backend` if outlier detection allows one more; whether it did.
@@ -574,7 +596,44 @@ impl<'s> Simulation<'s> {
                 self.add_backend(spec, now);
                 self.publish();
             }
+            Change::Down(n) => self.down(now, n - 1),
+            Change::Up(n) => {
+                if let Some(b) = self.backends.get(n - 1) {
+                    b.state.set_connectivity(Connectivity::Ready);
+                    b.state.set_ready_since(now);
+                    self.publish();
+                }
+            }
         }
+    }
+
+    /// Backend `backend`'s server dies: TRANSIENT_FAILURE, and every call it had, served
+    /// or queued, fails with it (UNAVAILABLE; the simulator does not retry them).
+    fn down(&mut self, now: u64, backend: usize) {
+        let Some(b) = self.backends.get(backend) else {
+            return;
+        };
+        b.state.set_connectivity(Connectivity::TransientFailure);
+        let mut ids: Vec<u64> = self
+            .live
+            .iter()
+            .filter(|(_, call)| call.backend == backend)
+            .map(|(&id, _)| id)
+            .collect();
+        ids.sort_unstable(); // The map's order is not the same from run to run.
+        for id in ids {
+            let Some(call) = self.live.remove(&id) else {
+                continue;
+            };
+            call.guard.finish_at(now);
+            self.cut += 1;
+            if call.serving {
+                self.busy_change(now, backend, false);
+            }
+            self.next_from(now, call.caller, 0);
+        }
+        self.backends[backend].waiting.clear();
+        self.publish();
     }
 
     fn report(self) -> Outcome {
@@ -588,11 +647,15 @@ impl<'s> Simulation<'s> {
             })
             .collect();
         let mut errors = Vec::new();
-        if self.unpicked > 0 {
+        if self.unpicked + self.cut > 0 {
             errors.push(ErrorCount {
                 code: "Unavailable".into(),
-                count: self.unpicked,
-                example: "no backend could be picked".into(),
+                count: self.unpicked + self.cut,
+                example: if self.unpicked > 0 {
+                    "no backend could be picked".into()
+                } else {
+                    "the backend went down with the call".into()
+                },
             });
         }
         if self.timeouts > 0 {

@@ -3,9 +3,11 @@
 use std::{fmt, str::FromStr, time::Duration};
 
 use lb_core::OutlierDetection;
+use lb_core::locality::{Locality, MAX_PRIORITY};
 use serde::Deserialize;
 
-/// One simulated backend: `2ms`, or `2ms,capacity=4,weight=2`.
+/// One simulated backend: `2ms`, or `2ms,capacity=4,weight=2`, or where it runs too:
+/// `2ms,locality=zone-a,priority=1` (for the tree policies).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackendSpec {
     /// Mean service time.
@@ -14,6 +16,10 @@ pub struct BackendSpec {
     pub capacity: Option<usize>,
     /// Weight, for the weighted policies.
     pub weight: u32,
+    /// Its locality, for `weighted_target_experimental`.
+    pub locality: Option<Locality>,
+    /// Its priority (0, the highest, by default), for `priority_experimental`.
+    pub priority: u32,
 }
 
 impl FromStr for BackendSpec {
@@ -33,18 +39,37 @@ impl FromStr for BackendSpec {
             latency,
             capacity: None,
             weight: 1,
+            locality: None,
+            priority: 0,
+        };
+        let usage = |part: &str| {
+            format!(
+                "backend `{text}`: `{part}` is not capacity=N, weight=N (N ≥ 1), \
+                 locality=ZONE or priority=P (0 to {MAX_PRIORITY})"
+            )
         };
         for part in parts {
             let (key, value) = part.split_once('=').unwrap_or((part, ""));
-            let number = value.trim().parse::<u32>().ok().filter(|&n| n > 0);
+            let value = value.trim();
+            let number = value.parse::<u32>().ok().filter(|&n| n > 0);
             match (key.trim(), number) {
                 ("capacity", Some(n)) => spec.capacity = Some(n as usize),
                 ("weight", Some(n)) if n <= lb_core::endpoint::MAX_WEIGHT => spec.weight = n,
-                _ => {
-                    return Err(format!(
-                        "backend `{text}`: `{part}` is not capacity=N or weight=N (N ≥ 1)"
-                    ));
+                ("locality", _) => {
+                    spec.locality = Some(
+                        value
+                            .parse()
+                            .map_err(|e| format!("backend `{text}`: {e}"))?,
+                    );
                 }
+                ("priority", _) => {
+                    spec.priority = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|&p| p <= MAX_PRIORITY)
+                        .ok_or_else(|| usage(part))?;
+                }
+                _ => return Err(usage(part)),
             }
         }
         Ok(spec)
@@ -71,18 +96,24 @@ pub enum Change {
     Remove(usize),
     /// A new backend joins.
     Add(BackendSpec),
+    /// Backend `n`'s server dies: TRANSIENT_FAILURE, and its calls fail with it.
+    Down(usize),
+    /// Backend `n`'s server is back: READY again.
+    Up(usize),
 }
 
 impl FromStr for Event {
     type Err = String;
 
-    /// `5s slow 3 20ms`, `8s recover 3`, `10s remove 1`, `12s add 2ms,capacity=8`.
+    /// `5s slow 3 20ms`, `8s recover 3`, `10s remove 1`, `12s add 2ms,capacity=8`,
+    /// `15s down 2`, `20s up 2`.
     fn from_str(text: &str) -> Result<Self, String> {
         let words: Vec<&str> = text.split_whitespace().collect();
         let usage = || {
             format!(
                 "event `{text}`: expected `TIME slow N LATENCY`, `TIME recover N`, \
-                 `TIME remove N` or `TIME add LATENCY[,capacity=C]` (e.g. `5s slow 3 20ms`)"
+                 `TIME remove N`, `TIME add LATENCY[,capacity=C]`, `TIME down N` or \
+                 `TIME up N` (e.g. `5s slow 3 20ms`)"
             )
         };
         let at = words
@@ -104,6 +135,8 @@ impl FromStr for Event {
             (Some("recover"), 3) => Change::Recover(backend(2)?),
             (Some("remove"), 3) => Change::Remove(backend(2)?),
             (Some("add"), 3) => Change::Add(words[2].parse()?),
+            (Some("down"), 3) => Change::Down(backend(2)?),
+            (Some("up"), 3) => Change::Up(backend(2)?),
             _ => return Err(usage()),
         };
         Ok(Event { at, change })
@@ -120,6 +153,8 @@ impl fmt::Display for Event {
             Change::Recover(n) => write!(f, "{at} recover {n}"),
             Change::Remove(n) => write!(f, "{at} remove {n}"),
             Change::Add(spec) => write!(f, "{at} add {}", humantime::format_duration(spec.latency)),
+            Change::Down(n) => write!(f, "{at} down {n}"),
+            Change::Up(n) => write!(f, "{at} up {n}"),
         }
     }
 }
@@ -280,7 +315,13 @@ impl Scenario {
         for event in &self.events {
             match &event.change {
                 Change::Add(_) => count += 1,
-                Change::Slow(n, _) | Change::Recover(n) | Change::Remove(n) if *n > count => {
+                Change::Slow(n, _)
+                | Change::Recover(n)
+                | Change::Remove(n)
+                | Change::Down(n)
+                | Change::Up(n)
+                    if *n > count =>
+                {
                     return Err(format!(
                         "event `{event}`: there is no backend {n} (backends are numbered 1 to {count})"
                     ));

@@ -15,7 +15,9 @@ fn backends_and_events_parse_and_say_what_is_wrong() {
         Ok(BackendSpec {
             latency: Duration::from_millis(20),
             capacity: Some(4),
-            weight: 2
+            weight: 2,
+            locality: None,
+            priority: 0,
         })
     );
     assert!(

@@ -282,3 +282,38 @@ pub fn write_svg(
     }
     Ok(())
 }
+
+/// Several policies, as `--policies` takes them: comma-separated names or JSON.
+#[derive(Clone, Debug)]
+pub struct PolicyList(pub Vec<Policy>);
+
+/// `--policies`: split at the commas outside any JSON object or list, so that a
+/// policy's own JSON (`{"priority_experimental":{"children":{...},...}}`) stays whole.
+pub fn parse_policy_list(text: &str) -> Result<PolicyList, String> {
+    let mut policies = Vec::new();
+    let (mut depth, mut start, mut in_string, mut escaped) = (0i32, 0, false, false);
+    let mut push = |piece: &str| -> Result<(), String> {
+        let piece = piece.trim();
+        if piece.is_empty() {
+            return Err("an empty policy between two commas".into());
+        }
+        policies.push(piece.parse::<Policy>().map_err(|e| e.to_string())?);
+        Ok(())
+    };
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_string => escaped = true,
+            '"' => in_string = !in_string,
+            '{' | '[' if !in_string => depth += 1,
+            '}' | ']' if !in_string => depth -= 1,
+            ',' if !in_string && depth == 0 => {
+                push(&text[start..i])?;
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    push(&text[start..])?;
+    Ok(PolicyList(policies))
+}

@@ -7,7 +7,7 @@ use clap::Args;
 use lb_core::{Policy, policy::RoundRobinConfig};
 use lb_sim::report::comparison_table;
 
-use super::args::{Servers, Workload, serve_metrics, write_svg};
+use super::args::{PolicyList, Servers, Workload, parse_policy_list, serve_metrics, write_svg};
 use super::exit_code;
 
 #[derive(Args, Debug)]
@@ -16,8 +16,10 @@ pub struct CompareArgs {
     pub servers: Servers,
 
     /// Policies to compare, comma-separated (default: all; names listed by `--help`).
-    #[arg(long, value_delimiter = ',', value_name = "POLICY,...")]
-    pub policies: Vec<Policy>,
+    /// Commas inside a policy's JSON do not split it:
+    /// `round_robin,{"priority_experimental":{...}}` is two.
+    #[arg(long, value_name = "POLICY,...", value_parser = parse_policy_list)]
+    pub policies: Vec<PolicyList>,
 
     /// Also draw the table as an SVG picture in this file.
     #[arg(long, value_name = "FILE")]
@@ -31,7 +33,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let policies = if args.policies.is_empty() {
         Policy::all()
     } else {
-        args.policies
+        args.policies.into_iter().flat_map(|list| list.0).collect()
     };
     let tls = args.servers.tls()?;
     let (servers, updates) = args.servers.resolve().await?;

@@ -7,7 +7,7 @@ use clap::Args;
 use lb_core::{OutlierDetection, Policy};
 use lb_sim::{BackendSpec, Event, Scenario, simulate};
 
-use super::args::{parse_outlier_config, write_svg};
+use super::args::{PolicyList, parse_outlier_config, parse_policy_list, write_svg};
 use super::usage;
 
 #[derive(Args, Debug)]
@@ -69,8 +69,10 @@ pub struct SimulateArgs {
     pub events: Vec<Event>,
 
     /// Policies to simulate, comma-separated (default: all; names listed by `--help`).
-    #[arg(long, value_delimiter = ',', value_name = "POLICY,...")]
-    pub policies: Vec<Policy>,
+    /// Commas inside a policy's JSON do not split it:
+    /// `round_robin,{"priority_experimental":{...}}` is two.
+    #[arg(long, value_name = "POLICY,...", value_parser = parse_policy_list)]
+    pub policies: Vec<PolicyList>,
 
     /// Key space for ring_hash and maglev (0: no key).
     #[arg(long, default_value_t = 0)]
@@ -137,7 +139,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     let policies = if args.policies.is_empty() {
         Policy::all()
     } else {
-        args.policies
+        args.policies.into_iter().flat_map(|list| list.0).collect()
     };
     let mut reports = Vec::new();
     for policy in &policies {

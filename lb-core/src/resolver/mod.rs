@@ -43,8 +43,8 @@
 //!
 //! May import: `endpoint`, `locality`, `error`, `backoff`.
 
-#[cfg_attr(not(feature = "dns"), path = "no_dns.rs")]
 mod attributes;
+#[cfg_attr(not(feature = "dns"), path = "no_dns.rs")]
 mod dns;
 pub mod etcd;
 mod file;
