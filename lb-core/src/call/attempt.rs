@@ -2,7 +2,15 @@
 //! (never sent, cut off, out of time), and the response body that keeps the call
 //! counted as in flight until it ends.
 
-use std::sync::{Arc, atomic::Ordering};
+use std::{
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body::Body as _;
+use hyper::body::Incoming;
 
 use tokio::time::Instant;
 use tonic::Status;
@@ -116,9 +124,25 @@ impl Route {
                 }
             },
         };
+        // An answer has begun once its first frame is in, not its headers: a server
+        // killed between writing the two would otherwise cost the call, which the
+        // headers alone would have committed (see `first_frame`).
+        let result = match result {
+            Ok(response) if header_status(response.headers()).is_none() => {
+                let (parts, mut body) = response.into_parts();
+                match first_frame(&mut body, deadline).await {
+                    // The connection broke: the attempt failed, as if before its answer.
+                    First::Failed(err) if connection_lost(&err) || going_away(&err) => Err(err),
+                    // Anything else (a stream the server reset) is the answer's to tell.
+                    first => Ok((http::Response::from_parts(parts, body), first)),
+                }
+            }
+            Ok(response) => Ok((response, First::None)),
+            Err(err) => Err(err),
+        };
         let endpoint = self.state.endpoint();
         match result {
-            Ok(response) => {
+            Ok((response, first)) => {
                 self.sub.answers.fetch_add(1, Ordering::Relaxed);
                 let (mut parts, body) = response.into_parts();
                 let mut call = std::mem::take(extensions);
@@ -136,7 +160,7 @@ impl Route {
                     }
                     None => Some((self.sub.clone(), self.pool.clone())),
                 };
-                let body = ResponseBody::from_wire(body, self.guard, stream, outcome);
+                let body = ResponseBody::from_wire(body, first, self.guard, stream, outcome);
                 Ok(http::Response::from_parts(parts, body))
             }
             Err(err) => {
@@ -172,5 +196,48 @@ impl Route {
                 Err(Failure { status, kind })
             }
         }
+    }
+}
+
+/// How long an answer's first frame is waited for after its headers, at most: a healthy
+/// server sends both at once, within microseconds; a server that sends its headers and
+/// then takes its time (a stream with nothing to say yet) gets its headers to the
+/// caller after this, as they are.
+pub(crate) const FIRST_FRAME_GRACE: Duration = Duration::from_millis(50);
+
+/// An answer's first frame, read right after its headers.
+pub(crate) enum First {
+    /// Not read (a trailers-only answer, or none within the grace).
+    None,
+    /// The body ended with nothing in it.
+    Ended,
+    /// This frame came first.
+    Frame(http_body::Frame<Bytes>),
+    /// Reading it failed so.
+    Failed(hyper::Error),
+}
+
+/// Reads `body`'s first frame: at once if it is there (the common case, with no timer
+/// made), else within [`FIRST_FRAME_GRACE`] or the deadline if sooner. A connection
+/// that breaks meanwhile is the attempt's failure, to be retried like any call cut off
+/// before its answer: the caller has been given nothing yet. (`first_frame` only
+/// reads; `Route::send` decides.)
+async fn first_frame(body: &mut Incoming, deadline: Option<Instant>) -> First {
+    let mut next = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx));
+    let frame = match futures::FutureExt::now_or_never(&mut next) {
+        Some(frame) => frame,
+        None => {
+            let grace = Instant::now() + FIRST_FRAME_GRACE;
+            let until = deadline.map_or(grace, |d| d.min(grace));
+            match tokio::time::timeout_at(until, next).await {
+                Ok(frame) => frame,
+                Err(_) => return First::None,
+            }
+        }
+    };
+    match frame {
+        None => First::Ended,
+        Some(Ok(frame)) => First::Frame(frame),
+        Some(Err(err)) => First::Failed(err),
     }
 }

@@ -15,6 +15,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use tonic::{Status, body::Body};
 
+use super::attempt::First;
 use super::budget::RetryBudget;
 use super::headers::{header_status, is_endpoint_failure};
 use crate::subchannels::pool::Pool;
@@ -72,8 +73,9 @@ pin_project_lite::pin_project! {
 
 /// The body under a [`ResponseBody`]: hyper's own, as it came off the connection, or
 /// any other.
-pub(crate) enum Inner {
-    Wire(Incoming),
+enum Inner {
+    /// hyper's body, and its first frame if the attempt read it already.
+    Wire(Incoming, First),
     Body(Body),
 }
 
@@ -85,23 +87,35 @@ impl Inner {
         match self {
             // As tonic reads a transport error: a reset stream's reason becomes its
             // gRPC code (CANCEL is CANCELLED, and so on).
-            Self::Wire(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map_err(|err| Status::from_error(Box::new(err))),
+            Self::Wire(body, first) => match std::mem::replace(first, First::None) {
+                First::Frame(frame) => Poll::Ready(Some(Ok(frame))),
+                First::Failed(err) => Poll::Ready(Some(Err(Status::from_error(Box::new(err))))),
+                First::Ended => {
+                    *first = First::Ended; // It stays ended.
+                    Poll::Ready(None)
+                }
+                First::None => Pin::new(body)
+                    .poll_frame(cx)
+                    .map_err(|err| Status::from_error(Box::new(err))),
+            },
             Self::Body(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Wire(body) => body.is_end_stream(),
+            Self::Wire(_, First::Frame(_) | First::Failed(_)) => false,
+            Self::Wire(_, First::Ended) => true,
+            Self::Wire(body, First::None) => body.is_end_stream(),
             Self::Body(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
-            Self::Wire(body) => body.size_hint(),
+            Self::Wire(_, First::Ended) => http_body::SizeHint::with_exact(0),
+            Self::Wire(_, First::Frame(_) | First::Failed(_)) => http_body::SizeHint::new(),
+            Self::Wire(body, First::None) => body.size_hint(),
             Self::Body(body) => body.size_hint(),
         }
     }
@@ -122,17 +136,19 @@ impl ResponseBody {
         }
     }
 
-    /// The body of an answer off the wire, counted in flight until it ends by `guard`
+    /// The body of an answer off the wire (with its `first` frame, if the attempt read
+    /// it), counted in flight until it ends by `guard`
     /// (and its `stream` on the connection), and telling `outcome`'s pool how the call
     /// ended, if its headers did not say already.
     pub(crate) fn from_wire(
         body: Incoming,
+        first: First,
         guard: InFlightGuard,
         stream: Option<StreamSlot>,
         outcome: Option<(Arc<Subchannel>, Arc<Pool>)>,
     ) -> Self {
         Self {
-            inner: Inner::Wire(body),
+            inner: Inner::Wire(body, first),
             guard: Some(guard),
             stream,
             outcome,
