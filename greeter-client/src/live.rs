@@ -95,7 +95,7 @@ impl View {
                 }
                 out.push_str(&format!(
                     "  {:<22} {:>6}/s  {:<30}  {state}\n",
-                    s.endpoint.to_string(),
+                    place(&s.endpoint),
                     rate,
                     bar
                 ));
@@ -112,7 +112,9 @@ impl View {
                         .unwrap_or_default();
                     format!(
                         "{} {}/s {}{ejected}{weight}",
-                        s.endpoint, rate, s.connectivity
+                        place(&s.endpoint),
+                        rate,
+                        s.connectivity
                     )
                 })
                 .collect();
@@ -132,6 +134,19 @@ impl View {
         self.last_ok = ok;
         self.last_t = t;
     }
+}
+
+/// An endpoint as the live view names it: its address, and where it runs if the list
+/// said (`127.0.0.1:50051@zone-a#1`).
+fn place(endpoint: &Endpoint) -> String {
+    let mut place = endpoint.to_string();
+    if let Some(locality) = endpoint.locality() {
+        place.push_str(&format!("@{locality}"));
+    }
+    if endpoint.priority() != 0 {
+        place.push_str(&format!("#{}", endpoint.priority()));
+    }
+    place
 }
 
 /// A weight as the live view shows it: whole when it is (typed weights), else with

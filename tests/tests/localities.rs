@@ -61,7 +61,12 @@ impl Server {
     /// Starts one on `port` (0: the OS picks) and waits until it listens.
     fn start(port: u16) -> Self {
         let mut child = Command::new(std::env::current_exe().expect("the test binary"))
-            .args(["server_process", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "server_process",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(SERVE_PORT, port.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -118,7 +123,9 @@ async fn calls(balancer: &Balancer, n: u64, halfway: Arc<Notify>) -> (BTreeMap<S
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                     .is_ok()
                 {
-                    let mut request = tonic::Request::new(HelloRequest { name: "zone".into() });
+                    let mut request = tonic::Request::new(HelloRequest {
+                        name: "zone".into(),
+                    });
                     request.set_timeout(Duration::from_secs(1));
                     match client.say_hello(request).await {
                         Ok(response) => {
@@ -182,7 +189,9 @@ async fn zones_fail_over_by_priority_and_come_back_without_a_failed_call() {
     let mut b = Server::start(0);
     let c = Server::start(0);
     let at = |server: &Server, place: &str| -> Endpoint {
-        format!("{}{place}", server.addr).parse().expect("an endpoint")
+        format!("{}{place}", server.addr)
+            .parse()
+            .expect("an endpoint")
     };
     let endpoints = vec![
         at(&a1, "@zone-a"),
