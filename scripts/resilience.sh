@@ -6,7 +6,7 @@
 # grpcio's round_robin, and grpc-js's round_robin (if node and npm are here). Prints a
 # table: calls failed, calls answered per second while one server was stopped (and
 # before), calls the stopped server was sent from 3 s after the stop, and how soon after
-# SIGCONT it answered again; the README's section 6 shows one run.
+# SIGCONT it answered again; docs/04-failures.md shows one run.
 #
 #   scripts/resilience.sh        # about 3 minutes; RESILIENCE_PORT (default 50260)
 set -euo pipefail

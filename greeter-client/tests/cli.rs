@@ -33,7 +33,7 @@ fn help_lists_every_registered_policy_with_its_summary() {
     let short = text(&client(&["compare", "-h"]).stdout);
     for policy in lb_core::Policy::all() {
         assert!(
-            long.contains(&format!("{:<22}{}", policy.name(), policy.summary())),
+            long.contains(&format!("{:<21} {}", policy.name(), policy.summary())),
             "{policy} missing from --help:\n{long}"
         );
         assert!(

@@ -226,11 +226,17 @@ impl EndpointState {
     /// Moves the endpoint to `state`; returns the state it was in. Becoming READY
     /// starts its [`ready_since`](Self::ready_since) clock.
     pub fn set_connectivity(&self, state: Connectivity) -> Connectivity {
+        self.set_connectivity_at(state, clock::now_nanos())
+    }
+
+    /// The same, at `now` on a clock of the caller's (the simulator's virtual time):
+    /// becoming READY starts the ready clock at `now`, and no real clock is read.
+    pub fn set_connectivity_at(&self, state: Connectivity, now: u64) -> Connectivity {
         let previous =
             Connectivity::from_u8(self.inner.connectivity.swap(state as u8, Ordering::AcqRel));
         self.note_failure(state);
         if state == Connectivity::Ready && previous != Connectivity::Ready {
-            self.set_ready_since(clock::now_nanos());
+            self.set_ready_since(now);
         }
         previous
     }

@@ -68,7 +68,7 @@ async fn the_balancer_adds_few_allocations_to_a_call() {
     // Counted on 2026-12-02 with valgrind's dhat (bench/examples/call_cost.rs, the
     // client alone): 34 allocations per call through the balancer, as many as through
     // a `Channel` (it was 16 more before the balancer drove hyper itself,
-    // `lb-core/src/balancer/wire.rs`; here, with the server in the same process, it
+    // `lb-core/src/transport/wire.rs`; here, with the server in the same process, it
     // is one fewer). The balancer's own: the boxed call future (1), the request's
     // head copied for a possible retry (3), hyper's per-call future boxed before it is
     // spawned (1, which saves copying a connection-sized future into every task), and

@@ -221,9 +221,9 @@ impl<'s> Simulation<'s> {
             endpoint = endpoint.with_locality(locality.clone());
         }
         let state = EndpointState::with_decay(endpoint, self.policy.latency_decay());
+        // Every time the simulation gives is virtual: no real clock is read.
         state.set_created_at(now);
-        state.set_connectivity(Connectivity::Ready);
-        state.set_ready_since(now);
+        state.set_connectivity_at(Connectivity::Ready, now);
         let place = match (&spec.locality, spec.priority) {
             (None, 0) => String::new(),
             (Some(l), 0) => format!(", {l}"),
@@ -599,8 +599,7 @@ impl<'s> Simulation<'s> {
             Change::Down(n) => self.down(now, n - 1),
             Change::Up(n) => {
                 if let Some(b) = self.backends.get(n - 1) {
-                    b.state.set_connectivity(Connectivity::Ready);
-                    b.state.set_ready_since(now);
+                    b.state.set_connectivity_at(Connectivity::Ready, now);
                     self.publish();
                 }
             }
@@ -613,7 +612,7 @@ impl<'s> Simulation<'s> {
         let Some(b) = self.backends.get(backend) else {
             return;
         };
-        b.state.set_connectivity(Connectivity::TransientFailure);
+        b.state.set_connectivity_at(Connectivity::TransientFailure, now);
         let mut ids: Vec<u64> = self
             .live
             .iter()

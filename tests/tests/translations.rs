@@ -1,7 +1,8 @@
 //! The Chinese documents stay true to the English ones, and both to the binaries.
 //!
 //! For each pair (README.md and README.zh-CN.md, docs/POLICIES.md and
-//! docs/zh/POLICIES.md, docs/ARCHITECTURE.md and docs/zh/ARCHITECTURE.md):
+//! docs/zh/POLICIES.md, docs/ARCHITECTURE.md and docs/zh/ARCHITECTURE.md, and each
+//! chapter of the tutorial, docs/NN-*.md and docs/zh/NN-*.md):
 //!
 //! - the same headings, at the same levels, in the same order (a heading that is only
 //!   code, such as ``### `round_robin` ``, is the same text in both);
@@ -9,8 +10,8 @@
 //! - the same inline code (commands, flags, paths, names);
 //! - every relative link reaches a file, and every `#anchor` a heading.
 //!
-//! And every `--flag` that a command in either README gives to one of our programs is
-//! in that program's `--help`. A change to the English README that is not carried over
+//! And every `--flag` that a command in any of them gives to one of our programs is in
+//! that program's `--help`. A change to the English README that is not carried over
 //! to the Chinese one fails here.
 
 use std::{
@@ -22,12 +23,38 @@ use std::{
 use lb_playground::docs::slug;
 use pulldown_cmark::{CodeBlockKind, Event, HeadingLevel, Parser, Tag, TagEnd};
 
-/// The pairs: English, Chinese.
+/// The pairs: English, Chinese. The chapters of the tutorial are every `docs/NN-*.md`,
+/// each with its twin in `docs/zh/` (see `chapters`).
 const PAIRS: [(&str, &str); 3] = [
     ("README.md", "README.zh-CN.md"),
     ("docs/POLICIES.md", "docs/zh/POLICIES.md"),
     ("docs/ARCHITECTURE.md", "docs/zh/ARCHITECTURE.md"),
 ];
+
+/// Every pair: the three above, and each chapter (`docs/01-server.md` and
+/// `docs/zh/01-server.md`, ...).
+fn pairs() -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = PAIRS
+        .iter()
+        .map(|(en, zh)| (en.to_string(), zh.to_string()))
+        .collect();
+    let mut chapters: Vec<String> = std::fs::read_dir(root().join("docs"))
+        .expect("docs/")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| {
+            name.ends_with(".md") && name.as_bytes().first().is_some_and(u8::is_ascii_digit)
+        })
+        .collect();
+    chapters.sort();
+    assert!(
+        chapters.len() >= 10,
+        "the tutorial's chapters: {chapters:?}"
+    );
+    for chapter in chapters {
+        pairs.push((format!("docs/{chapter}"), format!("docs/zh/{chapter}")));
+    }
+    pairs
+}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -107,7 +134,8 @@ fn slugs(doc: &Doc) -> BTreeSet<String> {
 
 #[test]
 fn the_chinese_documents_have_the_english_ones_structure_code_and_commands() {
-    for (english, chinese) in PAIRS {
+    for (english, chinese) in pairs() {
+        let (english, chinese) = (english.as_str(), chinese.as_str());
         let (en, zh) = (parse(&read(english)), parse(&read(chinese)));
         let levels = |d: &Doc| d.headings.iter().map(|h| h.0).collect::<Vec<_>>();
         assert_eq!(
@@ -153,8 +181,8 @@ fn the_chinese_documents_have_the_english_ones_structure_code_and_commands() {
 
 #[test]
 fn every_link_reaches_a_file_and_every_anchor_a_heading() {
-    let docs: Vec<&str> = PAIRS.iter().flat_map(|(en, zh)| [*en, *zh]).collect();
-    for path in docs {
+    let docs: Vec<String> = pairs().into_iter().flat_map(|(en, zh)| [en, zh]).collect();
+    for path in docs.iter().map(String::as_str) {
         let doc = parse(&read(path));
         let dir = Path::new(path).parent().unwrap_or(Path::new(""));
         for link in &doc.links {
@@ -264,7 +292,8 @@ fn flags_given(block: &str, program: &str) -> Vec<String> {
 #[test]
 fn every_flag_the_readmes_give_our_programs_is_in_their_help() {
     let helps = help_texts();
-    for path in ["README.md", "README.zh-CN.md"] {
+    for path in pairs().into_iter().flat_map(|(en, zh)| [en, zh]) {
+        let path = path.as_str();
         let doc = parse(&read(path));
         for block in &doc.code_blocks {
             for (program, help) in &helps {

@@ -128,31 +128,34 @@ impl Route {
         // killed between writing the two would otherwise cost the call, which the
         // headers alone would have committed (see `first_frame`).
         let result = match result {
-            Ok(response) if header_status(response.headers()).is_none() => {
+            Ok(response) => {
                 let (parts, mut body) = response.into_parts();
-                match first_frame(&mut body, deadline).await {
+                // A "trailers-only" answer carries its status in the headers: the call
+                // is over, and its outcome known, already.
+                let status = header_status(&parts.headers);
+                let first = match status {
+                    Some(_) => First::None,
+                    None => first_frame(&mut body, deadline).await,
+                };
+                match first {
                     // The connection broke: the attempt failed, as if before its answer.
                     First::Failed(err) if connection_lost(&err) || going_away(&err) => Err(err),
                     // Anything else (a stream the server reset) is the answer's to tell.
-                    first => Ok((http::Response::from_parts(parts, body), first)),
+                    first => Ok((parts, body, first, status)),
                 }
             }
-            Ok(response) => Ok((response, First::None)),
             Err(err) => Err(err),
         };
         let endpoint = self.state.endpoint();
         match result {
-            Ok((response, first)) => {
+            Ok((mut parts, body, first, status)) => {
                 self.sub.answers.fetch_add(1, Ordering::Relaxed);
-                let (mut parts, body) = response.into_parts();
                 let mut call = std::mem::take(extensions);
                 call.extend(std::mem::take(&mut parts.extensions));
                 call.insert(PickedEndpoint(endpoint.clone()));
                 parts.extensions = call;
-                // A "trailers-only" answer carries its status in the headers: the call
-                // is over, and its outcome known, already.
                 record_load(&self.sub, &parts.headers);
-                let outcome = match header_status(&parts.headers) {
+                let outcome = match status {
                     Some(code) => {
                         self.pool
                             .record_outcome(&self.sub, !is_endpoint_failure(code));
@@ -211,8 +214,11 @@ pub(crate) enum First {
     None,
     /// The body ended with nothing in it.
     Ended,
-    /// This frame came first.
-    Frame(http_body::Frame<Bytes>),
+    /// A message came first (the common case, kept inline).
+    Data(Bytes),
+    /// Another frame came first (trailers: an answer with no message), boxed to keep
+    /// every body small (a body is moved several times on a call's way).
+    Frame(Box<http_body::Frame<Bytes>>),
     /// Reading it failed so.
     Failed(hyper::Error),
 }
@@ -227,9 +233,11 @@ async fn first_frame(body: &mut Incoming, deadline: Option<Instant>) -> First {
     let frame = match futures::FutureExt::now_or_never(&mut next) {
         Some(frame) => frame,
         None => {
+            // Boxed: the timer is the rare path, and would make every attempt's future
+            // (moved several times per call) bigger for nothing.
             let grace = Instant::now() + FIRST_FRAME_GRACE;
             let until = deadline.map_or(grace, |d| d.min(grace));
-            match tokio::time::timeout_at(until, next).await {
+            match Box::pin(tokio::time::timeout_at(until, next)).await {
                 Ok(frame) => frame,
                 Err(_) => return First::None,
             }
@@ -237,7 +245,10 @@ async fn first_frame(body: &mut Incoming, deadline: Option<Instant>) -> First {
     };
     match frame {
         None => First::Ended,
-        Some(Ok(frame)) => First::Frame(frame),
+        Some(Ok(frame)) => match frame.into_data() {
+            Ok(data) => First::Data(data),
+            Err(frame) => First::Frame(Box::new(frame)),
+        },
         Some(Err(err)) => First::Failed(err),
     }
 }

@@ -88,7 +88,8 @@ impl Inner {
             // As tonic reads a transport error: a reset stream's reason becomes its
             // gRPC code (CANCEL is CANCELLED, and so on).
             Self::Wire(body, first) => match std::mem::replace(first, First::None) {
-                First::Frame(frame) => Poll::Ready(Some(Ok(frame))),
+                First::Data(data) => Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
+                First::Frame(frame) => Poll::Ready(Some(Ok(*frame))),
                 First::Failed(err) => Poll::Ready(Some(Err(Status::from_error(Box::new(err))))),
                 First::Ended => {
                     *first = First::Ended; // It stays ended.
@@ -104,7 +105,7 @@ impl Inner {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Wire(_, First::Frame(_) | First::Failed(_)) => false,
+            Self::Wire(_, First::Data(_) | First::Frame(_) | First::Failed(_)) => false,
             Self::Wire(_, First::Ended) => true,
             Self::Wire(body, First::None) => body.is_end_stream(),
             Self::Body(body) => body.is_end_stream(),
@@ -114,7 +115,9 @@ impl Inner {
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
             Self::Wire(_, First::Ended) => http_body::SizeHint::with_exact(0),
-            Self::Wire(_, First::Frame(_) | First::Failed(_)) => http_body::SizeHint::new(),
+            Self::Wire(_, First::Data(_) | First::Frame(_) | First::Failed(_)) => {
+                http_body::SizeHint::new()
+            }
             Self::Wire(body, First::None) => body.size_hint(),
             Self::Body(body) => body.size_hint(),
         }

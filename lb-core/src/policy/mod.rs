@@ -38,7 +38,7 @@
 //! its summary, its service-config fields and checks, how it builds the picker).
 //!
 //! - **A built-in**: a new file here, and one line in the `built_in_policies!` list
-//!   below. README section 10 walks through it.
+//!   below. The tutorial's chapter 6 (docs/06-your-own-policy.md) walks through it.
 //! - **In your own crate**: the same file there, and [`register`] at start-up; the name
 //!   then works everywhere a built-in's does. See the [`registry`] docs, and
 //!   `examples/least-loaded` in this repository.

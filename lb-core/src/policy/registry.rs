@@ -86,7 +86,7 @@ impl Policy {
     pub fn table() -> String {
         registrations()
             .iter()
-            .map(|r| format!("  {:<22}{}", r.name, r.summary))
+            .map(|r| format!("  {:<21} {}", r.name, r.summary))
             .collect::<Vec<_>>()
             .join("\n")
     }

@@ -18,11 +18,11 @@
 //! re-exports an item is a signpost, not a user of it). Macros are not expanded; a
 //! module declared by one is found as a file all the same.
 //!
-//! Worked example: `balancer/attempt.rs` says `use super::pool::Pool;` and
-//! `crate::clock::now_nanos()`: two edges, `balancer::attempt → balancer::pool` and
-//! `balancer::attempt → clock`. If `balancer/pool.rs` said `use super::attempt::Route;`,
+//! Worked example: `call/attempt.rs` says `use crate::subchannels::pool::Pool;` and
+//! `crate::clock::now_nanos()`: two edges, `call::attempt → subchannels::pool` and
+//! `call::attempt → clock`. If `subchannels/pool.rs` said `use crate::call::attempt::Route;`,
 //! the two would form a circle, and [`Graph::cycles`] would list
-//! `[balancer::attempt, balancer::pool]` with the file and line of each import.
+//! `[call::attempt, subchannels::pool]` with the file and line of each import.
 #![forbid(unsafe_code)]
 
 use std::{
