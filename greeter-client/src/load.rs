@@ -397,6 +397,16 @@ fn served_by(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
         .map(String::from)
 }
 
+/// Where an endpoint runs, for the tables: `zone-a`, `zone-c, priority 1`, or nothing.
+fn place(endpoint: &Endpoint) -> Option<String> {
+    match (endpoint.locality(), endpoint.priority()) {
+        (None, 0) => None,
+        (Some(locality), 0) => Some(locality.to_string()),
+        (None, priority) => Some(format!("priority {priority}")),
+        (Some(locality), priority) => Some(format!("{locality}, priority {priority}")),
+    }
+}
+
 fn build_report(
     spec: &LoadSpec,
     mut tally: Tally,
@@ -418,6 +428,7 @@ fn build_report(
         let (ok, err) = tally.served.remove(&name).unwrap_or_default();
         if !backends.iter().any(|b: &Backend| b.address == name) {
             let mut backend = Backend::new(name, ok, err);
+            backend.place = place(endpoint);
             backend.ejections = status.ejections;
             backend.retries = status.retries;
             if status.connectivity != Connectivity::Ready || status.ejected {

@@ -612,7 +612,8 @@ impl<'s> Simulation<'s> {
         let Some(b) = self.backends.get(backend) else {
             return;
         };
-        b.state.set_connectivity_at(Connectivity::TransientFailure, now);
+        b.state
+            .set_connectivity_at(Connectivity::TransientFailure, now);
         let mut ids: Vec<u64> = self
             .live
             .iter()

@@ -62,9 +62,20 @@ pub struct Backend {
     /// `TRANSIENT_FAILURE (tcp connect error: Connection refused)`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// Where it runs, if the list said: `zone-a`, `zone-c, priority 1`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub place: Option<String>,
 }
 
 impl Backend {
+    /// Its name in tables: the address, and where it runs if known.
+    pub fn label(&self) -> String {
+        match &self.place {
+            Some(place) => format!("{} ({place})", self.address),
+            None => self.address.clone(),
+        }
+    }
+
     /// A backend row; its share is filled in by [`Report::new`].
     pub fn new(address: String, calls: u64, errors: u64) -> Self {
         Self {
@@ -75,6 +86,7 @@ impl Backend {
             ejections: 0,
             retries: 0,
             state: None,
+            place: None,
         }
     }
 }
@@ -240,7 +252,7 @@ impl Report {
         let width = self
             .backends
             .iter()
-            .map(|b| b.address.len())
+            .map(|b| b.label().chars().count())
             .max()
             .unwrap_or(0)
             .max("backend".len());
@@ -253,7 +265,7 @@ impl Report {
             let _ = write!(
                 out,
                 "  {:<width$}  {:>6}  {:>5.1}%  {}",
-                b.address,
+                b.label(),
                 b.calls,
                 b.share * 100.0,
                 bar(b.share, BAR_WIDTH)
@@ -325,7 +337,17 @@ pub fn comparison_table(reports: &[Report]) -> String {
     let legend: Vec<String> = addresses
         .iter()
         .enumerate()
-        .map(|(i, a)| format!("{} = {a}", letter(i)))
+        .map(|(i, a)| {
+            let place = reports
+                .iter()
+                .flat_map(|r| &r.backends)
+                .find(|b| b.address == *a)
+                .and_then(|b| b.place.as_deref());
+            match place {
+                Some(place) => format!("{} = {a} ({place})", letter(i)),
+                None => format!("{} = {a}", letter(i)),
+            }
+        })
         .collect();
     let _ = writeln!(out, "  {}", legend.join("   "));
     let _ = writeln!(out);
