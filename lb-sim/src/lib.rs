@@ -22,8 +22,8 @@
 //!   far below the others' at a review every interval, eject it; the picker is rebuilt
 //!   without it (as the balancer publishes a new snapshot) until its time is up. With
 //!   deadlines, a backend too slow to answer in time leaves the draws.
-//! - **Each call is picked** by the policy's [`Picker`], reading real
-//!   [`EndpointState`]s: the in-flight count rises at the pick and falls when the call
+//! - **Each call is picked** by the policy's [`Picker`](lb_core::Picker), reading real
+//!   [`EndpointState`](lb_core::EndpointState)s: the in-flight count rises at the pick and falls when the call
 //!   completes, and the latency estimate is fed with the call's full latency (queueing
 //!   included), all in virtual time.
 //! - **Events** change the fleet mid-run: a backend slows down or recovers, leaves or

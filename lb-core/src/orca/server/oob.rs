@@ -16,7 +16,7 @@ use crate::sync::lock;
 use super::{LoadReporter, MAX_REPORT_INTERVAL};
 
 /// `xds.service.orca.v3.OpenRcaService`: `StreamCoreMetrics` sends the current report
-/// every interval the client asks for (at least [`MIN_REPORT_INTERVAL`], or the
+/// every interval the client asks for (at least [`MIN_REPORT_INTERVAL`](super::MIN_REPORT_INTERVAL), or the
 /// reporter's minimum), until the client goes away.
 #[derive(Clone, Debug)]
 pub struct OpenRcaService {
