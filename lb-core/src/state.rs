@@ -350,9 +350,8 @@ impl EndpointState {
     pub fn start_call_at(&self, now: u64) -> InFlightGuard {
         self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlightGuard {
-            state: self.clone(),
+            state: Some(self.clone()),
             started_at: now,
-            finished: false,
         }
     }
 }
@@ -426,9 +425,9 @@ impl fmt::Debug for EndpointState {
 #[must_use = "the call stops counting as in flight as soon as the guard is dropped"]
 #[derive(Debug)]
 pub struct InFlightGuard {
-    state: EndpointState,
+    /// `None` once the call is over (it is counted once).
+    state: Option<EndpointState>,
     started_at: u64,
-    finished: bool,
 }
 
 impl InFlightGuard {
@@ -438,20 +437,30 @@ impl InFlightGuard {
         self.finish(now);
     }
 
+    /// Ends the call now, if it has not ended yet: what dropping the guard does, for
+    /// a guard kept in a struct that outlives the call (a response body).
+    pub(crate) fn finish_now(&mut self) {
+        self.finish(clock::now_nanos());
+    }
+
+    /// Whether the call still counts as in flight.
+    pub(crate) fn in_flight(&self) -> bool {
+        self.state.is_some()
+    }
+
     fn finish(&mut self, now: u64) {
-        if !self.finished {
-            self.finished = true;
+        if let Some(state) = self.state.take() {
             let rtt = now.saturating_sub(self.started_at);
-            self.state.inner.latency.record(rtt, now);
-            self.state.inner.durations.observe_nanos(rtt);
-            self.state.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
+            state.inner.latency.record(rtt, now);
+            state.inner.durations.observe_nanos(rtt);
+            state.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.finish(clock::now_nanos());
+        self.finish_now();
     }
 }
 

@@ -236,11 +236,12 @@ impl Service<http::Request<Body>> for Balancer {
                 let (mut parts, body) = request.into_parts();
                 let mut extensions = std::mem::take(&mut parts.extensions);
                 let request = http::Request::from_parts(parts, AttemptBody::Body(body));
-                let response = route
+                let mut response = route
                     .send(request, &mut extensions, deadline, true)
                     .await
                     .map_err(|f| f.status)?;
-                Ok(response.map(|body| body.until(deadline)))
+                response.body_mut().set_deadline(deadline);
+                Ok(response)
             });
         }
         let rng = SmallRng::seed_from_u64(self.rng.next_u64());

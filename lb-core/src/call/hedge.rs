@@ -274,7 +274,8 @@ fn given_up(
             let mut call = extensions.clone();
             call.extend(std::mem::take(response.extensions_mut()));
             *response.extensions_mut() = call;
-            Ok(response.map(|b| b.until(deadline)))
+            response.body_mut().set_deadline(deadline);
+            Ok(response)
         }
         Some(Err(status)) => Err(status),
         None => Err(Status::unavailable(none.to_owned())),

@@ -11,7 +11,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body::Body as _;
+use http_body::{Body as _, Frame};
 use hyper::body::Incoming;
 use tonic::{Status, body::Body};
 
@@ -54,17 +54,18 @@ pin_project_lite::pin_project! {
     /// The call's deadline covers the body too: the attempt's own timer stops at the
     /// response headers, so a server that sends them and then stalls would otherwise
     /// hold the call until the connection dies.
+    ///
+    /// (Every answer's body is moved a few times on its way to the caller, so it is
+    /// kept small: what most calls never use is boxed or folded into one field.)
     pub struct ResponseBody {
         inner: Inner,
-        guard: Option<InFlightGuard>,
+        guard: InFlightGuard,
         // The call's stream on its connection, given back with the guard (gRFC A105).
         stream: Option<StreamSlot>,
         outcome: Option<(Arc<Subchannel>, Arc<Pool>)>,
         // The call's deadline, and its timer, made only if the body has to be
         // waited for (most answers are in full by the time they are read).
-        deadline: Option<tokio::time::Instant>,
-        timer: Option<Pin<Box<tokio::time::Sleep>>>,
-        timed_out: bool,
+        deadline: Deadline,
         // The retry throttle, given a token back if the call ends OK (gRFC A6 counts a
         // call's success by its status, which is in the trailers).
         credit: Option<Arc<RetryBudget>>,
@@ -74,30 +75,44 @@ pin_project_lite::pin_project! {
 /// The body under a [`ResponseBody`]: hyper's own, as it came off the connection, or
 /// any other.
 enum Inner {
-    /// hyper's body, and its first frame if the attempt read it already.
-    Wire(Incoming, First),
+    /// hyper's body, and its first message if the attempt read it already (the common
+    /// case: any other first frame is rare, and makes the body a [`Inner::Body`] of
+    /// [`Rest`]).
+    Wire(Incoming, Option<Bytes>),
     Body(Body),
 }
 
+/// The deadline of a call's body, and the timer for it once the body has had to be
+/// waited for.
+enum Deadline {
+    None,
+    At(tokio::time::Instant),
+    Ticking(Pin<Box<tokio::time::Sleep>>),
+    /// It passed: the body has said so, and says nothing more.
+    Passed,
+}
+
 impl Inner {
-    fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+    /// hyper's `body` and its `first` frame, read by the attempt.
+    fn wire(body: Incoming, first: First) -> Self {
+        match first {
+            First::None => Self::Wire(body, None),
+            First::Data(data) => Self::Wire(body, Some(data)),
+            First::Ended => Self::rest(None, true, body),
+            First::Frame(frame) => Self::rest(Some(Ok(*frame)), false, body),
+            First::Failed(err) => Self::rest(Some(Err(wire_error(err))), false, body),
+        }
+    }
+
+    fn rest(first: Option<Result<Frame<Bytes>, Status>>, ended: bool, body: Incoming) -> Self {
+        Self::Body(Body::new(Rest { first, ended, body }))
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         match self {
-            // As tonic reads a transport error: a reset stream's reason becomes its
-            // gRPC code (CANCEL is CANCELLED, and so on).
-            Self::Wire(body, first) => match std::mem::replace(first, First::None) {
-                First::Data(data) => Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
-                First::Frame(frame) => Poll::Ready(Some(Ok(*frame))),
-                First::Failed(err) => Poll::Ready(Some(Err(Status::from_error(Box::new(err))))),
-                First::Ended => {
-                    *first = First::Ended; // It stays ended.
-                    Poll::Ready(None)
-                }
-                First::None => Pin::new(body)
-                    .poll_frame(cx)
-                    .map_err(|err| Status::from_error(Box::new(err))),
+            Self::Wire(body, first) => match first.take() {
+                Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                None => Pin::new(body).poll_frame(cx).map_err(wire_error),
             },
             Self::Body(body) => Pin::new(body).poll_frame(cx),
         }
@@ -105,21 +120,61 @@ impl Inner {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Wire(_, First::Data(_) | First::Frame(_) | First::Failed(_)) => false,
-            Self::Wire(_, First::Ended) => true,
-            Self::Wire(body, First::None) => body.is_end_stream(),
+            Self::Wire(_, Some(_)) => false,
+            Self::Wire(body, None) => body.is_end_stream(),
             Self::Body(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
-            Self::Wire(_, First::Ended) => http_body::SizeHint::with_exact(0),
-            Self::Wire(_, First::Data(_) | First::Frame(_) | First::Failed(_)) => {
-                http_body::SizeHint::new()
-            }
-            Self::Wire(body, First::None) => body.size_hint(),
+            Self::Wire(_, Some(_)) => http_body::SizeHint::new(),
+            Self::Wire(body, None) => body.size_hint(),
             Self::Body(body) => body.size_hint(),
+        }
+    }
+}
+
+/// As tonic reads a transport error: a reset stream's reason becomes its gRPC code
+/// (CANCEL is CANCELLED, and so on).
+fn wire_error(err: hyper::Error) -> Status {
+    Status::from_error(Box::new(err))
+}
+
+/// hyper's body after a first frame that was not a message: the frame (trailers, an
+/// error) is given first, then the rest, if it had not `ended`.
+struct Rest {
+    first: Option<Result<Frame<Bytes>, Status>>,
+    ended: bool,
+    body: Incoming,
+}
+
+impl http_body::Body for Rest {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(first));
+        }
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        Pin::new(&mut self.body).poll_frame(cx).map_err(wire_error)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && (self.ended || self.body.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match (&self.first, self.ended) {
+            (Some(_), _) => http_body::SizeHint::new(),
+            (None, true) => http_body::SizeHint::with_exact(0),
+            (None, false) => self.body.size_hint(),
         }
     }
 }
@@ -129,12 +184,10 @@ impl ResponseBody {
     pub fn new(inner: Body, guard: InFlightGuard) -> Self {
         Self {
             inner: Inner::Body(inner),
-            guard: Some(guard),
+            guard,
             stream: None,
             outcome: None,
-            deadline: None,
-            timer: None,
-            timed_out: false,
+            deadline: Deadline::None,
             credit: None,
         }
     }
@@ -151,28 +204,42 @@ impl ResponseBody {
         outcome: Option<(Arc<Subchannel>, Arc<Pool>)>,
     ) -> Self {
         Self {
-            inner: Inner::Wire(body, first),
-            guard: Some(guard),
+            inner: Inner::wire(body, first),
+            guard,
             stream,
             outcome,
-            deadline: None,
-            timer: None,
-            timed_out: false,
+            deadline: Deadline::None,
             credit: None,
         }
     }
 
     /// The same body, failing with `DEADLINE_EXCEEDED` if it has not ended by
     /// `deadline`.
+    #[cfg(test)]
     pub(crate) fn until(mut self, deadline: Option<tokio::time::Instant>) -> Self {
-        self.deadline = deadline;
+        self.set_deadline(deadline);
         self
     }
 
+    /// Fails the body with `DEADLINE_EXCEEDED` if it has not ended by `deadline` (in
+    /// place: a body is not moved for it).
+    pub(crate) fn set_deadline(&mut self, deadline: Option<tokio::time::Instant>) {
+        self.deadline = match deadline {
+            Some(deadline) => Deadline::At(deadline),
+            None => Deadline::None,
+        };
+    }
+
     /// The same body, giving `budget` a token back if its trailers say OK.
+    #[cfg(test)]
     pub(crate) fn credit(mut self, budget: Arc<RetryBudget>) -> Self {
-        self.credit = Some(budget);
+        self.set_credit(budget);
         self
+    }
+
+    /// Gives `budget` a token back if the trailers say OK (in place).
+    pub(crate) fn set_credit(&mut self, budget: Arc<RetryBudget>) {
+        self.credit = Some(budget);
     }
 }
 
@@ -183,24 +250,25 @@ impl http_body::Body for ResponseBody {
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.project();
-        if *this.timed_out {
+        if let Deadline::Passed = this.deadline {
             return Poll::Ready(None);
         }
         let frame = match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
-                let Some(deadline) = *this.deadline else {
-                    return Poll::Pending;
+                if let Deadline::At(deadline) = *this.deadline {
+                    *this.deadline =
+                        Deadline::Ticking(Box::pin(tokio::time::sleep_until(deadline)));
+                }
+                let Deadline::Ticking(timer) = this.deadline else {
+                    return Poll::Pending; // No deadline, or it passed already.
                 };
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 ready!(timer.as_mut().poll(cx));
                 // Out of time before the body ended: the endpoint let the call run out,
                 // which counts against it, as a deadline before the headers does.
-                *this.timed_out = true;
+                *this.deadline = Deadline::Passed;
                 let endpoint = match this.outcome.take() {
                     Some((sub, pool)) => {
                         pool.record_outcome(&sub, false);
@@ -208,7 +276,7 @@ impl http_body::Body for ResponseBody {
                     }
                     None => String::new(),
                 };
-                this.guard.take();
+                this.guard.finish_now();
                 this.stream.take();
                 return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
                     "{endpoint}deadline exceeded while the response was still arriving"
@@ -235,7 +303,7 @@ impl http_body::Body for ResponseBody {
                 if let (Some((sub, pool)), Some(Err(_))) = (this.outcome.take(), &frame) {
                     pool.record_outcome(&sub, false);
                 }
-                this.guard.take(); // The call is over: it no longer loads the endpoint.
+                this.guard.finish_now(); // The call is over: it no longer loads the endpoint.
                 this.stream.take();
             }
         }
@@ -254,7 +322,7 @@ impl http_body::Body for ResponseBody {
 impl fmt::Debug for ResponseBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseBody")
-            .field("in_flight", &self.guard.is_some())
+            .field("in_flight", &self.guard.in_flight())
             .finish()
     }
 }

@@ -29,6 +29,7 @@
 //! request body kept for a retry in `replay.rs`, one attempt in `attempt.rs`.
 
 use std::{
+    future::Future,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -113,59 +114,65 @@ pub(crate) fn pushback(headers: &http::HeaderMap) -> Option<Result<Duration, ()>
 
 impl Router {
     /// One call: pick, send, and retry elsewhere while the policy allows.
-    pub(crate) async fn call(
+    ///
+    /// (This, [`Router::retry_loop`] and [`Route::send`] return `async` blocks, not
+    /// `async fn`s: a block's future holds its arguments once, an `async fn`'s twice,
+    /// and a call's future is moved, whole, into the box the caller polls.)
+    pub(crate) fn call(
         &self,
         request: http::Request<Body>,
         route: Option<Route>,
         rng: SmallRng,
-    ) -> Result<http::Response<ResponseBody>, Status> {
-        let method = self.service_config.method(request.uri().path()).cloned();
-        let (parts, body) = request.into_parts();
-        // The deadline: the caller's, or the method's `timeout` if sooner (gRFC A2).
-        let caller = grpc_timeout(&parts.headers);
-        let timeout = match (caller, method.as_ref().and_then(|m| m.timeout)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if let Some(hedging) = method.as_ref().and_then(|m| m.hedging_policy.as_ref()) {
-            let body = RequestBody::read(body, self.retry.max_replay_bytes).await?;
-            // Whole, or recorded as the first attempt sends it (a proxy's caller may
-            // not have sent all of it yet): hedges go out once it is whole.
-            if !matches!(body, RequestBody::Streaming(_)) {
-                let wait_for_ready = method.as_ref().and_then(|m| m.wait_for_ready);
+    ) -> impl Future<Output = Result<http::Response<ResponseBody>, Status>> {
+        async move {
+            let method = self.service_config.method(request.uri().path()).cloned();
+            let (parts, body) = request.into_parts();
+            // The deadline: the caller's, or the method's `timeout` if sooner (gRFC A2).
+            let caller = grpc_timeout(&parts.headers);
+            let timeout = match (caller, method.as_ref().and_then(|m| m.timeout)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(hedging) = method.as_ref().and_then(|m| m.hedging_policy.as_ref()) {
+                let body = RequestBody::read(body, self.retry.max_replay_bytes).await?;
+                // Whole, or recorded as the first attempt sends it (a proxy's caller may
+                // not have sent all of it yet): hedges go out once it is whole.
+                if !matches!(body, RequestBody::Streaming(_)) {
+                    let wait_for_ready = method.as_ref().and_then(|m| m.wait_for_ready);
+                    return self
+                        .hedge(
+                            parts,
+                            body,
+                            route,
+                            rng,
+                            hedging,
+                            timeout,
+                            wait_for_ready == Some(true),
+                        )
+                        .await;
+                }
+                // Too big to keep: attempts at once would each need the rest of the
+                // caller's stream. Sent once, with the balancer's own retries (a method
+                // with a `hedgingPolicy` has no `retryPolicy`) and the method's
+                // `waitForReady`.
+                let plan = Plan::new(self, method.as_deref());
                 return self
-                    .hedge(
-                        parts,
-                        body,
-                        route,
-                        rng,
-                        hedging,
-                        timeout,
-                        wait_for_ready == Some(true),
-                    )
+                    .retry_loop(parts, body, route, rng, &plan, timeout)
                     .await;
             }
-            // Too big to keep: attempts at once would each need the rest of the
-            // caller's stream. Sent once, with the balancer's own retries (a method
-            // with a `hedgingPolicy` has no `retryPolicy`) and the method's
-            // `waitForReady`.
             let plan = Plan::new(self, method.as_deref());
-            return self
-                .retry_loop(parts, body, route, rng, &plan, timeout)
-                .await;
+            let body = if plan.replays() {
+                RequestBody::read(body, self.retry.max_replay_bytes).await?
+            } else {
+                RequestBody::Streaming(body)
+            };
+            self.retry_loop(parts, body, route, rng, &plan, timeout)
+                .await
         }
-        let plan = Plan::new(self, method.as_deref());
-        let body = if plan.replays() {
-            RequestBody::read(body, self.retry.max_replay_bytes).await?
-        } else {
-            RequestBody::Streaming(body)
-        };
-        self.retry_loop(parts, body, route, rng, &plan, timeout)
-            .await
     }
 
     /// Attempts one after the other, as `plan` allows.
-    async fn retry_loop(
+    fn retry_loop(
         &self,
         mut parts: http::request::Parts,
         mut body: RequestBody,
@@ -173,145 +180,148 @@ impl Router {
         mut rng: SmallRng,
         plan: &Plan<'_>,
         timeout: Option<Duration>,
-    ) -> Result<http::Response<ResponseBody>, Status> {
-        // Not sent (no server sees them): they go to the response (see `Route::send`).
-        let mut extensions = std::mem::take(&mut parts.extensions);
-        let deadline = timeout.map(deadline_after);
-        let mut tried: Vec<Arc<Subchannel>> = Vec::new();
-        let mut attempt = 1;
-        let mut transparent = 0;
-        // Retries since the start or the server's last pushback: the backoff's exponent.
-        let mut backoffs = 0;
-        let mut last_failure: Option<Status> = None;
-        loop {
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let route = match route.take() {
-                Some(route) => route,
-                None => {
-                    self.pick_when_ready(
-                        &mut rng,
-                        &parts.headers,
-                        &tried,
-                        left,
-                        plan.wait_for_ready,
-                    )
-                    .await?
-                }
-            };
-            let Some(fair_share) =
-                stamp_attempt(&mut parts.headers, deadline, timeout, attempt - 1)
-            else {
-                return Err(Status::deadline_exceeded(format!(
-                    "deadline passed after {} attempt(s)",
-                    attempt - 1
-                )));
-            };
-            let sub = route.sub.clone();
-            let Some(attempt_body) = body.attempt() else {
-                // The body outgrew what is kept for a retry while the last attempt
-                // was failing: that failure is the call's.
-                return Err(last_failure
-                    .take()
-                    .unwrap_or_else(|| Status::internal("request body already sent")));
-            };
-            let request = attempt_request(&parts, attempt_body);
-            let result = route
-                .send(request, &mut extensions, deadline, fair_share)
-                .await;
-            let retry_allowed = attempt < plan.max_attempts && body.is_replayable();
-            // How long to wait before the next attempt, if there is to be one.
-            let wait = match result {
-                Ok(mut response) => {
-                    let answered = header_status(response.headers());
-                    let retry_code = answered.filter(|code| plan.codes.contains(code));
-                    let Some(code) = retry_code else {
-                        if plan.backoff.is_some()
-                            && answered.is_some_and(|code| code != Code::Ok)
-                            && matches!(pushback(response.headers()), Some(Err(())))
+    ) -> impl Future<Output = Result<http::Response<ResponseBody>, Status>> {
+        async move {
+            // Not sent (no server sees them): they go to the response (see `Route::send`).
+            let mut extensions = std::mem::take(&mut parts.extensions);
+            let deadline = timeout.map(deadline_after);
+            let mut tried: Vec<Arc<Subchannel>> = Vec::new();
+            let mut attempt = 1;
+            let mut transparent = 0;
+            // Retries since the start or the server's last pushback: the backoff's exponent.
+            let mut backoffs = 0;
+            let mut last_failure: Option<Status> = None;
+            loop {
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                let route = match route.take() {
+                    Some(route) => route,
+                    None => {
+                        self.pick_when_ready(
+                            &mut rng,
+                            &parts.headers,
+                            &tried,
+                            left,
+                            plan.wait_for_ready,
+                        )
+                        .await?
+                    }
+                };
+                let Some(fair_share) =
+                    stamp_attempt(&mut parts.headers, deadline, timeout, attempt - 1)
+                else {
+                    return Err(Status::deadline_exceeded(format!(
+                        "deadline passed after {} attempt(s)",
+                        attempt - 1
+                    )));
+                };
+                let sub = route.sub.clone();
+                let Some(attempt_body) = body.attempt() else {
+                    // The body outgrew what is kept for a retry while the last attempt
+                    // was failing: that failure is the call's.
+                    return Err(last_failure
+                        .take()
+                        .unwrap_or_else(|| Status::internal("request body already sent")));
+                };
+                let request = attempt_request(&parts, attempt_body);
+                let result = route
+                    .send(request, &mut extensions, deadline, fair_share)
+                    .await;
+                let retry_allowed = attempt < plan.max_attempts && body.is_replayable();
+                // How long to wait before the next attempt, if there is to be one.
+                let wait = match result {
+                    Ok(mut response) => {
+                        let answered = header_status(response.headers());
+                        let retry_code = answered.filter(|code| plan.codes.contains(code));
+                        let Some(code) = retry_code else {
+                            if plan.backoff.is_some()
+                                && answered.is_some_and(|code| code != Code::Ok)
+                                && matches!(pushback(response.headers()), Some(Err(())))
+                            {
+                                // An error answer that says "do not retry" counts as a
+                                // failure to the throttle, retryable status or not (as
+                                // grpc-go).
+                                self.budget.on_failure();
+                            }
+                            body.commit();
+                            return Ok(self.answer(response, deadline));
+                        };
+                        self.budget.on_failure();
+                        let wait = match pushback(response.headers()) {
+                            // The server asked for no retry.
+                            Some(Err(())) => None,
+                            Some(Ok(wait)) => {
+                                backoffs = 0;
+                                Some(wait)
+                            }
+                            None => Some(self.backoff(plan, &mut backoffs, &mut rng)),
+                        };
+                        match wait.filter(|&wait| {
+                            retry_allowed && self.budget.allows_retry() && fits(deadline, wait)
+                        }) {
+                            Some(wait) => {
+                                // The call's extensions went to this response: back for the
+                                // next attempt's.
+                                extensions = std::mem::take(response.extensions_mut());
+                                body.abandon_attempt();
+                                self.note_retry(&sub, &format!("{code:?} from the server"));
+                                wait
+                            }
+                            None => {
+                                body.commit();
+                                response.body_mut().set_deadline(deadline);
+                                return Ok(response);
+                            }
+                        }
+                    }
+                    Err(Failure { status, kind })
+                        if kind == FailureKind::Unsent
+                            && transparent < MAX_TRANSPARENT_RETRIES
+                            && body.is_replayable() =>
+                    {
+                        // No server saw it (as gRFC A6's transparent retries): it costs
+                        // neither an attempt nor budget, within its own small cap. A
+                        // connection closing with GOAWAY refuses calls this way.
+                        transparent += 1;
+                        body.abandon_attempt();
+                        self.note_retry(&sub, status.message());
+                        last_failure = Some(status);
+                        tried.push(sub);
+                        continue;
+                    }
+                    Err(Failure { status, kind }) => {
+                        // As gRFC A6 throttles: a call that ran out of time is not a
+                        // failure that a retry could have saved, and costs no token; nor
+                        // does an UNAVAILABLE that the method's retryPolicy does not retry.
+                        if kind != FailureKind::Deadline
+                            && (plan.backoff.is_none() || plan.retry_cut_calls)
                         {
-                            // An error answer that says "do not retry" counts as a
-                            // failure to the throttle, retryable status or not (as
-                            // grpc-go).
                             self.budget.on_failure();
                         }
-                        body.commit();
-                        return Ok(self.answer(response, deadline));
-                    };
-                    self.budget.on_failure();
-                    let wait = match pushback(response.headers()) {
-                        // The server asked for no retry.
-                        Some(Err(())) => None,
-                        Some(Ok(wait)) => {
-                            backoffs = 0;
-                            Some(wait)
+                        let retryable = match kind {
+                            FailureKind::Unsent => true,
+                            FailureKind::Cut => plan.retry_cut_calls,
+                            FailureKind::Deadline => false,
+                        };
+                        let wait = self.backoff(plan, &mut backoffs, &mut rng);
+                        if !(retryable
+                            && retry_allowed
+                            && self.budget.allows_retry()
+                            && fits(deadline, wait))
+                        {
+                            return Err(status);
                         }
-                        None => Some(self.backoff(plan, &mut backoffs, &mut rng)),
-                    };
-                    match wait.filter(|&wait| {
-                        retry_allowed && self.budget.allows_retry() && fits(deadline, wait)
-                    }) {
-                        Some(wait) => {
-                            // The call's extensions went to this response: back for the
-                            // next attempt's.
-                            extensions = std::mem::take(response.extensions_mut());
-                            body.abandon_attempt();
-                            self.note_retry(&sub, &format!("{code:?} from the server"));
-                            wait
-                        }
-                        None => {
-                            body.commit();
-                            return Ok(response.map(|b| b.until(deadline)));
-                        }
+                        body.abandon_attempt();
+                        self.note_retry(&sub, status.message());
+                        last_failure = Some(status);
+                        wait
                     }
+                };
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
                 }
-                Err(Failure { status, kind })
-                    if kind == FailureKind::Unsent
-                        && transparent < MAX_TRANSPARENT_RETRIES
-                        && body.is_replayable() =>
-                {
-                    // No server saw it (as gRFC A6's transparent retries): it costs
-                    // neither an attempt nor budget, within its own small cap. A
-                    // connection closing with GOAWAY refuses calls this way.
-                    transparent += 1;
-                    body.abandon_attempt();
-                    self.note_retry(&sub, status.message());
-                    last_failure = Some(status);
-                    tried.push(sub);
-                    continue;
-                }
-                Err(Failure { status, kind }) => {
-                    // As gRFC A6 throttles: a call that ran out of time is not a
-                    // failure that a retry could have saved, and costs no token; nor
-                    // does an UNAVAILABLE that the method's retryPolicy does not retry.
-                    if kind != FailureKind::Deadline
-                        && (plan.backoff.is_none() || plan.retry_cut_calls)
-                    {
-                        self.budget.on_failure();
-                    }
-                    let retryable = match kind {
-                        FailureKind::Unsent => true,
-                        FailureKind::Cut => plan.retry_cut_calls,
-                        FailureKind::Deadline => false,
-                    };
-                    let wait = self.backoff(plan, &mut backoffs, &mut rng);
-                    if !(retryable
-                        && retry_allowed
-                        && self.budget.allows_retry()
-                        && fits(deadline, wait))
-                    {
-                        return Err(status);
-                    }
-                    body.abandon_attempt();
-                    self.note_retry(&sub, status.message());
-                    last_failure = Some(status);
-                    wait
-                }
-            };
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
+                tried.push(sub);
+                attempt += 1;
             }
-            tried.push(sub);
-            attempt += 1;
         }
     }
 
@@ -321,18 +331,19 @@ impl Router {
     /// in their trailers, so the token comes back when they arrive.
     pub(crate) fn answer(
         &self,
-        response: http::Response<ResponseBody>,
+        mut response: http::Response<ResponseBody>,
         deadline: Option<Instant>,
     ) -> http::Response<ResponseBody> {
         match header_status(response.headers()) {
-            None => response.map(|b| b.until(deadline).credit(self.budget.clone())),
+            None => response.body_mut().set_credit(self.budget.clone()),
             Some(code) => {
                 if code == Code::Ok {
                     self.budget.on_success();
                 }
-                response.map(|b| b.until(deadline))
             }
         }
+        response.body_mut().set_deadline(deadline);
+        response
     }
 
     /// The wait before the next retry: drawn between 0 and the backoff's ceiling for
