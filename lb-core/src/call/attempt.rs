@@ -10,7 +10,6 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use http_body::Body as _;
 use hyper::body::Incoming;
 
@@ -18,7 +17,7 @@ use tokio::time::Instant;
 use tonic::Status;
 
 use super::headers::{header_status, is_endpoint_failure};
-use super::response::{PickedEndpoint, ResponseBody, record_load};
+use super::response::{First, PickedEndpoint, ResponseBody, record_load};
 use crate::subchannels::pool::Pool;
 use crate::subchannels::subchannel::Subchannel;
 use crate::transport::errors::{
@@ -235,34 +234,6 @@ impl Route {
 /// then takes its time (a stream with nothing to say yet) gets its headers to the
 /// caller after this, as they are.
 pub(crate) const FIRST_FRAME_GRACE: Duration = Duration::from_millis(50);
-
-/// An answer's first frame, read right after its headers.
-pub(crate) enum First {
-    /// Not read (a trailers-only answer, or none within the grace).
-    None,
-    /// The body ended with nothing in it.
-    Ended,
-    /// A message came first (the common case, kept inline).
-    Data(Bytes),
-    /// Another frame came first (trailers: an answer with no message), boxed to keep
-    /// every body small (a body is moved several times on a call's way).
-    Frame(Box<http_body::Frame<Bytes>>),
-    /// Reading it failed so.
-    Failed(hyper::Error),
-}
-
-impl First {
-    fn of(frame: Option<Result<http_body::Frame<Bytes>, hyper::Error>>) -> Self {
-        match frame {
-            None => Self::Ended,
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => Self::Data(data),
-                Err(frame) => Self::Frame(Box::new(frame)),
-            },
-            Some(Err(err)) => Self::Failed(err),
-        }
-    }
-}
 
 /// `body`'s first frame if it is in already: the common case, as a healthy server
 /// sends it with the headers.

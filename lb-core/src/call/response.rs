@@ -15,7 +15,6 @@ use http_body::{Body as _, Frame};
 use hyper::body::Incoming;
 use tonic::{Status, body::Body};
 
-use super::attempt::First;
 use super::budget::RetryBudget;
 use super::headers::{header_status, is_endpoint_failure};
 use crate::subchannels::pool::Pool;
@@ -44,6 +43,36 @@ pub(crate) fn record_load(sub: &Subchannel, headers: &http::HeaderMap) {
             tracing::debug!(endpoint = %sub.state.endpoint(), %err, "load report ignored");
         }
         None => {}
+    }
+}
+
+/// An answer's first frame, as the attempt read it right after the headers
+/// (`attempt.rs`), for the body to give first.
+pub(crate) enum First {
+    /// Not read (a trailers-only answer, or none within the grace).
+    None,
+    /// The body ended with nothing in it.
+    Ended,
+    /// A message came first (the common case, kept inline).
+    Data(Bytes),
+    /// Another frame came first (trailers: an answer with no message), boxed to keep
+    /// every body small (a body is moved several times on a call's way).
+    Frame(Box<http_body::Frame<Bytes>>),
+    /// Reading it failed so.
+    Failed(hyper::Error),
+}
+
+impl First {
+    /// What hyper's `poll_frame` gave.
+    pub(crate) fn of(frame: Option<Result<http_body::Frame<Bytes>, hyper::Error>>) -> Self {
+        match frame {
+            None => Self::Ended,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => Self::Data(data),
+                Err(frame) => Self::Frame(Box::new(frame)),
+            },
+            Some(Err(err)) => Self::Failed(err),
+        }
     }
 }
 
