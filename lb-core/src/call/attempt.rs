@@ -70,6 +70,10 @@ impl Route {
     /// (An `async` block, not an `async fn`: the future holds its arguments once, where
     /// an `async fn` keeps a second copy of them. This future is the largest part of a
     /// call's, and is moved on every call; the waits that few calls have are boxed.)
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async block's future holds the arguments once, an async fn's twice"
+    )]
     pub fn send<'a>(
         mut self,
         request: http::Request<AttemptBody>,

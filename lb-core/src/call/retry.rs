@@ -118,6 +118,10 @@ impl Router {
     /// (This, [`Router::retry_loop`] and [`Route::send`] return `async` blocks, not
     /// `async fn`s: a block's future holds its arguments once, an `async fn`'s twice,
     /// and a call's future is moved, whole, into the box the caller polls.)
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async block's future holds the arguments once, an async fn's twice"
+    )]
     pub(crate) fn call(
         &self,
         request: http::Request<Body>,
@@ -172,6 +176,10 @@ impl Router {
     }
 
     /// Attempts one after the other, as `plan` allows.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async block's future holds the arguments once, an async fn's twice"
+    )]
     fn retry_loop(
         &self,
         mut parts: http::request::Parts,
