@@ -17,89 +17,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use greeter_server::Config;
+use e2e_tests::process::{ServerProcess as Server, free_port};
 
-/// Set in the environment of a server process: the port to serve on.
-const SERVE_PORT: &str = "GREETER_FAILURES_SERVE_PORT";
-
-/// Not a test of its own: the body of the server processes the tests below start.
-/// They run this binary again with only this test selected and `$SERVE_PORT` set;
-/// without it, it returns at once.
+/// Not a test of its own: the body of the server processes the tests below start
+/// (see `e2e_tests::process`).
 #[test]
 fn server_process() {
-    let Ok(port) = std::env::var(SERVE_PORT) else {
-        return;
-    };
-    let port: u16 = port.parse().expect("a port number");
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    runtime.block_on(async {
-        let servers = greeter_server::spawn(Config::on_ports(&[port]))
-            .await
-            .expect("the server starts");
-        println!("LISTENING {}", servers.addrs()[0]);
-        std::future::pending::<()>().await;
-    });
-}
-
-/// A greeter-server in a process of its own.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start(port: u16) -> Self {
-        let mut child = Command::new(std::env::current_exe().expect("the test binary"))
-            .args([
-                "server_process",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(SERVE_PORT, port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the server process starts");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("the server says where it listens")
-                .expect("readable");
-            // libtest may have written "test server_process ... " on the same line.
-            if let Some((_, addr)) = line.split_once("LISTENING ") {
-                break addr.parse().expect("an address");
-            }
-        };
-        // Keep reading, so that the process never blocks on a full pipe.
-        thread::spawn(move || lines.for_each(drop));
-        Self { child, addr }
-    }
-
-    /// Sends `signal` (STOP, CONT, KILL) to the process.
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{signal}");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A free port on 127.0.0.1, for a server that is to start later.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
+    e2e_tests::process::serve_if_asked();
 }
 
 /// One `--live` line: `t=5s ok=13550 failed=0 retries=0 | 127.0.0.1:1 2/s READY | ...`.

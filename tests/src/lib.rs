@@ -9,6 +9,10 @@
 //!   balancer's changes (no polling, no sleeps), and fails naming what did not happen.
 //! - [`calls_to`] reads how many calls the balancer sent to an endpoint.
 //! - [`channel_to`] connects a plain tonic channel to an address (an lb-proxy's).
+//! - [`process`] runs greeter-servers as processes of their own, to be SIGKILLed or
+//!   stopped.
+
+pub mod process;
 
 use std::time::Duration;
 

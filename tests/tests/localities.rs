@@ -13,91 +13,25 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    thread,
     time::Duration,
 };
 
 use tokio::sync::Notify;
 
+use e2e_tests::process::ServerProcess as Server;
 use e2e_tests::wait_until;
 use greeter_proto::{HelloRequest, MyServiceClient};
-use greeter_server::Config;
 use lb_core::{Backoff, Balancer, Connectivity, Endpoint, PickedEndpoint, Policy};
 
-/// Set in the environment of a server process: the port to serve on.
-const SERVE_PORT: &str = "LB_LOCALITIES_SERVE_PORT";
-
-/// Not a test of its own: the body of the server processes the test below starts.
+/// Not a test of its own: the body of the server processes the test below starts
+/// (see `e2e_tests::process`).
 #[test]
 fn server_process() {
-    let Ok(port) = std::env::var(SERVE_PORT) else {
-        return;
-    };
-    let port: u16 = port.parse().expect("a port number");
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    runtime.block_on(async {
-        let servers = greeter_server::spawn(Config::on_ports(&[port]))
-            .await
-            .expect("the server starts");
-        println!("LISTENING {}", servers.addrs()[0]);
-        std::future::pending::<()>().await;
-    });
-}
-
-/// A greeter-server in a process of its own.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    /// Starts one on `port` (0: the OS picks) and waits until it listens.
-    fn start(port: u16) -> Self {
-        let mut child = Command::new(std::env::current_exe().expect("the test binary"))
-            .args([
-                "server_process",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(SERVE_PORT, port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the server process starts");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("the server says where it listens")
-                .expect("readable");
-            if let Some((_, addr)) = line.split_once("LISTENING ") {
-                break addr.parse().expect("an address");
-            }
-        };
-        thread::spawn(move || lines.for_each(drop));
-        Self { child, addr }
-    }
-
-    /// SIGKILL, and wait for the process to be gone.
-    fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("the process ends");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    e2e_tests::process::serve_if_asked();
 }
 
 const TREE: &str = r#"{"priority_experimental": {
