@@ -1,6 +1,6 @@
-//! One attempt of one call on one endpoint: sending it, reading what a failure means
-//! (never sent, cut off, out of time), and the response body that keeps the call
-//! counted as in flight until it ends.
+//! One attempt of one call on one endpoint: sending it, reading the answer's first
+//! frame, and what a failure means (never sent, cut off, out of time). The response
+//! body that keeps the call counted as in flight until it ends is in `response.rs`.
 
 use std::{
     future::Future,

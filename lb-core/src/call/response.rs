@@ -56,7 +56,7 @@ pub(crate) enum First {
     /// A message came first (the common case, kept inline).
     Data(Bytes),
     /// Another frame came first (trailers: an answer with no message), boxed to keep
-    /// every body small (a body is moved several times on a call's way).
+    /// the attempt's future small (it is moved several times on a call's way).
     Frame(Box<http_body::Frame<Bytes>>),
     /// Reading it failed so.
     Failed(hyper::Error),
@@ -105,8 +105,8 @@ pin_project_lite::pin_project! {
 /// any other.
 enum Inner {
     /// hyper's body, and its first message if the attempt read it already (the common
-    /// case: any other first frame is rare, and makes the body a [`Inner::Body`] of
-    /// [`Rest`]).
+    /// case: any other first frame is rare, and makes the body an [`Inner::Body`]: of
+    /// [`Rest`], or an empty one if hyper's had ended).
     Wire(Incoming, Option<Bytes>),
     Body(Body),
 }
@@ -127,14 +127,18 @@ impl Inner {
         match first {
             First::None => Self::Wire(body, None),
             First::Data(data) => Self::Wire(body, Some(data)),
-            First::Ended => Self::rest(None, true, body),
-            First::Frame(frame) => Self::rest(Some(Ok(*frame)), false, body),
-            First::Failed(err) => Self::rest(Some(Err(wire_error(err))), false, body),
+            // It is over: hyper's body has nothing more to give.
+            First::Ended => Self::Body(Body::empty()),
+            First::Frame(frame) => Self::rest(Ok(*frame), body),
+            First::Failed(err) => Self::rest(Err(wire_error(err)), body),
         }
     }
 
-    fn rest(first: Option<Result<Frame<Bytes>, Status>>, ended: bool, body: Incoming) -> Self {
-        Self::Body(Body::new(Rest { first, ended, body }))
+    fn rest(first: Result<Frame<Bytes>, Status>, body: Incoming) -> Self {
+        Self::Body(Body::new(Rest {
+            first: Some(first),
+            body,
+        }))
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
@@ -170,15 +174,18 @@ fn wire_error(err: hyper::Error) -> Status {
     Status::from_error(Box::new(err))
 }
 
-/// hyper's body after a first frame that was not a message: the frame (trailers, an
-/// error) is given first, then the rest, if it had not `ended`.
-struct Rest {
+/// A body after a first frame that was not a message (hyper's, whose first frame was
+/// its trailers or an error): that frame is given first, then the rest of the body.
+struct Rest<B> {
     first: Option<Result<Frame<Bytes>, Status>>,
-    ended: bool,
-    body: Incoming,
+    body: B,
 }
 
-impl http_body::Body for Rest {
+impl<B> http_body::Body for Rest<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Data = Bytes;
     type Error = Status;
 
@@ -189,21 +196,20 @@ impl http_body::Body for Rest {
         if let Some(first) = self.first.take() {
             return Poll::Ready(Some(first));
         }
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        Pin::new(&mut self.body).poll_frame(cx).map_err(wire_error)
+        // As tonic reads a transport error (see `wire_error`).
+        Pin::new(&mut self.body)
+            .poll_frame(cx)
+            .map_err(|err| Status::from_error(err.into()))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && (self.ended || self.body.is_end_stream())
+        self.first.is_none() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        match (&self.first, self.ended) {
-            (Some(_), _) => http_body::SizeHint::new(),
-            (None, true) => http_body::SizeHint::with_exact(0),
-            (None, false) => self.body.size_hint(),
+        match &self.first {
+            Some(_) => http_body::SizeHint::new(),
+            None => self.body.size_hint(),
         }
     }
 }
@@ -403,6 +409,46 @@ mod tests {
         assert!(poll(&mut body).unwrap().is_trailers());
         assert!(poll(&mut body).is_none());
         assert_eq!(state.in_flight(), 0, "the end of the body ends the call");
+        drop(body);
+        assert_eq!(state.in_flight(), 0, "and is counted once");
+    }
+
+    /// An answer whose first frame was not a message (its trailers, or an error, read
+    /// by the attempt) gives that frame first, then the rest of its body; the call is in
+    /// flight until the body ends, and counted once.
+    #[test]
+    fn a_first_frame_other_than_a_message_is_given_first() {
+        let state = EndpointState::new("127.0.0.1:1".parse().unwrap());
+        let trailers = Rest {
+            first: Some(Ok(Frame::trailers(http::HeaderMap::new()))),
+            body: Frames(VecDeque::new()),
+        };
+        assert!(!trailers.is_end_stream(), "the trailers are still to come");
+        assert!(trailers.size_hint().exact().is_none());
+        let mut body = ResponseBody::new(Body::new(trailers), state.start_call());
+        assert!(poll(&mut body).unwrap().is_trailers());
+        assert_eq!(state.in_flight(), 1, "not over until the body says so");
+        assert!(poll(&mut body).is_none());
+        assert_eq!(state.in_flight(), 0, "the end of the body ends the call");
+        drop(body);
+        assert_eq!(state.in_flight(), 0, "and is counted once");
+
+        // An error first: the caller gets it as it was, and the call is over.
+        let failed = Rest {
+            first: Some(Err(Status::cancelled("the server reset the stream"))),
+            body: Frames(VecDeque::from([Frame::data(Bytes::from_static(b"never"))])),
+        };
+        let mut body = ResponseBody::new(Body::new(failed), state.start_call());
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Err(status))) => {
+                assert_eq!(status.code(), tonic::Code::Cancelled);
+                assert_eq!(status.message(), "the server reset the stream");
+            }
+            other => panic!("expected the error first, got {other:?}"),
+        }
+        assert_eq!(state.in_flight(), 0, "an error ends the call");
         drop(body);
         assert_eq!(state.in_flight(), 0, "and is counted once");
     }
